@@ -1,0 +1,40 @@
+# Two commands for a fresh clone: `make demo` and `make test`. Each builds its own venv.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION := 2.13.0
+BIN := $(VENV)/bin
+# A working python3.12 for the second CI leg (newest zarr, no torch); a pyenv shim that
+# cannot run does not count.
+PY312 := $(shell for p in python3.12 $$(ls -d $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null); do \
+	$$p -c 'import sys' >/dev/null 2>&1 && { echo $$p; break; }; done)
+
+.PHONY: demo test test-slow test-py312 bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]' torch==$(TORCH_VERSION)
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/python examples/demo.py $(DEMO_URL)
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(BIN)/.installed  # exit 5 means no slow test is collected: fine
+	$(BIN)/python -m pytest -q -m slow; rc=$$?; [ $$rc -eq 5 ] || exit $$rc
+
+.venv312/.installed: pyproject.toml
+	@test -n "$(PY312)" || { echo "no working python3.12"; exit 1; }
+	$(PY312) -m venv .venv312
+	.venv312/bin/python -m pip install -q --upgrade pip
+	.venv312/bin/python -m pip install -q --upgrade -e '.[dev]' 'zarr>=3.2'
+	touch $@
+
+test-py312:
+	@if [ -z "$(PY312)" ]; then echo "test-py312: no working python3.12, skipped"; \
+	else $(MAKE) .venv312/.installed && .venv312/bin/python -m pytest -q -m "not slow"; fi
+
+clean:
+	rm -rf $(VENV) .venv312 .pytest_cache *.egg-info

@@ -1,0 +1,215 @@
+"""Saving, opening and committing behave the same on local disk, memory:// and S3 (moto)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import zstore
+from zstore.manifest import COMMIT_MARKER, ROOT
+
+
+def model_tree() -> dict:
+    rng = np.random.default_rng(1)
+    return {
+        "model": {
+            "embed.weight": rng.standard_normal((3000, 256)).astype(ml_dtypes.bfloat16),
+            "layers.0.weight": rng.standard_normal((256, 256)).astype(np.float32),
+            "layers.0.bias": np.zeros(256, np.float32),
+        },
+        "optim": {"state": {0: {"exp_avg": rng.standard_normal(256).astype(np.float32),
+                                "step": np.float32(3)}}},
+        "step": 1000,
+    }
+
+
+def assert_same_tree(a, b) -> None:
+    assert type(a) is type(b)
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        for key in a:
+            assert_same_tree(a[key], b[key])
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    else:
+        assert a == b
+
+
+def test_save_then_load_gives_back_the_tree(backend):
+    tree = model_tree()
+    info = zstore.save(tree, backend.url(), storage_options=backend.storage_options,
+                       metadata={"step": 1000, "config": {"lr": 0.1}})
+    assert info.arrays == 4 and info.logical_bytes == 3000 * 256 * 2 + 256 * 256 * 4 + 512 * 4
+    back = zstore.load(backend.url(), storage_options=backend.storage_options)
+    assert_same_tree(tree, back)
+    ckpt = zstore.open(backend.url(), storage_options=backend.storage_options)
+    assert ckpt.metadata == {"step": 1000, "config": {"lr": 0.1}}
+
+
+def test_bf16_weights_compress_with_the_default_codec(backend):
+    info = zstore.save(model_tree(), backend.url(), storage_options=backend.storage_options)
+    assert info.stored_bytes < info.logical_bytes  # random normal bf16: exponent bits compress
+
+
+def test_lazy_slices_match_the_saved_values(backend):
+    tree = model_tree()
+    zstore.save(tree, backend.url(), storage_options=backend.storage_options)
+    ckpt = zstore.open(backend.url(), storage_options=backend.storage_options)
+    w = ckpt["model/embed.weight"]
+    assert (w.shape, w.dtype, w.nbytes) == ((3000, 256), np.dtype(ml_dtypes.bfloat16), 3000 * 512)
+    expected = tree["model"]["embed.weight"]
+    for index in [np.s_[1000:1010], np.s_[-1], np.s_[..., 7], np.s_[5:2900:97, ::3], np.s_[0, 0]]:
+        assert np.array_equal(w[index], expected[index], equal_nan=True), index
+
+
+def test_open_reads_two_objects_and_no_array_data(backend):
+    zstore.save(model_tree(), backend.url(), storage_options=backend.storage_options)
+    with zstore.io_stats() as io:
+        ckpt = zstore.open(backend.url(), storage_options=backend.storage_options)
+        _ = [(t.shape, t.dtype, t.chunk_shape, t.shard_shape, t.stored_nbytes) for t in ckpt.values()]
+    assert io.gets == 2 and io.requests == 2
+
+
+def test_open_costs_two_gets_on_the_wire(s3):
+    zstore.save(model_tree(), s3.url(), storage_options=s3.storage_options)
+    s3.wire.clear()
+    ckpt = zstore.open(s3.url(), storage_options=s3.storage_options)
+    _ = ckpt["model/embed.weight"].shape
+    assert s3.wire.methods() == {"GET": 2}
+
+
+def test_one_row_reads_only_its_chunk_on_the_wire(s3):
+    zstore.save(model_tree(), s3.url(), storage_options=s3.storage_options)
+    ckpt = zstore.open(s3.url(), storage_options=s3.storage_options)
+    w = ckpt["model/embed.weight"]
+    s3.wire.clear()
+    with zstore.io_stats() as io:
+        row = w[1234]
+    assert row.shape == (256,)
+    assert s3.wire.methods() == {"GET": io.gets} and io.gets <= 2  # shard index + inner chunk
+    assert all(ranged for _, _, ranged in s3.wire.requests)
+    inner_chunks = -(-w.shape[0] // w.chunk_shape[0])
+    index_bytes = 16 * inner_chunks + 4
+    assert io.bytes_read <= 1.1 * w.stored_nbytes / inner_chunks + index_bytes
+
+
+def test_save_reads_no_chunk_and_writes_each_object_once(s3):
+    s3.wire.clear()
+    info = zstore.save(model_tree(), s3.url(), storage_options=s3.storage_options)
+    gets = [p for m, p, _ in s3.wire.requests if m == "GET" and "list-type" not in p]
+    assert sorted(p.rsplit("/", 1)[-1] for p in gets) == [ROOT, COMMIT_MARKER]
+    puts = [p for m, p, _ in s3.wire.requests if m == "PUT"]
+    assert len(puts) == len(set(puts)) + 1  # only the root zarr.json is written twice
+    assert info.objects == len(set(puts))
+
+
+def test_arrays_are_written_concurrently(s3):
+    tree = {f"t{i}": np.full((64, 64), i, np.float32) for i in range(24)}
+    s3.wire.clear()
+    zstore.save(tree, s3.url(), storage_options=s3.storage_options)
+    assert s3.wire.max_in_flight > 1
+
+
+def test_opening_a_missing_checkpoint_names_the_url(backend):
+    with pytest.raises(zstore.CheckpointNotFoundError, match="no checkpoint at"):
+        zstore.open(backend.url("nothing-here"), storage_options=backend.storage_options)
+
+
+def test_without_a_commit_marker_the_checkpoint_does_not_open(backend):
+    zstore.save(model_tree(), backend.url(), storage_options=backend.storage_options)
+    _delete(backend, COMMIT_MARKER)
+    with pytest.raises(zstore.IncompleteCheckpointError, match="no commit marker"):
+        zstore.open(backend.url(), storage_options=backend.storage_options)
+    with pytest.raises(zstore.IncompleteCheckpointError):
+        zstore.load(backend.url(), storage_options=backend.storage_options)
+
+
+def test_saving_over_a_committed_checkpoint_needs_overwrite(backend):
+    url, opts = backend.url(), backend.storage_options
+    zstore.save({"a": np.ones(3)}, url, storage_options=opts)
+    with pytest.raises(zstore.CheckpointExistsError, match="overwrite=True"):
+        zstore.save({"b": np.zeros(3)}, url, storage_options=opts)
+    assert list(zstore.open(url, storage_options=opts)) == ["a"]  # the old one is intact
+    zstore.save({"b": np.zeros(3)}, url, storage_options=opts, overwrite=True)
+    assert list(zstore.load(url, storage_options=opts)) == ["b"]
+    assert not any(key.startswith("a/") for key in _keys(backend))  # no old objects left
+
+
+def test_a_crashed_save_is_replaced_without_mixing_objects(backend):
+    url, opts = backend.url(), backend.storage_options
+    zstore.save({"old": np.ones(3), "both": np.ones(5)}, url, storage_options=opts)
+    _delete(backend, COMMIT_MARKER)  # as if that save had died before committing
+    zstore.save({"both": np.zeros(5)}, url, storage_options=opts)
+    assert not any(key.startswith("old/") for key in _keys(backend))
+    assert zstore.load(url, storage_options=opts)["both"].tolist() == [0.0] * 5
+
+
+def test_a_changed_root_after_commit_is_detected(backend):
+    url, opts = backend.url(), backend.storage_options
+    zstore.save({"a": np.ones(3)}, url, storage_options=opts)
+    location = zstore.storage.resolve(url, opts)
+    from zarr.core.sync import sync
+
+    root = json.loads(sync(location.get(ROOT)))
+    root["attributes"]["zstore"]["metadata"] = {"tampered": True}
+    sync(location.put(ROOT, json.dumps(root).encode()))
+    with pytest.raises(zstore.CorruptCheckpointError, match="does not match its commit marker"):
+        zstore.open(url, storage_options=opts)
+
+
+def test_save_refuses_to_delete_objects_it_did_not_write(backend):
+    url, opts = backend.url(), backend.storage_options
+    from zarr.core.sync import sync
+
+    location = zstore.storage.resolve(url, opts)
+    sync(location.put("notes.txt", b"precious"))
+    for overwrite in (False, True):
+        with pytest.raises(zstore.CheckpointExistsError, match="not written by zstore"):
+            zstore.save({"a": np.ones(3)}, url, storage_options=opts, overwrite=overwrite)
+    assert sync(location.get("notes.txt")) == b"precious"
+
+
+def test_plain_zarr_reads_every_array_without_zstore(backend):
+    tree = model_tree()
+    zstore.save(tree, backend.url(), storage_options=backend.storage_options)
+    if backend.name == "memory":
+        pytest.skip("memory:// lives inside this process; the other backends cover it")
+    script = f"""
+import json, sys, zarr, numpy as np
+if tuple(int(p) for p in zarr.__version__.split(".")[:2]) < (3, 2):
+    import zstore.dtypes  # zarr 3.1 never loads data-type entry points
+group = zarr.open_group({backend.url()!r}, mode="r", storage_options={backend.storage_options!r} or None)
+out = {{}}
+for path in ["model/embed.weight", "model/layers.0.weight", "optim/state/0/exp_avg"]:
+    a = group[path][...]
+    out[path] = [str(a.dtype), a.astype("float64").sum().item()]
+print(json.dumps(out))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    assert got["model/embed.weight"][0] == "bfloat16"
+    for path, (_, total) in got.items():
+        node = tree
+        for part in path.split("/"):
+            node = node[int(part) if part.isdigit() else part]
+        assert total == pytest.approx(node.astype(np.float64).sum())
+
+
+def _keys(backend) -> list[str]:
+    from zarr.core.sync import sync
+
+    return list(sync(zstore.storage.resolve(backend.url(), backend.storage_options).sizes()))
+
+
+def _delete(backend, key: str) -> None:
+    from zarr.core.sync import sync
+
+    location = zstore.storage.resolve(backend.url(), backend.storage_options)
+    sync(location.remove_all([key]))

@@ -1,0 +1,47 @@
+"""zstore: checkpoints as chunked, compressed Zarr v3 arrays on any fsspec backend.
+
+>>> import numpy as np, zstore
+>>> _ = zstore.save({"w": np.eye(3, dtype="float32")}, "memory://doc/init", metadata={"step": 1})
+>>> ckpt = zstore.open("memory://doc/init")
+>>> ckpt["w"][0], ckpt.metadata
+(array([1., 0., 0.], dtype=float32), {'step': 1})
+"""
+
+__version__ = "0.1.0"
+
+from zstore.accounting import IOStats, io_stats
+from zstore.errors import (
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    IncompleteCheckpointError,
+    InvalidKeyError,
+    InvalidURLError,
+    StorageAccessError,
+    UnsupportedFormatError,
+    UnsupportedTypeError,
+    ZStoreError,
+)
+from zstore.reader import Checkpoint, LazyTensor, load, open
+from zstore.writer import SaveInfo, save
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointExistsError",
+    "CheckpointNotFoundError",
+    "CorruptCheckpointError",
+    "IOStats",
+    "IncompleteCheckpointError",
+    "InvalidKeyError",
+    "InvalidURLError",
+    "LazyTensor",
+    "SaveInfo",
+    "StorageAccessError",
+    "UnsupportedFormatError",
+    "UnsupportedTypeError",
+    "ZStoreError",
+    "io_stats",
+    "load",
+    "open",
+    "save",
+]

@@ -1,0 +1,116 @@
+"""Counting the requests and bytes zstore sends to storage.
+
+Object stores are far away: the number of requests and the bytes on the wire are
+the figures that carry from a laptop to S3, so tests and benchmarks state them as
+facts instead of timing. Every store zstore opens is wrapped in ``CountingStore``;
+each store call maps to one backend request (zstore turns off s3fs's extra HEAD
+before a GET), and ``io_stats()`` collects them while it is active.
+
+>>> import numpy as np, zstore
+>>> zstore.save({"w": np.zeros((4, 4))}, "memory://doc/io", overwrite=True)  # doctest: +ELLIPSIS
+SaveInfo(...)
+>>> with zstore.io_stats() as io:
+...     _ = zstore.open("memory://doc/io")
+>>> io.gets
+2
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Any
+
+from zarr.abc.store import ByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import WrapperStore
+
+
+@dataclass
+class IOStats:
+    """Requests and bytes seen while an ``io_stats()`` block was active."""
+
+    gets: int = 0
+    puts: int = 0
+    heads: int = 0
+    lists: int = 0
+    deletes: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+    @property
+    def requests(self) -> int:
+        return self.gets + self.puts + self.heads + self.lists + self.deletes
+
+    def __str__(self) -> str:
+        parts = [f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name)]
+        return f"{self.requests} requests ({', '.join(parts) or 'none'})"
+
+
+_active: list[IOStats] = []
+_lock = threading.Lock()
+
+
+@contextmanager
+def io_stats() -> Iterator[IOStats]:
+    """Count every storage request zstore makes, from any thread, inside the block."""
+    stats = IOStats()
+    with _lock:
+        _active.append(stats)
+    try:
+        yield stats
+    finally:
+        with _lock:
+            _active.remove(stats)
+
+
+def record(kind: str, nbytes: int = 0) -> None:
+    """Add one request of ``kind`` (a counter name of ``IOStats``) to every active block."""
+    with _lock:
+        for stats in _active:
+            setattr(stats, kind, getattr(stats, kind) + 1)
+            if kind == "gets":
+                stats.bytes_read += nbytes
+            elif kind == "puts":
+                stats.bytes_written += nbytes
+
+
+class CountingStore(WrapperStore[Any]):
+    """A zarr store that records each call it forwards as one request."""
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        value = await self._store.get(key, prototype, byte_range)
+        record("gets", 0 if value is None else len(value))
+        return value
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        values = await self._store.get_partial_values(prototype, key_ranges)
+        for value in values:
+            record("gets", 0 if value is None else len(value))
+        return values
+
+    async def exists(self, key: str) -> bool:
+        record("heads")
+        return await self._store.exists(key)
+
+    async def set(self, key: str, value: Buffer) -> None:
+        await self._store.set(key, value)
+        record("puts", len(value))
+
+    async def delete(self, key: str) -> None:
+        await self._store.delete(key)
+        record("deletes")
+
+    def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        record("lists")
+        return self._store.list_prefix(prefix)
+
+    def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        record("lists")
+        return self._store.list_dir(prefix)

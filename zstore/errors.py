@@ -1,0 +1,61 @@
+"""Errors raised by zstore.
+
+Every error is a ``ZStoreError``; where a built-in error fits, it is that too, so
+``except FileNotFoundError`` keeps working for callers who do not know zstore::
+
+    ZStoreError
+    ├── CheckpointNotFoundError   (FileNotFoundError)  nothing saved at the URL
+    ├── IncompleteCheckpointError                       data without a commit marker
+    ├── CheckpointExistsError     (FileExistsError)    save would replace something
+    ├── CorruptCheckpointError                          metadata or chunks fail their checks
+    ├── UnsupportedFormatError                          written by a newer zstore
+    ├── InvalidKeyError           (ValueError)         a key cannot name a stored array
+    ├── UnsupportedTypeError      (TypeError)          a leaf or dtype zstore cannot store
+    ├── InvalidURLError           (ValueError)         the URL or storage options are unusable
+    └── StorageAccessError        (PermissionError)    the backend refused the request
+
+Messages name the offending value and say how to fix it; they never contain
+credentials.
+"""
+
+from __future__ import annotations
+
+
+class ZStoreError(Exception):
+    """Base class of every error zstore raises on purpose."""
+
+
+class CheckpointNotFoundError(ZStoreError, FileNotFoundError):
+    """No checkpoint exists at the URL."""
+
+
+class IncompleteCheckpointError(ZStoreError):
+    """The URL holds a checkpoint whose save never committed (crashed or still running)."""
+
+
+class CheckpointExistsError(ZStoreError, FileExistsError):
+    """A save would replace a committed checkpoint or objects zstore did not write."""
+
+
+class CorruptCheckpointError(ZStoreError):
+    """Stored metadata or data does not match what the commit recorded."""
+
+
+class UnsupportedFormatError(ZStoreError):
+    """The checkpoint was written in a format version this zstore cannot read."""
+
+
+class InvalidKeyError(ZStoreError, ValueError):
+    """A tree key would escape the checkpoint, is reserved, or collides with another key."""
+
+
+class UnsupportedTypeError(ZStoreError, TypeError):
+    """A leaf's Python type or array dtype cannot be stored losslessly."""
+
+
+class InvalidURLError(ZStoreError, ValueError):
+    """The URL names no usable filesystem, or its storage options were rejected."""
+
+
+class StorageAccessError(ZStoreError, PermissionError):
+    """The storage backend denied access (credentials, permissions, read-only store)."""

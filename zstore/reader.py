@@ -1,0 +1,249 @@
+"""Opening a checkpoint with two metadata reads and loading only what is asked for.
+
+``open`` fetches the root ``zarr.json`` and the commit marker concurrently; with
+consolidated metadata that is everything: each ``LazyTensor`` knows its shape,
+dtype, layout and stored size without another request, and reading a slice
+fetches only the chunks (ranged reads inside shards) that the slice touches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+from zarr.core.array import AsyncArray
+from zarr.core.metadata.v3 import ArrayV3Metadata
+from zarr.core.sync import sync
+from zarr.storage import StorePath
+
+from zstore.dtypes import dtype_from_name
+from zstore.errors import ZStoreError
+from zstore.manifest import COMMIT_MARKER, ROOT, Manifest, read_manifest
+from zstore.storage import Location, resolve
+from zstore.tensors import numpy_to_torch
+from zstore.tree import iter_leaves, scalar_value, unflatten
+
+
+class LazyTensor:
+    """One stored array: metadata at hand, data read on indexing.
+
+    >>> import numpy as np, zstore
+    >>> _ = zstore.save({"w": np.arange(12.0).reshape(3, 4)}, "memory://doc/lazy")
+    >>> w = zstore.open("memory://doc/lazy")["w"]
+    >>> w.shape, str(w.dtype)
+    ((3, 4), 'float64')
+    >>> w[1:, ::2]
+    array([[ 4.,  6.],
+           [ 8., 10.]])
+    """
+
+    def __init__(self, name: str, location: Location, path: str | None,
+                 document: dict[str, Any] | None, value: np.ndarray | None, kind: str,
+                 stored_nbytes: int) -> None:
+        self.name = name
+        self.kind = kind  # "numpy" or "torch": what was saved
+        self._location = location
+        self._path = path
+        self._document = document
+        self._value = value  # inline 0-d values live in the manifest
+        self._array: AsyncArray[Any] | None = None
+        self.stored_nbytes = stored_nbytes
+        if document is not None:
+            self.shape: tuple[int, ...] = tuple(document["shape"])
+            self.dtype: np.dtype = dtype_from_name(document["data_type"])
+        else:
+            assert value is not None
+            self.shape, self.dtype = value.shape, value.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    @property
+    def chunk_shape(self) -> tuple[int, ...] | None:
+        """Shape of the smallest independently readable piece (None for inline values)."""
+        if self._document is None:
+            return None
+        codec = self._document["codecs"][0]
+        if codec["name"] == "sharding_indexed":
+            return tuple(codec["configuration"]["chunk_shape"])
+        return self.shard_shape
+
+    @property
+    def shard_shape(self) -> tuple[int, ...] | None:
+        """Shape of one stored object (None for inline values)."""
+        if self._document is None:
+            return None
+        return tuple(self._document["chunk_grid"]["configuration"]["chunk_shape"])
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError(f"{self.name!r} is 0-d and has no len()")
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"LazyTensor({self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def zarr_array(self) -> AsyncArray[Any]:
+        """The underlying zarr array (built from the consolidated metadata, no I/O)."""
+        if self._array is None:
+            if self._document is None:
+                raise ZStoreError(f"{self.name!r} is a 0-d value stored inline, not a zarr array")
+            self._array = AsyncArray(
+                metadata=ArrayV3Metadata.from_dict(dict(self._document)),
+                store_path=StorePath(self._location.store, self._path or ""),
+            )
+        return self._array
+
+    async def read_async(self, index: Any = Ellipsis) -> np.ndarray:
+        if self._value is not None:
+            return self._value[index]
+        try:
+            result = await self.zarr_array().getitem(index)
+        except IndexError as e:
+            raise IndexError(f"index {index!r} is out of range for {self.name!r} with shape "
+                             f"{self.shape}: {e}") from None
+        return np.asarray(result)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return sync(self.read_async(index))
+
+    def numpy(self) -> np.ndarray:
+        """The whole array in host memory."""
+        return self[...]
+
+    def torch(self, device: Any = None) -> Any:
+        """The whole array as a torch tensor (bf16/fp8 keep their dtype), on ``device``."""
+        tensor = numpy_to_torch(self.numpy())
+        return tensor if device is None else tensor.to(device)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        array = self.numpy()
+        return array if dtype is None else array.astype(dtype)
+
+
+class Checkpoint(Mapping[str, LazyTensor]):
+    """A committed checkpoint: a read-only mapping of array name to ``LazyTensor``.
+
+    Names are tree paths joined by ``/``; 0-d tensors and numpy scalars are
+    included (held inline), plain Python values are only in ``load()``'s tree.
+    """
+
+    def __init__(self, location: Location, manifest: Manifest) -> None:
+        self.url = location.url
+        self.metadata = manifest.metadata
+        self._location = location
+        self._manifest = manifest
+        self._tensors: dict[str, LazyTensor] = {}
+        for name, node in iter_leaves(manifest.tree):
+            if "array" in node:
+                path = node["array"]
+                self._tensors[name] = LazyTensor(
+                    name, location, path, manifest.arrays[path], None, node["kind"],
+                    manifest.stored_bytes.get(path, 0))
+            elif "scalar" in node:
+                self._tensors[name] = LazyTensor(
+                    name, location, None, None, scalar_value(node), node["kind"], 0)
+
+    def __getitem__(self, name: str) -> LazyTensor:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            close = [n for n in self._tensors if name.split("/")[-1] in n][:5]
+            hint = f"; similar names: {close}" if close else ""
+            raise KeyError(f"no array {name!r} in checkpoint {self.url!r}{hint}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.url!r}, {len(self)} arrays, {self.nbytes / 2**20:.1f} MiB)"
+
+    @property
+    def nbytes(self) -> int:
+        """Logical bytes of every stored array, each counted once (ties share one)."""
+        return sum(self._unique_arrays().values())
+
+    @property
+    def stored_nbytes(self) -> int:
+        return sum(self._manifest.stored_bytes.values())
+
+    @property
+    def created(self) -> float:
+        return self._manifest.created
+
+    def _unique_arrays(self) -> dict[str, int]:
+        return {t._path: t.nbytes for t in self._tensors.values() if t._path is not None}
+
+    def load(self, *, framework: str | None = None, max_concurrency: int = 8) -> Any:
+        """The whole saved tree, arrays read concurrently. See ``zstore.load``."""
+        if framework not in (None, "numpy", "torch"):
+            raise ValueError(f"framework must be None, 'numpy' or 'torch', got {framework!r}")
+        by_path = {t._path: t for t in self._tensors.values() if t._path is not None}
+        arrays = sync(_read_all(by_path, max_concurrency))
+        return unflatten(self._manifest.tree, arrays, framework)
+
+
+async def _read_all(tensors: dict[str, LazyTensor], max_concurrency: int) -> dict[str, np.ndarray]:
+    limit = asyncio.Semaphore(max_concurrency)
+
+    async def one(path: str, tensor: LazyTensor) -> tuple[str, np.ndarray]:
+        async with limit:
+            return path, await tensor.read_async()
+
+    return dict(await asyncio.gather(*(one(p, t) for p, t in tensors.items())))
+
+
+def open(url: str, *, storage_options: dict[str, Any] | None = None) -> Checkpoint:  # noqa: A001
+    """Open the committed checkpoint at ``url`` lazily: two small reads, no array data.
+
+    Raises:
+        CheckpointNotFoundError: nothing is saved at ``url``.
+        IncompleteCheckpointError: a save there never committed.
+        CorruptCheckpointError, UnsupportedFormatError: the metadata cannot be trusted/read.
+
+    Example:
+        >>> import numpy as np, zstore
+        >>> _ = zstore.save({"emb": np.zeros((100, 8), "float32")}, "memory://doc/open")
+        >>> ckpt = zstore.open("memory://doc/open")
+        >>> ckpt["emb"][10:12].shape
+        (2, 8)
+    """
+    location = resolve(url, storage_options)
+    root, commit = sync(_fetch_metadata(location))
+    return Checkpoint(location, read_manifest(root, commit, url))
+
+
+async def _fetch_metadata(location: Location) -> tuple[bytes | None, bytes | None]:
+    root, commit = await asyncio.gather(location.get(ROOT), location.get(COMMIT_MARKER))
+    return root, commit
+
+
+def load(url: str, *, storage_options: dict[str, Any] | None = None,
+         framework: str | None = None) -> Any:
+    """Load the whole tree saved at ``url``.
+
+    Args:
+        framework: None gives every leaf back as it was saved (torch tensors as
+            torch, numpy as numpy); ``"numpy"`` or ``"torch"`` converts all arrays.
+
+    Example:
+        >>> import numpy as np, zstore
+        >>> _ = zstore.save({"a": [np.ones(2), (1, "x")]}, "memory://doc/load")
+        >>> zstore.load("memory://doc/load")
+        {'a': [array([1., 1.]), (1, 'x')]}
+    """
+    return open(url, storage_options=storage_options).load(framework=framework)

@@ -1,0 +1,252 @@
+"""Flattening a tree of arrays into named arrays plus a JSON skeleton, and back.
+
+A checkpoint stores every array (numpy or torch, one dimension or more) as a
+Zarr array named by its tree path, segments joined by ``/``; everything else
+(Python scalars, strings, None, 0-d tensors and numpy scalars) lives inline in
+the skeleton, which records the exact container types (dict with str or int
+keys, list, tuple) so that a round trip gives back the same structure.
+
+Skeleton nodes::
+
+    {"dict": [[key, node], ...]}  {"list": [node, ...]}  {"tuple": [node, ...]}
+    {"array": path, "kind": "numpy" | "torch"}
+    {"scalar": hex bytes, "dtype": name, "kind": "numpy" | "torch" | "npscalar"}
+    {"int": 3}  {"float": "0x1.8p+0"}  {"bool": true}  {"str": "x"}  {"none": null}
+
+Floats and scalars are stored as exact bits (hex), so NaN payloads, -0.0 and
+subnormals survive. Two leaves that are the same tensor (tied embeddings) point
+at one array path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from zstore.dtypes import check_supported, dtype_from_name
+from zstore.errors import InvalidKeyError, UnsupportedTypeError
+from zstore.tensors import is_torch_tensor, numpy_to_torch, torch_numpy_dtype, torch_to_numpy
+
+COMMIT_MARKER = "zstore.commit.json"
+_RESERVED_SEGMENTS = {"zarr.json"}
+
+
+@dataclass
+class FlatTree:
+    """What ``flatten`` found: the skeleton and the arrays it refers to by path."""
+
+    skeleton: dict[str, Any]
+    arrays: dict[str, Any] = field(default_factory=dict)  # path -> np.ndarray | torch.Tensor
+
+
+def flatten(tree: Any) -> FlatTree:
+    """Split ``tree`` into a JSON skeleton and its arrays, validating every key first.
+
+    Raises ``InvalidKeyError`` for keys that are not str/int, would escape the
+    checkpoint (``..``, absolute, empty segments), are reserved, or collide with
+    another key after joining; ``UnsupportedTypeError`` for leaves zstore cannot
+    store. Nothing is converted or copied here.
+    """
+    if not isinstance(tree, (dict, list, tuple)):
+        raise UnsupportedTypeError(
+            f"the tree to save must be a dict, list or tuple, got {type(tree).__name__}; "
+            "wrap a single array as {'name': array}"
+        )
+    flat = FlatTree(skeleton={})
+    seen: dict[Any, str] = {}  # identity of a tensor's memory -> its array path
+    owners: dict[str, tuple[Any, ...]] = {}  # leaf name -> the key path that produced it
+
+    def visit(node: Any, keys: tuple[Any, ...]) -> dict[str, Any]:
+        if isinstance(node, Mapping):
+            items = []
+            for key, child in node.items():
+                if isinstance(key, bool) or not isinstance(key, (str, int)):
+                    raise InvalidKeyError(
+                        f"key {key!r} at {_show(keys)} is a {type(key).__name__}; "
+                        "checkpoint keys must be str or int"
+                    )
+                items.append([key, visit(child, (*keys, key))])
+            return {"dict": items}
+        if isinstance(node, (list, tuple)):
+            kind = "tuple" if isinstance(node, tuple) else "list"
+            return {kind: [visit(child, (*keys, i)) for i, child in enumerate(node)]}
+        name = _claim_name(keys, owners)
+        return _leaf(node, name, flat, seen)
+
+    flat.skeleton = visit(tree, ())
+    _check_prefixes(owners)
+    return flat
+
+
+def _leaf(value: Any, name: str, flat: FlatTree, seen: dict[Any, str]) -> dict[str, Any]:
+    if value is None:
+        return {"none": None}
+    if isinstance(value, bool):
+        return {"bool": value}
+    if isinstance(value, int):
+        return {"int": value}
+    if isinstance(value, float):
+        return {"float": value.hex()}
+    if isinstance(value, str):
+        return {"str": value}
+    if is_torch_tensor(value):
+        if value.ndim == 0:
+            return _scalar(torch_to_numpy(value, name), "torch")
+        torch_numpy_dtype(value, name)
+        identity = _torch_identity(value)
+        kind = "torch"
+    elif isinstance(value, np.ndarray):
+        check_supported(value.dtype, name)
+        if value.ndim == 0:
+            return _scalar(value, "numpy")
+        identity = _numpy_identity(value)
+        kind = "numpy"
+    elif isinstance(value, np.generic):
+        check_supported(value.dtype, name)
+        return _scalar(np.asarray(value), "npscalar")
+    else:
+        raise UnsupportedTypeError(
+            f"leaf {name!r} is a {type(value).__module__}.{type(value).__qualname__}, which "
+            "zstore does not store (no pickle): use arrays, tensors, int, float, bool, str or "
+            "None, and put other objects into metadata as JSON"
+        )
+    if identity in seen:  # the same memory twice: tied weights, stored once
+        return {"array": seen[identity], "kind": kind}
+    seen[identity] = name
+    flat.arrays[name] = value
+    return {"array": name, "kind": kind}
+
+
+def _scalar(array: np.ndarray, kind: str) -> dict[str, Any]:
+    native = array.astype(array.dtype.newbyteorder("<"))
+    return {"scalar": native.tobytes().hex(), "dtype": str(array.dtype), "kind": kind}
+
+
+def _torch_identity(tensor: Any) -> tuple[Any, ...]:
+    storage = tensor.untyped_storage()
+    return ("torch", tensor.device.type, storage.data_ptr(), tensor.storage_offset(),
+            tuple(tensor.shape), tuple(tensor.stride()), str(tensor.dtype))
+
+
+def _numpy_identity(array: np.ndarray) -> tuple[Any, ...]:
+    return ("numpy", array.__array_interface__["data"][0], array.shape, array.strides,
+            array.dtype.str)
+
+
+def _claim_name(keys: tuple[Any, ...], owners: dict[str, tuple[Any, ...]]) -> str:
+    segments = [segment for key in keys for segment in str(key).split("/")]
+    if not segments:
+        raise UnsupportedTypeError("the tree to save must be a dict, list or tuple")
+    name = "/".join(segments)
+    for segment in segments:
+        _check_segment(segment, name, keys)
+    if segments[0] == COMMIT_MARKER:
+        raise InvalidKeyError(f"key {name!r} is reserved for zstore's commit marker; rename it")
+    if name in owners:
+        raise InvalidKeyError(
+            f"keys {_show(owners[name])} and {_show(keys)} both map to the array name "
+            f"{name!r}; rename one of them"
+        )
+    owners[name] = keys
+    return name
+
+
+def _check_segment(segment: str, name: str, keys: tuple[Any, ...]) -> None:
+    problem = None
+    if segment == "":
+        problem = "has an empty path segment (leading, trailing or doubled '/')"
+    elif segment in (".", ".."):
+        problem = f"has the segment {segment!r}, which would escape the checkpoint"
+    elif "\\" in segment or any(ord(c) < 32 or ord(c) == 127 for c in segment):
+        problem = "contains a backslash or a control character"
+    elif segment.startswith("__"):
+        problem = "has a segment starting with '__', which Zarr reserves"
+    elif segment in _RESERVED_SEGMENTS:
+        problem = f"has the segment {segment!r}, which Zarr uses for its metadata"
+    if problem:
+        raise InvalidKeyError(f"key {_show(keys)} (array name {name!r}) {problem}; rename it")
+
+
+def _check_prefixes(owners: dict[str, tuple[Any, ...]]) -> None:
+    for name, keys in owners.items():
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if prefix in owners:
+                raise InvalidKeyError(
+                    f"key {_show(owners[prefix])} names a leaf {prefix!r} that key "
+                    f"{_show(keys)} would also need as a group ({name!r}); rename one of them"
+                )
+
+
+def _show(keys: tuple[Any, ...]) -> str:
+    return "".join(f"[{key!r}]" for key in keys) or "<root>"
+
+
+def iter_leaves(skeleton: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every leaf node with its name, in tree order."""
+    kind = next(iter(skeleton))
+    body = skeleton[kind]
+    if kind in ("dict", "list", "tuple"):
+        pairs = body if kind == "dict" else enumerate(body)
+        for key, child in pairs:
+            yield from iter_leaves(child, f"{prefix}/{key}" if prefix else str(key))
+    else:
+        yield prefix, skeleton
+
+
+def scalar_value(node: dict[str, Any]) -> np.ndarray:
+    """The 0-d array an inline scalar node holds (bit-exact)."""
+    dtype = dtype_from_name(node["dtype"]).newbyteorder("<")
+    return np.frombuffer(bytes.fromhex(node["scalar"]), dtype=dtype).reshape(()).astype(
+        dtype.newbyteorder("=")
+    )
+
+
+def unflatten(
+    skeleton: dict[str, Any], arrays: Mapping[str, np.ndarray], framework: str | None
+) -> Any:
+    """Rebuild the saved tree from its skeleton and the arrays loaded for it.
+
+    ``framework`` None gives each leaf back as it was saved; "numpy" or "torch"
+    converts every array leaf to that framework. A path loaded once stays one
+    object, so tied tensors come back sharing memory.
+    """
+    converted: dict[str, Any] = {}
+
+    def as_framework(array: np.ndarray, kind: str) -> Any:
+        target = framework or ("torch" if kind == "torch" else "numpy")
+        if target == "torch":
+            return numpy_to_torch(array)
+        return array[()] if kind == "npscalar" else array
+
+    def build(node: dict[str, Any]) -> Any:
+        kind = next(iter(node))  # a node's first key names its kind
+        body = node[kind]
+        if kind == "dict":
+            return {key: build(child) for key, child in body}
+        if kind in ("list", "tuple"):
+            children = [build(child) for child in body]
+            return tuple(children) if kind == "tuple" else children
+        if kind == "array":
+            path = node["array"]
+            if path not in converted:
+                converted[path] = as_framework(arrays[path], node["kind"])
+            return converted[path]
+        if kind == "scalar":
+            return as_framework(scalar_value(node), node["kind"])
+        return _PYTHON_LEAVES[kind](body)
+
+    return build(skeleton)
+
+
+_PYTHON_LEAVES: dict[str, Callable[[Any], Any]] = {
+    "none": lambda _: None,
+    "bool": bool,
+    "int": int,
+    "float": float.fromhex,
+    "str": str,
+}

@@ -1,0 +1,223 @@
+"""Saving a tree as one Zarr v3 group, committed last.
+
+Order of writes, chosen so that a crash at any point leaves either the previous
+committed checkpoint or nothing that opens as complete:
+
+1. validate everything (keys, leaf types, dtypes, metadata): no I/O before this;
+2. clear the destination: an old commit marker goes first, then the old objects
+   (only objects under a zstore root are ever deleted);
+3. a placeholder root ``zarr.json`` marks the prefix as a zstore save in progress;
+4. group and array metadata, then every array's shards, all concurrently;
+5. the final root ``zarr.json`` (consolidated metadata and manifest);
+6. the commit marker, created only if absent, so of two racing savers one wins.
+
+Each array is written with one ``setitem`` covering all of it, so every shard is
+written whole, once, by one writer: no read-modify-write ever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from zarr.core.array import AsyncArray
+from zarr.core.metadata.v3 import ArrayV3Metadata
+from zarr.core.sync import sync
+from zarr.storage import StorePath, WrapperStore
+
+from zstore import __version__
+from zstore.dtypes import check_supported
+from zstore.errors import CheckpointExistsError
+from zstore.layout import Layout, array_metadata, default_layout
+from zstore.manifest import (
+    COMMIT_MARKER,
+    ROOT,
+    Manifest,
+    check_metadata,
+    commit_document,
+    encode,
+    group_document,
+    group_paths,
+    is_zstore_root,
+    root_document,
+    writing_document,
+)
+from zstore.storage import Location, resolve
+from zstore.tensors import is_torch_tensor, torch_numpy_dtype, torch_to_numpy
+from zstore.tree import flatten
+
+
+@dataclass(frozen=True)
+class SaveInfo:
+    """What a save wrote: arrays, bytes before and after compression, objects, time."""
+
+    url: str
+    arrays: int
+    logical_bytes: int
+    stored_bytes: int
+    objects: int
+    seconds: float
+
+    @property
+    def ratio(self) -> float:
+        """Compression ratio (logical / stored); 1.0 for an empty checkpoint."""
+        return self.logical_bytes / self.stored_bytes if self.stored_bytes else 1.0
+
+
+def save(
+    tree: Any,
+    url: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    codec: str = "blosc",
+    max_concurrency: int = 8,
+) -> SaveInfo:
+    """Save a tree of arrays and values as a committed checkpoint at ``url``.
+
+    Args:
+        tree: nested dicts (str or int keys), lists and tuples whose leaves are
+            numpy arrays, torch tensors (any device, views, non-contiguous),
+            numpy or Python scalars, str, bool or None.
+        url: any fsspec URL or local path: ``"ckpt/step-1"``, ``"memory://x"``,
+            ``"s3://bucket/run/step-1"``.
+        storage_options: passed to fsspec (``endpoint_url``, ``key``, ``secret``...).
+        metadata: JSON values kept with the checkpoint (step, config).
+        overwrite: replace a committed checkpoint at ``url``. The old commit
+            marker is removed first, so a crash never leaves a mix that opens.
+        codec: ``"blosc"`` (shuffled Blosc-zstd, default), ``"zstd"`` or ``"none"``.
+        max_concurrency: arrays written at once (each also writes its shards
+            concurrently, per zarr's ``async.concurrency``).
+
+    Returns:
+        SaveInfo with sizes, object count and duration.
+
+    Raises:
+        CheckpointExistsError: ``url`` holds a checkpoint (and not ``overwrite``),
+            or objects zstore did not write.
+        InvalidKeyError, UnsupportedTypeError: raised before anything is written.
+
+    Example:
+        >>> import numpy as np, zstore
+        >>> info = zstore.save({"w": np.ones((2, 3), "float32"), "step": 7}, "memory://doc/save")
+        >>> info.arrays
+        1
+    """
+    started = time.perf_counter()
+    flat = flatten(tree)
+    manifest = Manifest(tree=flat.skeleton, metadata=check_metadata(metadata), arrays={},
+                        zstore_version=__version__)
+    layouts: dict[str, tuple[np.dtype, Layout]] = {}
+    for path, value in flat.arrays.items():
+        dtype = _stored_dtype(value, path)
+        layout = default_layout(tuple(value.shape), dtype, codec)
+        layouts[path] = (dtype, layout)
+        manifest.arrays[path] = array_metadata(tuple(value.shape), dtype, layout)
+    location = resolve(url, storage_options)
+    objects = sync(_save(location, flat.arrays, manifest, overwrite, max_concurrency))
+    return SaveInfo(
+        url=url,
+        arrays=len(flat.arrays),
+        logical_bytes=sum(int(np.prod(v.shape)) * layouts[p][0].itemsize
+                          for p, v in flat.arrays.items()),
+        stored_bytes=sum(manifest.stored_bytes.values()),
+        objects=objects,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _stored_dtype(value: Any, path: str) -> np.dtype:
+    if is_torch_tensor(value):
+        return torch_numpy_dtype(value, path)
+    return check_supported(value.dtype, path)
+
+
+def _host_array(value: Any, path: str) -> np.ndarray:
+    array = torch_to_numpy(value, path) if is_torch_tensor(value) else value
+    native = check_supported(array.dtype, path)
+    return array if array.dtype == native else array.astype(native)
+
+
+async def _save(location: Location, arrays: dict[str, Any], manifest: Manifest,
+                overwrite: bool, max_concurrency: int) -> int:
+    await _clear_destination(location, overwrite)
+    await location.put(ROOT, encode(writing_document()))
+    limit = asyncio.Semaphore(max_concurrency)
+
+    async def bounded(coroutine: Any) -> None:
+        async with limit:
+            await coroutine
+
+    documents = {f"{g}/{ROOT}": group_document() for g in group_paths(list(manifest.arrays))}
+    documents.update({f"{p}/{ROOT}": doc for p, doc in manifest.arrays.items()})
+    await asyncio.gather(*(bounded(location.put(k, encode(d))) for k, d in documents.items()))
+    await asyncio.gather(*(
+        bounded(_write_array(location, path, manifest.arrays[path], value))
+        for path, value in arrays.items()
+    ))
+    sizes = await location.sizes()
+    manifest.stored_bytes = {
+        path: sum(n for key, n in sizes.items() if key.startswith(f"{path}/c"))
+        for path in manifest.arrays
+    }
+    manifest.created = time.time()
+    root = encode(root_document(manifest))
+    await location.put(ROOT, root)
+    try:
+        await location.put_new(COMMIT_MARKER, commit_document(root))
+    except FileExistsError:
+        raise CheckpointExistsError(
+            f"another save committed {location.url!r} while this one was writing; "
+            "this save's data was not committed"
+        ) from None
+    return len(sizes) + 1
+
+
+class _NewObjectsStore(WrapperStore[Any]):
+    """A view of the destination in which every object is still absent.
+
+    zarr 3.1 reads a shard before writing it even when the write covers all of
+    it (3.2+ skips the read). A save has just cleared its destination and writes
+    each shard exactly once, so that read can only ever find nothing: answering
+    it here saves one GET per shard, and rules out read-modify-write for good.
+    """
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> None:
+        return None
+
+    async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list[None]:
+        return [None for _ in key_ranges]
+
+
+async def _write_array(location: Location, path: str, document: dict[str, Any], value: Any) -> None:
+    array = AsyncArray(
+        metadata=ArrayV3Metadata.from_dict(dict(document)),
+        store_path=StorePath(_NewObjectsStore(location.store), path),
+        config={"write_empty_chunks": True},  # an all-zero chunk may hold -0.0: keep the bits
+    )
+    await array.setitem(Ellipsis, _host_array(value, path))
+
+
+async def _clear_destination(location: Location, overwrite: bool) -> None:
+    marker, root = await asyncio.gather(location.get(COMMIT_MARKER), location.get(ROOT))
+    if marker is not None and not overwrite:
+        raise CheckpointExistsError(
+            f"{location.url!r} already holds a committed checkpoint; pass overwrite=True to "
+            "replace it, or save to another URL"
+        )
+    existing = await location.sizes()
+    if not existing:
+        return
+    if not is_zstore_root(root):
+        example = sorted(existing)[0]
+        raise CheckpointExistsError(
+            f"{location.url!r} holds {len(existing)} object(s) not written by zstore "
+            f"(e.g. {example!r}); zstore deletes only its own checkpoints: choose an empty URL"
+        )
+    if marker is not None:  # from here on the old checkpoint no longer opens as complete
+        await location.remove_all([COMMIT_MARKER])
+    await location.remove_all([key for key in existing if key != COMMIT_MARKER])
