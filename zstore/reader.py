@@ -19,7 +19,7 @@ from zarr.core.sync import sync
 from zarr.storage import StorePath
 
 from zstore.dtypes import dtype_from_name
-from zstore.errors import ZStoreError
+from zstore.errors import CorruptCheckpointError, ZStoreError
 from zstore.manifest import COMMIT_MARKER, ROOT, Manifest, read_manifest
 from zstore.storage import Location, resolve
 from zstore.tensors import numpy_to_torch
@@ -113,6 +113,13 @@ class LazyTensor:
         except IndexError as e:
             raise IndexError(f"index {index!r} is out of range for {self.name!r} with shape "
                              f"{self.shape}: {e}") from None
+        except ValueError as e:
+            if "checksum" not in str(e):
+                raise
+            raise CorruptCheckpointError(
+                f"array {self.name!r} in {self._location.url!r}: a chunk read for index "
+                f"{index!r} failed its crc32c check ({e}); run `zstore verify` to list the damage"
+            ) from None
         return np.asarray(result)
 
     def __getitem__(self, index: Any) -> np.ndarray:

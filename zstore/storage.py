@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import FsspecStore
 
 from zstore.accounting import CountingStore, record
-from zstore.errors import InvalidURLError, StorageAccessError
+from zstore.errors import InvalidURLError, StorageAccessError, ZStoreError
 
 _CREDENTIAL_OPTIONS = {"key", "secret", "token", "password", "aws_secret_access_key"}
 
@@ -112,6 +114,21 @@ def resolve(url: str, storage_options: dict[str, Any] | None = None) -> Location
             f"(options given: {bad + ['<credentials>'] * (len(bad) < len(options))}): {e}"
         ) from None
     return Location(url=url, store=CountingStore(inner), fs=inner.fs, root=inner.path.rstrip("/"))
+
+
+@contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """Turn the backend's missing-bucket and permission errors into zstore errors for ``url``."""
+    try:
+        yield
+    except (ZStoreError, FileExistsError):
+        raise
+    except PermissionError as e:
+        raise access_error(url, e) from None
+    except FileNotFoundError as e:
+        raise InvalidURLError(
+            f"cannot write to {url!r}: {e} (does the bucket or parent folder exist?)"
+        ) from None
 
 
 def access_error(url: str, error: BaseException) -> StorageAccessError:

@@ -45,7 +45,7 @@ from zstore.manifest import (
     root_document,
     writing_document,
 )
-from zstore.storage import Location, resolve
+from zstore.storage import Location, resolve, storage_errors
 from zstore.tensors import is_torch_tensor, torch_numpy_dtype, torch_to_numpy
 from zstore.tree import flatten
 
@@ -118,7 +118,8 @@ def save(
         layouts[path] = (dtype, layout)
         manifest.arrays[path] = array_metadata(tuple(value.shape), dtype, layout)
     location = resolve(url, storage_options)
-    objects = sync(_save(location, flat.arrays, manifest, overwrite, max_concurrency))
+    with storage_errors(url):
+        objects = sync(_save(location, flat.arrays, manifest, overwrite, max_concurrency))
     return SaveInfo(
         url=url,
         arrays=len(flat.arrays),
