@@ -93,7 +93,8 @@ def resolve(url: str, storage_options: dict[str, Any] | None = None) -> Location
 
     S3 gets ``max_concurrency=1`` unless the caller chose otherwise: s3fs 2026.x
     sends a HEAD before every GET when it is higher, doubling the requests of
-    every small read.
+    every small read. Its listing cache is off by default too: checkpoints are
+    written by other processes, and a stale listing would hide a new step.
     """
     if not isinstance(url, str) or not url:
         raise InvalidURLError(f"checkpoint URL must be a non-empty string, got {url!r}")
@@ -101,6 +102,7 @@ def resolve(url: str, storage_options: dict[str, Any] | None = None) -> Location
     protocol = fsspec.core.split_protocol(url)[0] or "file"
     if protocol in ("s3", "s3a"):
         options.setdefault("max_concurrency", 1)
+        options.setdefault("use_listings_cache", False)
     if protocol in ("file", "local"):
         options.setdefault("auto_mkdir", True)
     try:
