@@ -193,6 +193,19 @@ class TestTorch:
         for key, value in tree.items():
             assert torch.equal(back[key], value), key
 
+    def test_cuda_tensors_save_from_and_load_to_the_gpu(self):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
+        tensor = torch.randn(300, 70, device="cuda", dtype=torch.bfloat16)
+        url = memory_url()
+        zstore.save({"t": tensor, "t_view": tensor[:, ::7]}, url)
+        ckpt = zstore.open(url)
+        back = ckpt["t"].torch(device="cuda")
+        assert back.device.type == "cuda" and torch.equal(back, tensor)
+        assert torch.equal(ckpt["t_view"].torch(), tensor[:, ::7].cpu())
+
     def test_parameters_with_grad_are_saved_detached(self):
         import torch
 
