@@ -6,30 +6,19 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import torch
 
 import zstore
 from zstore.cli import main as zstore_cli
+from zstore.testing import MotoS3
 
 
 def start_embedded_s3() -> tuple[str, dict]:
     """An S3 server in this process (moto), reached through s3fs over real HTTP."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log in the demo
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="demo",
-                 aws_secret_access_key="demo", region_name="us-east-1").create_bucket(Bucket="demo")
-    options = {"endpoint_url": endpoint, "key": "demo", "secret": "demo",
-               "client_kwargs": {"region_name": "us-east-1"}}
-    return "s3://demo/run1/step-100", options
+    server = MotoS3()
+    return f"s3://{server.new_bucket('demo')}/run1/step-100", server.storage_options
 
 
 def dotted(options: dict, prefix: str = "") -> list[tuple[str, str]]:

@@ -1,100 +1,20 @@
 """Backends every storage test runs against: a local folder, memory://, and S3 on moto.
 
 The S3 backend is moto's server over real HTTP (s3fs pointed at its endpoint),
-wrapped in a WSGI middleware that counts every request the server receives, so
-tests can state request counts as seen on the wire, not as zstore reports them.
+behind a middleware that logs every request it answers (``zstore.testing``), so
+tests state request counts as seen on the wire, not as zstore reports them.
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
-import threading
 import uuid
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-_ids = itertools.count()
-logging.getLogger("werkzeug").setLevel(logging.ERROR)
-
-
-@dataclass
-class WireLog:
-    """Requests the moto server answered: (method, path?query, has Range header)."""
-
-    requests: list[tuple[str, str, bool]] = field(default_factory=list)
-    in_flight: int = 0
-    max_in_flight: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def clear(self) -> None:
-        with self.lock:
-            self.requests.clear()
-            self.max_in_flight = 0
-
-    def count(self, method: str | None = None, prefix: str = "") -> int:
-        return sum(1 for m, p, _ in self.requests if (method is None or m == method)
-                   and p.startswith(prefix))
-
-    def methods(self) -> Counter[str]:
-        return Counter(m for m, _, _ in self.requests)
-
-
-class MotoS3:
-    """An in-process moto S3 server on 127.0.0.1 with a request log."""
-
-    def __init__(self) -> None:
-        from moto.moto_server.werkzeug_app import (
-            DomainDispatcherApplication,
-            MotoRequestHandler,
-            create_backend_app,
-        )
-        from werkzeug.serving import make_server
-
-        self.log = WireLog()
-        app = DomainDispatcherApplication(create_backend_app)
-
-        def counting(environ: dict[str, Any], start_response: Any) -> Any:
-            query = environ.get("QUERY_STRING", "")
-            path = environ.get("PATH_INFO", "") + (f"?{query}" if query else "")
-            entry = (environ["REQUEST_METHOD"], path, "HTTP_RANGE" in environ)
-            with self.log.lock:
-                self.log.in_flight += 1
-                self.log.max_in_flight = max(self.log.max_in_flight, self.log.in_flight)
-            try:
-                return app(environ, start_response)
-            finally:
-                with self.log.lock:
-                    self.log.in_flight -= 1
-                    self.log.requests.append(entry)
-
-        self._server = make_server("127.0.0.1", 0, counting, threaded=True,
-                                   request_handler=MotoRequestHandler)
-        self.endpoint_url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def storage_options(self) -> dict[str, Any]:
-        return {"endpoint_url": self.endpoint_url, "key": "testing", "secret": "testing",
-                "client_kwargs": {"region_name": "us-east-1"}}
-
-    def new_bucket(self) -> str:
-        import boto3
-
-        name = f"zstore-test-{next(_ids)}-{uuid.uuid4().hex[:6]}"
-        boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id="testing",
-                     aws_secret_access_key="testing", region_name="us-east-1"
-                     ).create_bucket(Bucket=name)
-        return name
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._thread.join()
+from zstore.testing import MotoS3, WireLog
 
 
 @pytest.fixture(scope="session")
