@@ -62,3 +62,14 @@ def test_array_metadata_uses_tensorstore_dtype_names(dtype, name, fill):
         "sharding_indexed" else doc["codecs"]
     assert codecs[-1] == {"name": "crc32c"}
     assert ("endian" in codecs[0].get("configuration", {})) == (dtype.itemsize > 1)
+
+
+def test_chunks_hold_whole_rows_so_a_row_is_one_chunk():
+    layout = default_layout((32000, 2048), np.dtype(ml_dtypes.bfloat16))
+    assert layout.chunk_shape == (256, 2048)
+    assert layout.shard_shape == (16384, 2048)
+
+
+def test_rows_wider_than_a_chunk_are_cut_along_the_next_dim():
+    layout = default_layout((4, 1 << 20), np.dtype("float32"))
+    assert layout.chunk_shape == (1, 1 << 18)

@@ -1,10 +1,11 @@
 """How one array is cut into chunks and shards, and the Zarr v3 codecs that encode it.
 
 This module is pure: shapes and dtypes in, a ``Layout`` and its JSON out. The
-default layout aims at inner chunks of about 1 MiB (large enough for Blosc to
-reach its ratio, small enough for partial reads) packed into shards of up to
-64 MiB, so an array costs few objects; arrays that fit in one chunk are stored
-unsharded, as a single object read in one request.
+default layout aims at inner chunks of about 1 MiB of whole rows (large enough
+for Blosc to reach its ratio, small enough for partial reads, contiguous in C
+order) packed into shards of up to 64 MiB, so an array costs few objects;
+arrays that fit in one chunk are stored unsharded, as one object read in one
+request.
 """
 
 from __future__ import annotations
@@ -37,25 +38,35 @@ class Layout:
         return self.shard_shape or self.chunk_shape
 
 
-def _halve_until(grid: list[int], unit_bytes: int, target: int) -> list[int]:
-    """Halve the largest extent (earliest on ties) until the block fits ``target`` bytes."""
-    grid = list(grid)
-    while math.prod(grid) * unit_bytes > target and max(grid, default=1) > 1:
-        d = grid.index(max(grid))
-        grid[d] = -(-grid[d] // 2)
-    return grid
+def _rows_first(extent: list[int], unit_bytes: int, target: int) -> list[int]:
+    """The largest block of whole trailing dims, leading dim cut first, within ``target`` bytes.
+
+    Cutting rows first keeps every block contiguous in C order (cheap to encode
+    and decode) and lets a row, or a range of rows, be read from one block.
+    """
+    block = list(extent)
+    for d in range(len(block)):
+        rest = math.prod(block[d + 1:]) * unit_bytes
+        if rest * block[d] <= target:
+            break
+        if rest <= target:
+            block[d] = max(1, target // rest)
+            break
+        block[d] = 1
+    return block
 
 
 def default_layout(shape: tuple[int, ...], dtype: np.dtype, codec: str = "blosc") -> Layout:
-    """The layout zstore uses when no planner is asked: ~1 MiB chunks in <=64 MiB shards."""
+    """The layout zstore uses when no planner is asked: ~1 MiB chunks of whole rows in
+    shards of up to 64 MiB; arrays that fit one chunk stay one unsharded object."""
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
     extent = [max(1, n) for n in shape]
-    chunk = _halve_until(extent, dtype.itemsize, CHUNK_TARGET)
+    chunk = _rows_first(extent, dtype.itemsize, CHUNK_TARGET)
     chunks_per_dim = [-(-e // c) for e, c in zip(extent, chunk)]
     if math.prod(chunks_per_dim) == 1:
         return Layout(tuple(chunk), None, codec)
-    per_shard = _halve_until(chunks_per_dim, math.prod(chunk) * dtype.itemsize, SHARD_TARGET)
+    per_shard = _rows_first(chunks_per_dim, math.prod(chunk) * dtype.itemsize, SHARD_TARGET)
     return Layout(tuple(chunk), tuple(c * k for c, k in zip(chunk, per_shard)), codec)
 
 
