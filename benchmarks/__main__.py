@@ -1,0 +1,339 @@
+"""Run the benchmarks: ``python -m benchmarks [--quick] [--layers N] [--reps N] ...``.
+
+Sections (each figure a ratio against a baseline measured in the same run, on the
+same bytes, interleaved, median of ``--reps`` rounds with min and max):
+
+- throughput: save and full load, zstore against raw storage, safetensors,
+  torch.save and PyTorch DCP, on a local folder and on S3 (moto over HTTP);
+- lazy reads: open, time to first tensor, one embedding row, tensor-parallel
+  quarters along each dim, one whole layer; latency plus requests and bytes
+  fetched against bytes asked for (read amplification);
+- memory: peak RSS of a full load and of a save, in fresh processes;
+- compression: stored size per dtype and codec, synthetic and real weights;
+- gpu: full load to CUDA against safetensors, where CUDA is available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from zarr.core.sync import sync
+
+import zstore
+from benchmarks import workloads
+from benchmarks.measure import Stat, interleave, ratio, timed
+from benchmarks.report import Report, Row, seconds
+from benchmarks.systems import (
+    DCP, Raw, Safetensors, System, Target, TorchSave, Zstore, safetensors_blob, touch,
+)
+from zstore.testing import MotoS3
+
+RESULTS = Path(__file__).parent / "results"
+
+
+class Backends:
+    """Where each round writes: a temporary folder and a bucket on an in-process moto server."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="zstore-bench-"))
+        self.s3 = MotoS3() if "s3" in names else None
+        self.bucket = self.s3.new_bucket("bench") if self.s3 else ""
+        self.names = names
+
+    def target(self, backend: str, name: str) -> Target:
+        if backend == "local":
+            return Target(str(self.tmp / name), {})
+        assert self.s3 is not None
+        return Target(f"s3://{self.bucket}/{name}", self.s3.storage_options)
+
+    def remove(self, target: Target) -> None:
+        if target.is_local:
+            shutil.rmtree(target.url, ignore_errors=True)
+        else:
+            fs = target.fs()
+            paths = fs.find(target.url)
+            if paths:
+                fs.rm(paths)
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.s3:
+            self.s3.stop()
+
+
+def throughput(report: Report, backends: Backends, backend: str, label: str,
+               state: dict[str, np.ndarray], reps: int) -> None:
+    systems: list[System] = [Zstore(), Raw(), Safetensors(), TorchSave(), DCP()]
+    if backend == "local" and label == "bf16":  # the codec's cost, where storage is fastest
+        systems.insert(1, Zstore("none"))
+    systems = [s for s in systems if backend == "local" or not s.local_only]
+    for system in systems:
+        system.prepare(state)
+    size = workloads.nbytes(state)
+    times: dict[tuple[str, str], Stat] = {(s.name, op): Stat() for s in systems
+                                          for op in ("save", "load")}
+    for rep in range(reps):
+        for system in systems:
+            slug = system.name.replace("[", "-").replace("]", "")  # no glob characters
+            target = backends.target(backend, f"{label}-{slug}-{rep}")
+            t_save, _ = timed(lambda: system.save(state, target))
+            t_load, loaded = timed(lambda: touch(system.load(target)))
+            del loaded
+            times[(system.name, "save")].samples.append(t_save)
+            times[(system.name, "load")].samples.append(t_load)
+            print(f"    round {rep + 1}/{reps} {backend} {label} {system.name}: save {t_save:.2f}s "
+                  f"load {t_load:.2f}s", file=sys.stderr, flush=True)
+            backends.remove(target)
+    pairs = [("zstore", s.name) for s in systems[1:]]
+    if "zstore[none]" in (s.name for s in systems):
+        pairs.append(("zstore[none]", "raw"))
+    for op in ("save", "load"):
+        for candidate, baseline in pairs:
+            mine, theirs = times[(candidate, op)], times[(baseline, op)]
+            report.add(Row("throughput", backend, label, f"{op}: {candidate} vs {baseline}",
+                           f"{size / mine.median / 1e6:.0f} MB/s {seconds(mine)}",
+                           f"{baseline} {size / theirs.median / 1e6:.0f} MB/s {seconds(theirs)}",
+                           ratio(theirs, mine),
+                           {"bytes": size, "zstore": mine.as_dict(), "baseline": theirs.as_dict()}))
+
+
+def _lazy_cases(state: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """name -> {tensor: index} asked for, for each lazy-read scenario."""
+    embed, q = "embed.weight", "layers.0.attn.q.weight"
+    vocab, hidden = state[embed].shape
+    layer = {k: np.s_[...] for k in state if k.startswith("layers.1.")}
+    return {
+        "first tensor (open + q_proj)": {q: np.s_[...]},
+        "one embedding row": {embed: np.s_[vocab // 2 + 7]},
+        "TP quarter of embed, dim 0": {embed: np.s_[vocab // 4:vocab // 2]},
+        "TP quarter of embed, dim 1": {embed: np.s_[:, hidden // 4:hidden // 2]},
+        "TP quarter of q_proj, dim 0": {q: np.s_[512:1024]},
+        "TP quarter of q_proj, dim 1": {q: np.s_[:, 512:1024]},
+        "one whole layer": layer,
+    }
+
+
+def _asked_bytes(state: dict[str, np.ndarray], case: dict[str, Any]) -> int:
+    return sum(state[k][index].nbytes for k, index in case.items())
+
+
+def _covering_range(array: np.ndarray, index: Any, start: int) -> tuple[int, int]:
+    """The contiguous byte range of a C-order tensor that holds ``array[index]``."""
+    first = index[0] if isinstance(index, tuple) else index
+    rows = np.arange(array.shape[0]) if first is Ellipsis else np.atleast_1d(
+        np.arange(array.shape[0])[first])
+    row_bytes = array.nbytes // array.shape[0]
+    return start + int(rows.min()) * row_bytes, start + (int(rows.max()) + 1) * row_bytes
+
+
+def lazy(report: Report, backends: Backends, backend: str, state: dict[str, np.ndarray],
+         reps: int) -> None:
+    target = backends.target(backend, "lazy-zstore")
+    zstore.save(state, target.url, storage_options=target.options, overwrite=True)
+    blob, ranges = safetensors_blob(state)
+    if backend == "local":
+        Path(target.url + "-st").mkdir(parents=True, exist_ok=True)
+        st_path = f"{target.url}-st/model.safetensors"
+        Path(st_path).write_bytes(blob)
+    else:
+        st_path = f"{target.url}-st/model.safetensors"
+        target.fs().pipe_file(st_path, blob)
+    del blob
+    fs = target.fs()
+
+    def zstore_read(case: dict[str, Any], with_open: bool) -> None:
+        ckpt = zstore.open(target.url, storage_options=target.options) if with_open else opened
+        async def gather() -> None:
+            await asyncio.gather(*(ckpt[k].read_async(i) for k, i in case.items()))
+        sync(gather())
+
+    def baseline_read(case: dict[str, Any], with_open: bool) -> None:
+        if backend == "local":
+            from safetensors import safe_open
+
+            with safe_open(st_path, framework="pt") as f:
+                for k, index in case.items():
+                    f.get_slice(k)[index]
+            return
+        if with_open:
+            head = fs.cat_file(st_path, start=0, end=8)
+            fs.cat_file(st_path, start=8, end=8 + int.from_bytes(head, "little"))
+        spans = [_covering_range(state[k], index, ranges[k][0]) for k, index in case.items()]
+        fs.cat_ranges([st_path] * len(spans), [s for s, _ in spans], [e for _, e in spans])
+
+    opened = zstore.open(target.url, storage_options=target.options)
+    with zstore.io_stats() as io:
+        t_open, _ = timed(lambda: zstore.open(target.url, storage_options=target.options))
+    report.add(Row("lazy", backend, "bf16", "open: requests",
+                   f"{io.gets} GETs, {io.bytes_read / 1024:.0f} KiB, {t_open * 1000:.1f} ms",
+                   "target 2 GETs", None, {"gets": io.gets, "bytes": io.bytes_read}))
+    for name, case in _lazy_cases(state).items():
+        with_open = name.startswith("first tensor")
+        with zstore.io_stats() as io:
+            zstore_read(case, with_open)
+        asked = _asked_bytes(state, case)
+        stats = interleave({"zstore": lambda _: timed(lambda: zstore_read(case, with_open))[0],
+                            "baseline": lambda _: timed(lambda: baseline_read(case, with_open))[0]},
+                           reps)
+        amplification = io.bytes_read / asked
+        baseline_name = "safetensors get_slice" if backend == "local" else "raw ranged GET"
+        report.add(Row("lazy", backend, "bf16", name,
+                       f"{seconds(stats['zstore'])} {io.gets} GETs amp {amplification:.2f}",
+                       f"{baseline_name} {seconds(stats['baseline'])}",
+                       ratio(stats["baseline"], stats["zstore"]),
+                       {"gets": io.gets, "bytes_fetched": io.bytes_read, "bytes_asked": asked,
+                        "amplification": amplification, "zstore": stats["zstore"].as_dict(),
+                        "baseline": stats["baseline"].as_dict()}))
+    backends.remove(target)
+    backends.remove(Target(target.url + "-st", target.options))
+
+
+def _peak(op: str, target: Target, workload: list[str]) -> dict[str, int]:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.peak_memory", op, target.url,
+                          json.dumps(target.options), *workload],
+                         capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parent.parent)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory(report: Report, backends: Backends, backend: str, state: dict[str, np.ndarray],
+           workload: list[str]) -> None:
+    size = workloads.nbytes(state)
+    target = backends.target(backend, "memory-zstore")
+    save = _peak("zstore-save", target, workload)
+    load = _peak("zstore-load", target, [])
+    limit = 1.15 * size + 200e6
+    report.add(Row("memory", backend, "bf16", "peak RSS of a full load",
+                   f"{load['peak'] / 1e6:.0f} MB = {load['peak'] / size:.2f}x ckpt",
+                   f"target 1.15x ckpt + 200 MB = {limit / 1e6:.0f} MB",
+                   None, {**load, "bytes": size, "limit": limit}))
+    report.add(Row("memory", backend, "bf16", "extra RSS of a save",
+                   f"{(save['peak'] - save['before']) / 1e6:.0f} MB = "
+                   f"{(save['peak'] - save['before']) / size:.2f}x ckpt",
+                   "state already in memory", None, {**save, "bytes": size}))
+    if backend == "local":
+        local = backends.target("local", "memory-baselines")
+        for system, op in ((Safetensors(), "safetensors-load"), (TorchSave(), "torch-load")):
+            system.prepare(state)
+            system.save(state, local)
+            theirs = _peak(op, local, [])
+            report.add(Row("memory", backend, "bf16", f"peak RSS of a full load vs {system.name}",
+                           f"{load['peak'] / 1e6:.0f} MB",
+                           f"{system.name} {theirs['peak'] / 1e6:.0f} MB",
+                           Stat([theirs["peak"] / load["peak"]]), {"baseline": theirs}))
+        backends.remove(local)
+    backends.remove(target)
+
+
+def compression(report: Report, backends: Backends, states: dict[str, dict[str, np.ndarray]]
+                ) -> None:
+    for label, state in states.items():
+        size = workloads.nbytes(state)
+        for codec in ("blosc", "zstd"):
+            target = backends.target("local", f"compression-{label}-{codec}")
+            info = zstore.save(state, target.url, codec=codec, overwrite=True)
+            report.add(Row("compression", "local", label, f"stored size, codec {codec}",
+                           f"{info.stored_bytes / 1e6:.1f} MB = {info.stored_bytes / size:.3f}x raw",
+                           f"raw {size / 1e6:.1f} MB", Stat([size / info.stored_bytes]),
+                           {"stored": info.stored_bytes, "raw": size, "codec": codec}))
+            backends.remove(target)
+
+
+def gpu(report: Report, backends: Backends, state: dict[str, np.ndarray], reps: int) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("  (no CUDA device: GPU section skipped)")
+        return
+    from safetensors.torch import load_file
+
+    target = backends.target("local", "gpu")
+    zstore.save(state, target.url, overwrite=True)
+    st = Safetensors()
+    st.prepare(state)
+    st.save(state, target)
+
+    def ours() -> None:
+        tree = zstore.load(target.url, framework="torch")
+        {k: v.to("cuda", non_blocking=True) for k, v in tree.items()}
+        torch.cuda.synchronize()
+
+    def theirs() -> None:
+        load_file(f"{target.url}/model.safetensors", device="cuda")
+        torch.cuda.synchronize()
+
+    stats = interleave({"zstore": lambda _: timed(ours)[0], "st": lambda _: timed(theirs)[0]}, reps)
+    size = workloads.nbytes(state)
+    report.add(Row("gpu", "local", "bf16", "full load to cuda vs safetensors",
+                   f"{size / stats['zstore'].median / 1e6:.0f} MB/s {seconds(stats['zstore'])}",
+                   f"safetensors {seconds(stats['st'])}", ratio(stats["st"], stats["zstore"])))
+    backends.remove(target)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small workload, under 3 minutes")
+    parser.add_argument("--layers", type=int, help="transformer layers (default 24, quick 2)")
+    parser.add_argument("--vocab", type=int, help="embedding rows (default 32000, quick 8000)")
+    parser.add_argument("--reps", type=int, default=5, help="rounds per figure (>= 5)")
+    parser.add_argument("--backends", default="local,s3", help="comma-separated: local,s3")
+    parser.add_argument("--sections", default="throughput,lazy,memory,compression,gpu")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON record")
+    args = parser.parse_args(argv)
+    layers = args.layers or (2 if args.quick else 24)
+    vocab = args.vocab or (8000 if args.quick else 32000)
+    names = args.backends.split(",")
+    sections = set(args.sections.split(","))
+    report = Report({"layers": layers, "vocab": vocab, "reps": args.reps, "backends": names,
+                     "quick": args.quick})
+    backends = Backends(names)
+    try:
+        bf16 = workloads.transformer("bf16", layers, vocab)
+        print(f"workload: {len(bf16)} tensors, {workloads.nbytes(bf16) / 2**30:.2f} GiB bf16 "
+              f"({layers} layers, vocab {vocab}); {args.reps} interleaved rounds")
+        if "throughput" in sections:
+            report.section("throughput: save and full load (speed ratio = baseline time / zstore time)")
+            for backend in names:
+                throughput(report, backends, backend, "bf16", bf16, args.reps)
+            if not args.quick and "local" in names:  # half the layers: about the bytes of bf16
+                fp32 = workloads.transformer("fp32", max(1, layers // 2), vocab)
+                throughput(report, backends, "local", f"fp32 {layers // 2}L", fp32, args.reps)
+                del fp32
+        if "lazy" in sections:
+            report.section("lazy reads (ratio = baseline time / zstore time; amp = bytes fetched / asked)")
+            for backend in names:
+                lazy(report, backends, backend, bf16, args.reps)
+        if "memory" in sections:
+            report.section("memory: peak RSS in a fresh process")
+            for backend in names:
+                memory(report, backends, backend, bf16, [str(layers), str(vocab), "bf16"])
+        if "compression" in sections:
+            report.section("compression: stored size (ratio = raw / stored)")
+            states = {"bf16 synthetic": bf16,
+                      "fp32 synthetic": workloads.transformer("fp32", min(layers, 4), vocab)}
+            for dtype in ("fp32", "bf16"):
+                real = workloads.minilm(dtype)
+                if real is not None:
+                    states[f"{dtype} MiniLM"] = real
+            compression(report, backends, states)
+        if "gpu" in sections:
+            report.section("gpu")
+            gpu(report, backends, bf16, args.reps)
+    finally:
+        backends.close()
+    path = report.write(args.out)
+    print(f"\nwrote {path}\n\n{report.markdown()}")
+
+
+if __name__ == "__main__":
+    main()
