@@ -9,6 +9,7 @@
 
 __version__ = "0.1.0"
 
+from zstore.access import split
 from zstore.accounting import IOStats, io_stats
 from zstore.errors import (
     CheckpointExistsError,
@@ -22,10 +23,13 @@ from zstore.errors import (
     UnsupportedTypeError,
     ZStoreError,
 )
+from zstore.planner import Plan, plan
+from zstore.profiles import BackendProfile
 from zstore.reader import Checkpoint, LazyTensor, load, open
 from zstore.writer import SaveInfo, save
 
 __all__ = [
+    "BackendProfile",
     "Checkpoint",
     "CheckpointExistsError",
     "CheckpointNotFoundError",
@@ -35,6 +39,7 @@ __all__ = [
     "InvalidKeyError",
     "InvalidURLError",
     "LazyTensor",
+    "Plan",
     "SaveInfo",
     "StorageAccessError",
     "UnsupportedFormatError",
@@ -43,5 +48,7 @@ __all__ = [
     "io_stats",
     "load",
     "open",
+    "plan",
     "save",
+    "split",
 ]

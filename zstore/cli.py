@@ -3,6 +3,10 @@
     zstore ls URL        checkpoints under a prefix, or the arrays of one checkpoint
     zstore info URL      per array: shape, dtype, bytes, ratio, chunk and shard shape
     zstore verify URL    read every chunk; report missing objects and bad checksums
+    zstore plan URL      the layout of a checkpoint (or of a .safetensors file, before
+                         converting it) and what each access pattern will cost
+    zstore calibrate URL measure a backend's latency, bandwidth and concurrency, and keep
+                         the profile for ``plan`` and ``save`` (``--backend NAME``)
 
 ``--storage-option key=value`` (repeatable; values parsed as JSON when they can
 be, dotted keys nest: ``client_kwargs.region_name=eu-west-1``) goes to fsspec;
@@ -18,11 +22,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from zstore.errors import ZStoreError
+from zstore.calibrate import calibrate
 from zstore.catalog import find_checkpoints
-from zstore.verify import verify
+from zstore.errors import ZStoreError
+from zstore.planner import plan, plan_specs
+from zstore.profiles import profile_for, store_profile
 from zstore.reader import Checkpoint
 from zstore.reader import open as open_checkpoint
+from zstore.safetensors_specs import safetensors_specs
+from zstore.text import duration, size, table
+from zstore.verify import verify
 
 
 def _storage_options(pairs: Sequence[str]) -> dict[str, Any]:
@@ -43,31 +52,16 @@ def _storage_options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
-             for row in [header, *rows]]
-    return "\n".join(lines)
-
-
 def _print_arrays(ckpt: Checkpoint) -> None:
     rows = []
     for name, t in ckpt.items():
         ratio = f"{t.nbytes / t.stored_nbytes:.2f}" if t.stored_nbytes else "-"
-        rows.append([name, str(t.shape), str(t.dtype), _size(t.nbytes), _size(t.stored_nbytes),
+        rows.append([name, str(t.shape), str(t.dtype), size(t.nbytes), size(t.stored_nbytes),
                      ratio, str(t.chunk_shape or "inline"), str(t.shard_shape or "-")])
-    print(_table(rows, ["name", "shape", "dtype", "bytes", "stored", "ratio", "chunk", "shard"]))
+    print(table(rows, ["name", "shape", "dtype", "bytes", "stored", "ratio", "chunk", "shard"]))
     total, stored = ckpt.nbytes, ckpt.stored_nbytes
     ratio = f"{total / stored:.2f}x" if stored else "-"
-    print(f"\n{len(ckpt)} arrays, {_size(total)} logical, {_size(stored)} stored ({ratio})")
+    print(f"\n{len(ckpt)} arrays, {size(total)} logical, {size(stored)} stored ({ratio})")
 
 
 def _cmd_info(args: argparse.Namespace, options: dict[str, Any]) -> int:
@@ -90,9 +84,9 @@ def _cmd_ls(args: argparse.Namespace, options: dict[str, Any]) -> int:
         print(f"no checkpoints under {args.url}")
         return 0
     now = time.time()
-    rows = [[c.name, "complete" if c.complete else "INCOMPLETE", _size(c.stored_bytes),
+    rows = [[c.name, "complete" if c.complete else "INCOMPLETE", size(c.stored_bytes),
              f"{(now - c.modified) / 3600:.1f} h" if c.modified else "-"] for c in found]
-    print(_table(rows, ["checkpoint", "state", "stored", "age"]))
+    print(table(rows, ["checkpoint", "state", "stored", "age"]))
     return 0
 
 
@@ -105,8 +99,41 @@ def _cmd_verify(args: argparse.Namespace, options: dict[str, Any]) -> int:
     return 1 if report.problems else 0
 
 
+def _access(pairs: Sequence[str]) -> dict[str, list[str]]:
+    access: dict[str, list[str]] = {}
+    for pair in pairs:
+        glob, sep, pattern = pair.rpartition("=")
+        if not sep or not glob:
+            raise ValueError(f"--access takes GLOB=PATTERN (e.g. '*embed*=rows'), got {pair!r}")
+        access.setdefault(glob, []).append(pattern)
+    return access
+
+
+def _cmd_plan(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    access = _access(args.access)
+    if args.url.endswith(".safetensors"):
+        specs = safetensors_specs(args.url, options)
+        profile = profile_for(args.target or args.url, args.backend)
+        result = plan_specs(specs, access=access, profile=profile, codec=args.codec, cores=None)
+    else:
+        ckpt = open_checkpoint(args.url, storage_options=options)
+        result = plan(ckpt, access=access, backend=args.backend)
+    print(result)
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    print(f"calibrating {args.url} (scratch objects are deleted afterwards)...", file=sys.stderr)
+    profile = calibrate(args.url, name=args.name, storage_options=options, large=args.size)
+    path = store_profile(profile)
+    print(f"latency {duration(profile.latency)}, {size(profile.bandwidth)}/s per stream, "
+          f"useful concurrency {profile.concurrency}")
+    print(f"profile {profile.name!r} stored in {path}; plan with --backend {profile.name}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="zstore", description="Inspect zstore checkpoints.")
+    parser = argparse.ArgumentParser(prog="zstore", description="Inspect and plan zstore checkpoints.")
     parser.add_argument("--storage-option", "-o", action="append", default=[], metavar="K=V",
                         help="fsspec storage option (repeatable)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -118,10 +145,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("url")
         sub.set_defaults(handler=handler)
+    text = "explain a checkpoint's layout, or plan a .safetensors file's, with predicted costs"
+    sub = commands.add_parser("plan", help=text, description=text)
+    sub.add_argument("url", help="a checkpoint, or a .safetensors file")
+    sub.add_argument("--access", "-a", action="append", default=[], metavar="GLOB=PATTERN",
+                     help="access pattern per name glob: full, rows, tensor, split(DIM,PARTS)")
+    sub.add_argument("--backend", "-b", help="backend profile name (default: from the URL)")
+    sub.add_argument("--target", help="where a .safetensors file would be saved (sets backend)")
+    sub.add_argument("--codec", default="auto", choices=["auto", "blosc", "zstd", "none"])
+    sub.set_defaults(handler=_cmd_plan)
+    text = "measure a backend and keep its profile for planning"
+    sub = commands.add_parser("calibrate", help=text, description=text)
+    sub.add_argument("url", help="a prefix where scratch objects may be written")
+    sub.add_argument("--name", help="profile name (default: the built-in it refines, e.g. s3)")
+    sub.add_argument("--size", type=int, default=16 << 20, help="bytes per timed object")
+    sub.set_defaults(handler=_cmd_calibrate)
     args = parser.parse_args(argv)
     try:
         return args.handler(args, _storage_options(args.storage_option))
-    except ZStoreError as e:
+    except (ZStoreError, ValueError) as e:
         print(f"zstore: {e}", file=sys.stderr)
         return 2
 

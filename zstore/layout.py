@@ -1,26 +1,19 @@
-"""How one array is cut into chunks and shards, and the Zarr v3 codecs that encode it.
+"""A ``Layout`` (chunk shape, shard shape, codec preset) and its Zarr v3 JSON, both ways.
 
-This module is pure: shapes and dtypes in, a ``Layout`` and its JSON out. The
-default layout aims at inner chunks of about 1 MiB of whole rows (large enough
-for Blosc to reach its ratio, small enough for partial reads, contiguous in C
-order) packed into shards of up to 64 MiB, so an array costs few objects;
-arrays that fit in one chunk are stored unsharded, as one object read in one
-request.
+Pure: the planner (``zstore.chunking``) decides layouts, this module only
+spells them as ``zarr.json`` and reads them back from one, so a saved
+checkpoint's layout can be explained with the same cost model.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-Codec = Literal["blosc", "zstd", "none"]
 CODECS: tuple[str, ...] = ("blosc", "zstd", "none")
 
-CHUNK_TARGET = 1 << 20
-SHARD_TARGET = 64 << 20
 _BLOSC_BLOCK = 1 << 20  # an explicit block size keeps the ratio at clevel 1 (see design.md)
 
 
@@ -36,38 +29,6 @@ class Layout:
     def object_shape(self) -> tuple[int, ...]:
         """The extent of one stored object: a shard, or the chunk when unsharded."""
         return self.shard_shape or self.chunk_shape
-
-
-def _rows_first(extent: list[int], unit_bytes: int, target: int) -> list[int]:
-    """The largest block of whole trailing dims, leading dim cut first, within ``target`` bytes.
-
-    Cutting rows first keeps every block contiguous in C order (cheap to encode
-    and decode) and lets a row, or a range of rows, be read from one block.
-    """
-    block = list(extent)
-    for d in range(len(block)):
-        rest = math.prod(block[d + 1:]) * unit_bytes
-        if rest * block[d] <= target:
-            break
-        if rest <= target:
-            block[d] = max(1, target // rest)
-            break
-        block[d] = 1
-    return block
-
-
-def default_layout(shape: tuple[int, ...], dtype: np.dtype, codec: str = "blosc") -> Layout:
-    """The layout zstore uses when no planner is asked: ~1 MiB chunks of whole rows in
-    shards of up to 64 MiB; arrays that fit one chunk stay one unsharded object."""
-    if codec not in CODECS:
-        raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
-    extent = [max(1, n) for n in shape]
-    chunk = _rows_first(extent, dtype.itemsize, CHUNK_TARGET)
-    chunks_per_dim = [-(-e // c) for e, c in zip(extent, chunk)]
-    if math.prod(chunks_per_dim) == 1:
-        return Layout(tuple(chunk), None, codec)
-    per_shard = _rows_first(chunks_per_dim, math.prod(chunk) * dtype.itemsize, SHARD_TARGET)
-    return Layout(tuple(chunk), tuple(c * k for c, k in zip(chunk, per_shard)), codec)
 
 
 def _bytes_codec(dtype: np.dtype) -> dict[str, Any]:
@@ -117,3 +78,18 @@ def array_metadata(shape: tuple[int, ...], dtype: np.dtype, layout: Layout) -> d
         "codecs": codecs_json(layout, dtype),
         "attributes": {},
     }
+
+
+def layout_from_metadata(document: dict[str, Any]) -> Layout:
+    """The ``Layout`` a ``zarr.json`` array document describes (any writer's).
+
+    Compressors other than zstore's presets are reported by their codec name.
+    """
+    grid = tuple(document["chunk_grid"]["configuration"]["chunk_shape"])
+    codecs = document["codecs"]
+    shard: tuple[int, ...] | None = None
+    if codecs and codecs[0]["name"] == "sharding_indexed":
+        shard, config = grid, codecs[0]["configuration"]
+        grid, codecs = tuple(config["chunk_shape"]), config["codecs"]
+    names = [c["name"] for c in codecs if c["name"] not in ("bytes", "crc32c", "transpose")]
+    return Layout(grid, shard, names[0] if names else "none")

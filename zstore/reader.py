@@ -192,6 +192,11 @@ class Checkpoint(Mapping[str, LazyTensor]):
     def created(self) -> float:
         return self._manifest.created
 
+    def array_documents(self) -> dict[str, tuple[dict[str, Any], int]]:
+        """Each stored array's ``zarr.json`` document and stored bytes, by array path."""
+        return {path: (doc, self._manifest.stored_bytes.get(path, 0))
+                for path, doc in self._manifest.arrays.items()}
+
     def _unique_arrays(self) -> dict[str, int]:
         return {t._path: t.nbytes for t in self._tensors.values() if t._path is not None}
 

@@ -31,7 +31,8 @@ from zarr.storage import StorePath, WrapperStore
 from zstore import __version__
 from zstore.dtypes import check_supported
 from zstore.errors import CheckpointExistsError
-from zstore.layout import Layout, array_metadata, default_layout
+from zstore.access import Access
+from zstore.layout import array_metadata
 from zstore.manifest import (
     COMMIT_MARKER,
     ROOT,
@@ -45,6 +46,8 @@ from zstore.manifest import (
     root_document,
     writing_document,
 )
+from zstore.planner import plan_specs
+from zstore.profiles import BackendProfile, profile_for
 from zstore.storage import Location, resolve, storage_errors
 from zstore.tensors import is_torch_tensor, torch_numpy_dtype, torch_to_numpy
 from zstore.tree import flatten
@@ -74,7 +77,9 @@ def save(
     storage_options: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
     overwrite: bool = False,
-    codec: str = "blosc",
+    access: Access = None,
+    backend: str | BackendProfile | None = None,
+    codec: str = "auto",
     max_concurrency: int = 8,
 ) -> SaveInfo:
     """Save a tree of arrays and values as a committed checkpoint at ``url``.
@@ -89,7 +94,14 @@ def save(
         metadata: JSON values kept with the checkpoint (step, config).
         overwrite: replace a committed checkpoint at ``url``. The old commit
             marker is removed first, so a crash never leaves a mix that opens.
-        codec: ``"blosc"`` (shuffled Blosc-zstd, default), ``"zstd"`` or ``"none"``.
+        access: how arrays will be read, which decides their chunk and shard
+            shapes (see ``zstore.plan``): ``{"*embed*": "rows", "*.q_proj.weight":
+            zstore.split(0, 8)}``. Default: every array read whole.
+        backend: the backend profile to plan for (a name or ``BackendProfile``);
+            default chosen from ``url``.
+        codec: ``"auto"`` (shuffled Blosc-zstd where the backend is slower than
+            this machine compresses, e.g. S3; none on local disk and memory),
+            ``"blosc"``, ``"zstd"`` or ``"none"``.
         max_concurrency: arrays written at once (each also writes its shards
             concurrently, per zarr's ``async.concurrency``).
 
@@ -111,20 +123,19 @@ def save(
     flat = flatten(tree)
     manifest = Manifest(tree=flat.skeleton, metadata=check_metadata(metadata), arrays={},
                         zstore_version=__version__)
-    layouts: dict[str, tuple[np.dtype, Layout]] = {}
-    for path, value in flat.arrays.items():
-        dtype = _stored_dtype(value, path)
-        layout = default_layout(tuple(value.shape), dtype, codec)
-        layouts[path] = (dtype, layout)
-        manifest.arrays[path] = array_metadata(tuple(value.shape), dtype, layout)
+    specs = {path: (tuple(value.shape), _stored_dtype(value, path))
+             for path, value in flat.arrays.items()}
+    plan = plan_specs(specs, access=access, profile=profile_for(url, backend), codec=codec,
+                      cores=None)
+    for path, (shape, dtype) in specs.items():
+        manifest.arrays[path] = array_metadata(shape, dtype, plan.arrays[path].layout)
     location = resolve(url, storage_options)
     with storage_errors(url):
         objects = sync(_save(location, flat.arrays, manifest, overwrite, max_concurrency))
     return SaveInfo(
         url=url,
         arrays=len(flat.arrays),
-        logical_bytes=sum(int(np.prod(v.shape)) * layouts[p][0].itemsize
-                          for p, v in flat.arrays.items()),
+        logical_bytes=plan.nbytes,
         stored_bytes=sum(manifest.stored_bytes.values()),
         objects=objects,
         seconds=time.perf_counter() - started,

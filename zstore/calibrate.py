@@ -1,0 +1,67 @@
+"""Measuring a real backend: latency, per-stream bandwidth and useful concurrency.
+
+``zstore calibrate URL`` writes a few scratch objects under ``URL``, times
+reads of them, deletes them, and stores the resulting ``BackendProfile`` so
+that ``plan`` and ``save`` can use it by name. Reads only are timed: a
+checkpoint is written once and read many times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+import uuid
+from dataclasses import replace
+
+from zarr.core.sync import sync
+
+from zstore.profiles import BackendProfile, profile_for
+from zstore.storage import resolve, storage_errors
+
+LEVELS = (1, 2, 4, 8, 16, 32)
+
+
+async def _timed_get(fs: object, path: str) -> float:
+    started = time.perf_counter()
+    await fs._cat_file(path)  # type: ignore[attr-defined]
+    return time.perf_counter() - started
+
+
+async def _measure(url: str, fs: object, root: str, name: str, small: int, large: int,
+                   rounds: int) -> BackendProfile:
+    tiny_path, big_paths = f"{root}/latency", [f"{root}/stream-{i}" for i in range(max(LEVELS))]
+    await fs._pipe_file(tiny_path, os.urandom(small))  # type: ignore[attr-defined]
+    payload = os.urandom(large)
+    await asyncio.gather(*(fs._pipe_file(p, payload) for p in big_paths))  # type: ignore[attr-defined]
+    latency = statistics.median([await _timed_get(fs, tiny_path) for _ in range(rounds)])
+    stream = min([await _timed_get(fs, big_paths[0]) for _ in range(3)])
+    bandwidth = large / max(stream - latency, stream / 10)
+    aggregate: dict[int, float] = {}
+    for level in LEVELS:
+        started = time.perf_counter()
+        await asyncio.gather(*(_timed_get(fs, p) for p in big_paths[:level]))
+        aggregate[level] = level * large / (time.perf_counter() - started)
+    best = max(aggregate.values())
+    concurrency = min(level for level, rate in aggregate.items() if rate >= 0.9 * best)
+    return replace(profile_for(url), name=name, latency=latency, bandwidth=bandwidth,
+                   concurrency=concurrency)
+
+
+def calibrate(url: str, *, name: str | None = None, storage_options: dict | None = None,
+              small: int = 4096, large: int = 16 << 20, rounds: int = 20) -> BackendProfile:
+    """Measure the backend at ``url`` (a prefix zstore may write scratch objects under).
+
+    Returns a profile named ``name`` (default: the built-in it refines, such
+    as ``"s3"``); keep it with ``zstore.profiles.store_profile``.
+    """
+    location = resolve(url, storage_options)
+    root = location.path(f".zstore-calibrate-{uuid.uuid4().hex[:8]}")
+    fs = location.fs
+    with storage_errors(url):
+        try:
+            return sync(_measure(url, fs, root, name or profile_for(url).name, small, large,
+                                 rounds))
+        finally:
+            sync(fs._rm(root, recursive=True))

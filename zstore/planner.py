@@ -1,0 +1,272 @@
+"""``zstore.plan``: the layout of every array and what it will cost, before anything is written.
+
+Pure and deterministic (no I/O): the same arrays, access patterns, backend
+profile, codec and core count give the same plan. ``zstore.save`` writes the
+layouts a plan chooses; ``zstore.plan(checkpoint)`` explains the layouts a
+saved checkpoint already has, with its measured stored sizes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from zstore.access import Access, Pattern, Split, check_split, patterns_for
+from zstore.chunking import choose_layout
+from zstore.costs import Cost, codec_seconds, pattern_cost, resolve_codec, stored_ratio
+from zstore.dtypes import check_supported, dtype_from_name
+from zstore.errors import UnsupportedTypeError
+from zstore.layout import CODECS, Layout, layout_from_metadata
+from zstore.manifest import group_paths
+from zstore.profiles import BackendProfile, profile_for
+from zstore.tensors import is_torch_tensor, torch_numpy_dtype
+from zstore.text import duration, shape as show_shape, size, table
+
+Spec = tuple[tuple[int, ...], np.dtype]
+
+
+@dataclass(frozen=True)
+class ArrayPlan:
+    """One array: its layout, stored size, objects, and the cost of each access pattern."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    layout: Layout
+    patterns: tuple[Pattern, ...]
+    costs: dict[str, Cost]
+    objects: int
+    stored_bytes: int
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Layouts and predicted costs of a checkpoint; ``str(plan)`` is a readable table.
+
+    ``measured`` is True when stored sizes come from a saved checkpoint rather
+    than from the compression estimates.
+    """
+
+    arrays: dict[str, ArrayPlan]
+    profile: BackendProfile
+    cores: int
+    measured: bool = False
+
+    @property
+    def layouts(self) -> dict[str, Layout]:
+        return {name: a.layout for name, a in self.arrays.items()}
+
+    @property
+    def parameters(self) -> int:
+        return sum(math.prod(a.shape) for a in self.arrays.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+    @property
+    def nbytes_by_dtype(self) -> dict[str, int]:
+        totals: Counter[str] = Counter()
+        for a in self.arrays.values():
+            totals[str(a.dtype)] += a.nbytes
+        return dict(totals)
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(a.stored_bytes for a in self.arrays.values())
+
+    @property
+    def data_objects(self) -> int:
+        return sum(a.objects for a in self.arrays.values())
+
+    @property
+    def objects(self) -> int:
+        """Every object a save writes: data, each array's and group's zarr.json, root, marker."""
+        return self.data_objects + len(self.arrays) + len(group_paths(list(self.arrays))) + 2
+
+    @property
+    def load_memory(self) -> int:
+        """Bytes a full load needs: the arrays, plus stored objects in flight."""
+        largest = max((a.costs["full"].bytes // max(1, a.objects) for a in self.arrays.values()),
+                      default=0)
+        return self.nbytes + largest * min(self.profile.concurrency, self.data_objects)
+
+    def _codec_seconds(self, *, encode: bool) -> float:
+        return sum(codec_seconds(a.layout.codec, a.nbytes, self.cores, encode=encode)
+                   for a in self.arrays.values())
+
+    @property
+    def save_seconds(self) -> float:
+        """Estimated save time: I/O and compression overlap; the commit adds round trips."""
+        io = self.profile.seconds(self.objects, self.stored_bytes, serial=4)
+        return max(io, self._codec_seconds(encode=True))
+
+    @property
+    def load_seconds(self) -> float:
+        """Estimated full load, open included: I/O and decompression overlap."""
+        io = self.profile.seconds(2 + self.data_objects, self.stored_bytes, serial=2)
+        return max(io, self._codec_seconds(encode=False))
+
+    def __str__(self) -> str:
+        p = self.profile
+        lines = [f"backend {p.name}: {duration(p.latency)} per request, "
+                 f"{size(p.bandwidth)}/s per stream x {p.concurrency}; {self.cores} cores"]
+        rows = []
+        for a in self.arrays.values():
+            head = [a.name, show_shape(a.shape), str(a.dtype), show_shape(a.layout.chunk_shape),
+                    show_shape(a.layout.shard_shape), a.layout.codec, str(a.objects),
+                    size(a.stored_bytes)]
+            for i, (pattern, c) in enumerate(a.costs.items()):
+                rows.append([*(head if i == 0 else [""] * len(head)), pattern, str(c.requests),
+                             size(c.bytes), f"{c.amplification:.2f}", duration(c.seconds)])
+        lines.append(table(rows, ["array", "shape", "dtype", "chunk", "shard", "codec",
+                                  "objects", "stored" if self.measured else "stored~", "access",
+                                  "requests", "fetched", "amp", "time~"]))
+        by_dtype = ", ".join(f"{d} {size(n)}" for d, n in sorted(self.nbytes_by_dtype.items()))
+        ratio = self.nbytes / self.stored_bytes if self.stored_bytes else 1.0
+        lines.append(
+            f"\n{len(self.arrays)} arrays, {self.parameters:,} parameters, {size(self.nbytes)} "
+            f"({by_dtype}); stored {'' if self.measured else '~'}{size(self.stored_bytes)} "
+            f"({ratio:.2f}x) in {self.objects} objects\n"
+            f"full load needs ~{size(self.load_memory)} of memory; estimated save "
+            f"{duration(self.save_seconds)}, full load {duration(self.load_seconds)}")
+        return "\n".join(lines)
+
+
+def _array_plan(name: str, shape: tuple[int, ...], dtype: np.dtype, layout: Layout,
+                patterns: tuple[Pattern, ...], profile: BackendProfile,
+                stored: int | None = None) -> ArrayPlan:
+    ratio = stored_ratio(layout.codec, dtype)
+    full = pattern_cost(shape, dtype, layout, "full", profile, ratio)
+    if stored is not None and full.bytes:  # measured: scale every estimate to the real size
+        ratio *= stored / full.bytes
+        full = pattern_cost(shape, dtype, layout, "full", profile, ratio)
+    costs = {str(p): full if p == "full" else pattern_cost(shape, dtype, layout, p, profile, ratio)
+             for p in patterns}
+    objects = math.prod(-(-n // o) for n, o in zip(shape, layout.object_shape)) if shape else 1
+    return ArrayPlan(name, shape, dtype, layout, patterns, costs, objects,
+                     full.bytes if stored is None else stored)
+
+
+def _patterns(name: str, shape: tuple[int, ...], access: Access) -> tuple[Pattern, ...]:
+    return tuple(check_split(p, shape, name) if isinstance(p, Split) else p
+                 for p in patterns_for(name, access))
+
+
+def plan_specs(specs: Mapping[str, Spec], *, access: Access, profile: BackendProfile,
+               codec: str, cores: int | None) -> Plan:
+    """The plan of arrays given as {name: (shape, dtype)}; what ``save`` and ``plan`` share."""
+    if codec not in (*CODECS, "auto"):
+        raise ValueError(f"unknown codec {codec!r}; choose one of auto, {', '.join(CODECS)}")
+    cores = cores or os.cpu_count() or 1
+    chosen = resolve_codec(codec, profile, cores)
+    arrays = {}
+    for name, (shape, dtype) in specs.items():
+        patterns = _patterns(name, shape, access)
+        layout = choose_layout(shape, dtype, patterns, profile, chosen)
+        arrays[name] = _array_plan(name, shape, dtype, layout, patterns, profile)
+    return Plan(arrays, profile, cores)
+
+
+def plan(tree_or_specs: Any, *, access: Access = None,
+         backend: str | BackendProfile | None = None, codec: str = "auto",
+         cores: int | None = None) -> Plan:
+    """Choose every array's chunk and shard shapes, and predict what reads will cost.
+
+    Args:
+        tree_or_specs: a tree as ``save`` takes it, whose array leaves may be
+            anything with ``.shape`` and ``.dtype`` (numpy arrays, torch tensors,
+            meta tensors included, ``LazyTensor``s); or an open ``Checkpoint``,
+            whose saved layouts are explained with their measured sizes.
+        access: how arrays will be read: a pattern for all, or {name glob:
+            pattern or list}: ``"full"``, ``"rows"``, ``"tensor"``,
+            ``zstore.split(dim, parts)``. Every array also serves ``"full"``.
+        backend: a profile name (``"local"``, ``"memory"``, ``"s3"`` or one
+            stored by ``zstore calibrate``), a ``BackendProfile``, or the URL to
+            be saved to. Default ``"s3"``.
+        codec: ``"auto"`` (Blosc where the backend is slower than this
+            machine's cores compress, else none), ``"blosc"``, ``"zstd"``, ``"none"``.
+        cores: cores compressing; default ``os.cpu_count()``.
+
+    Returns:
+        A ``Plan``: per array a ``Layout`` and, per access pattern, predicted
+        requests, bytes fetched, read amplification and seconds; totals.
+
+    Example:
+        >>> import numpy as np, zstore
+        >>> p = zstore.plan({"embed": np.zeros((32000, 512), "float32")}, access={"embed": "rows"})
+        >>> a = p.arrays["embed"]
+        >>> a.layout.chunk_shape, a.costs["rows"].requests
+        ((80, 512), 2)
+    """
+    from zstore.reader import Checkpoint  # the reader imports the writer, which imports this
+
+    if isinstance(tree_or_specs, Checkpoint):
+        return _explain(tree_or_specs, access, profile_for(tree_or_specs.url, backend), cores)
+    if isinstance(backend, str) and "://" in backend:
+        profile = profile_for(backend)
+    else:
+        profile = profile_for("s3://", backend)
+    return plan_specs(specs_of(tree_or_specs), access=access, profile=profile, codec=codec,
+                      cores=cores)
+
+
+def _explain(ckpt: Any, access: Access, profile: BackendProfile, cores: int | None) -> Plan:
+    arrays = {}
+    for path, (document, stored) in ckpt.array_documents().items():
+        shape, dtype = tuple(document["shape"]), dtype_from_name(document["data_type"])
+        arrays[path] = _array_plan(path, shape, dtype, layout_from_metadata(document),
+                                   _patterns(path, shape, access), profile, stored)
+    return Plan(arrays, profile, cores or os.cpu_count() or 1, measured=True)
+
+
+def _dtype_of(value: Any, name: str) -> np.dtype:
+    if is_torch_tensor(value):
+        torch = __import__("torch")
+        return torch_numpy_dtype(torch.empty(0, dtype=value.dtype), name)
+    dtype = value.dtype
+    return check_supported(dtype_from_name(dtype) if isinstance(dtype, str) else np.dtype(dtype),
+                           name)
+
+
+def specs_of(tree: Any) -> dict[str, Spec]:
+    """{array name: (shape, dtype)} of a tree's array leaves, named as ``save`` names them.
+
+    0-d arrays are left out: zstore keeps them inline in the manifest.
+    """
+    specs: dict[str, Spec] = {}
+
+    def visit(node: Any, prefix: str) -> None:
+        if isinstance(node, Mapping):
+            for key, child in node.items():
+                visit(child, f"{prefix}/{key}" if prefix else str(key))
+        elif isinstance(node, (list, tuple)):
+            for i, child in enumerate(node):
+                visit(child, f"{prefix}/{i}" if prefix else str(i))
+        elif hasattr(node, "shape") and hasattr(node, "dtype"):
+            shape = tuple(int(n) for n in node.shape)
+            if shape:
+                specs[prefix] = (shape, _dtype_of(node, prefix))
+        elif not isinstance(node, (int, float, str, bool, type(None))):
+            raise UnsupportedTypeError(
+                f"leaf {prefix!r} is a {type(node).__name__}: plan takes arrays, tensors or "
+                "objects with .shape and .dtype"
+            )
+
+    if not isinstance(tree, (Mapping, list, tuple)):
+        raise UnsupportedTypeError(
+            f"plan takes a dict, list or tuple of arrays or an open Checkpoint, "
+            f"got {type(tree).__name__}"
+        )
+    visit(tree, "")
+    return specs

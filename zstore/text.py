@@ -1,0 +1,33 @@
+"""Numbers and tables for people: what the CLI and ``Plan`` print."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def size(n: float) -> str:
+    """Bytes in binary units: ``size(3 << 20) == '3.0 MiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def duration(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def shape(dims: Sequence[int] | None) -> str:
+    return "-" if dims is None else "x".join(map(str, dims)) or "()"
+
+
+def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    """Left-aligned columns, two spaces apart, no trailing blanks."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
+                     for row in [header, *rows])
