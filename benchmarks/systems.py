@@ -55,9 +55,11 @@ class System:
 
 
 class Zstore(System):
-    def __init__(self, codec: str = "blosc") -> None:
+    """zstore as a user gets it (the planner's default layout, codec ``auto``), or a codec forced."""
+
+    def __init__(self, codec: str = "auto") -> None:
         self.codec = codec
-        self.name = "zstore" if codec == "blosc" else f"zstore[{codec}]"
+        self.name = "zstore" if codec == "auto" else f"zstore[{codec}]"
 
     def save(self, state: dict[str, np.ndarray], target: Target) -> None:
         zstore.save(state, target.url, storage_options=target.options, codec=self.codec,

@@ -43,6 +43,7 @@ class ArrayPlan:
     costs: dict[str, Cost]
     objects: int
     stored_bytes: int
+    ratio: float  # stored / raw bytes of an inner chunk: estimated, or measured once saved
 
     @property
     def nbytes(self) -> int:
@@ -155,7 +156,7 @@ def _array_plan(name: str, shape: tuple[int, ...], dtype: np.dtype, layout: Layo
              for p in patterns}
     objects = math.prod(-(-n // o) for n, o in zip(shape, layout.object_shape)) if shape else 1
     return ArrayPlan(name, shape, dtype, layout, patterns, costs, objects,
-                     full.bytes if stored is None else stored)
+                     full.bytes if stored is None else stored, ratio)
 
 
 def _patterns(name: str, shape: tuple[int, ...], access: Access) -> tuple[Pattern, ...]:

@@ -27,6 +27,7 @@ class WireLog:
     """Requests the server answered, as (method, path?query, has a Range header)."""
 
     requests: list[tuple[str, str, bool]] = field(default_factory=list)
+    bytes_sent: int = 0  # response bodies, by their Content-Length
     in_flight: int = 0
     max_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -34,6 +35,7 @@ class WireLog:
     def clear(self) -> None:
         with self.lock:
             self.requests.clear()
+            self.bytes_sent = 0
             self.max_in_flight = 0
 
     def methods(self) -> Counter[str]:
@@ -66,8 +68,14 @@ class MotoS3:
             with self.log.lock:
                 self.log.in_flight += 1
                 self.log.max_in_flight = max(self.log.max_in_flight, self.log.in_flight)
+            def counted_start(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
+                length = next((v for k, v in headers if k.lower() == "content-length"), "0")
+                with self.log.lock:
+                    self.log.bytes_sent += int(length) if environ["REQUEST_METHOD"] == "GET" else 0
+                return start_response(status, headers, *args)
+
             try:
-                return app(environ, start_response)
+                return app(environ, counted_start)
             finally:
                 with self.log.lock:
                     self.log.in_flight -= 1
