@@ -202,3 +202,11 @@ def test_access_patterns_parse_from_their_spelling():
     p = zstore.plan({"w": np.zeros((1 << 12, 1 << 10), "float32")},
                     access={"w": ["split(1, 4)", "ROWS"]})
     assert list(p.arrays["w"].costs) == ["full", "split(1,4)", "rows"]
+
+
+def test_a_full_load_is_priced_only_where_the_profile_has_prices():
+    tree = {"w": np.zeros((8192, 8192), np.float32)}
+    s3, local = zstore.plan(tree, backend="s3"), zstore.plan(tree, backend="local")
+    expected = (2 + s3.data_objects) * 4e-7 + s3.stored_bytes / 1e9 * 0.09
+    assert s3.load_price == pytest.approx(expected) and local.load_price == 0
+    assert "$" in str(s3) and "$" not in str(local)

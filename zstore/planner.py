@@ -118,6 +118,12 @@ class Plan:
         io = self.profile.seconds(2 + self.data_objects, self.stored_bytes, serial=2)
         return max(io, self._codec_seconds(encode=False))
 
+    @property
+    def load_price(self) -> float:
+        """USD of one full load at the profile's prices (0 where it has none)."""
+        p = self.profile
+        return (2 + self.data_objects) * p.price_per_get + self.stored_bytes / 1e9 * p.price_per_gb
+
     def __str__(self) -> str:
         p = self.profile
         lines = [f"backend {p.name}: {duration(p.latency)} per request, "
@@ -140,7 +146,9 @@ class Plan:
             f"({by_dtype}); stored {'' if self.measured else '~'}{size(self.stored_bytes)} "
             f"({ratio:.2f}x) in {self.objects} objects\n"
             f"full load needs ~{size(self.load_memory)} of memory; estimated save "
-            f"{duration(self.save_seconds)}, full load {duration(self.load_seconds)}")
+            f"{duration(self.save_seconds)}, full load {duration(self.load_seconds)}"
+            + (f"; a full load costs ~${self.load_price:.4f} at {p.name} prices"
+               if self.load_price else ""))
         return "\n".join(lines)
 
 
