@@ -74,8 +74,8 @@ class Backends:
 def throughput(report: Report, backends: Backends, backend: str, label: str,
                state: dict[str, np.ndarray], reps: int) -> None:
     systems: list[System] = [Zstore(), Raw(), Safetensors(), TorchSave(), DCP()]
-    if label == "bf16":  # the other codec choice: what `auto` gained or lost here
-        systems.insert(1, Zstore("none" if backend == "s3" else "blosc"))
+    if label == "bf16" and backend == "local":  # what `auto` (no codec here) gained
+        systems.insert(1, Zstore("blosc"))
     systems = [s for s in systems if backend == "local" or not s.local_only]
     for system in systems:
         system.prepare(state)

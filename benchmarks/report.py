@@ -35,6 +35,7 @@ class Report:
         self.config = config
         self.rows: list[Row] = []
         self.started = time.time()
+        self._started = time.perf_counter()
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
@@ -44,7 +45,8 @@ class Report:
               f"vs {row.baseline:40} {ratio}", flush=True)
 
     def section(self, title: str) -> None:
-        print(f"\n== {title}", flush=True)
+        print(f"\n== {title}  [{time.perf_counter() - self._started:.0f} s into the run]",
+              flush=True)
 
     def machine(self) -> dict[str, Any]:
         return {"host": socket.gethostname(), "cpus": os.cpu_count(),

@@ -75,12 +75,11 @@ def test_layout_invariants(case):
     if not any(isinstance(p, Split) for p in a.patterns) and "rows" not in a.patterns:
         chunk_bytes = math.prod(chunk) * dtype.itemsize
         assert chunk_bytes >= min(nbytes, CHUNK_FULL) // 4, "chunks large enough for the codec"
-        # Past MAX_OBJECTS only where exact tiling leaves no better choice (a prime
-        # leading extent): one object per leading index, or objects of at least a
-        # sixteenth of the backend's target.
+        assert chunk_bytes <= 4 * CHUNK_FULL, "and small enough to read in parts"
+        # Past MAX_OBJECTS only where exact tiling leaves no better choice (prime leading
+        # extents), and never with objects smaller than a full chunk.
         object_bytes = math.prod(obj) * dtype.itemsize
-        assert (a.objects <= max(MAX_OBJECTS, extent[0])
-                or object_bytes >= BUILTIN[backend].shard_target / 16)
+        assert a.objects <= MAX_OBJECTS or object_bytes >= min(nbytes, CHUNK_FULL)
 
 
 @settings(max_examples=100, deadline=None)

@@ -148,7 +148,9 @@ def _candidates(extent: tuple[int, ...], chunk: list[int], cut: int,
     """Chunk shapes near ``chunk``: up to ``_CANDIDATES`` per varied dim, free dims only."""
     found = []
     if moduli[cut] is None:
-        low, high = max(1, chunk[cut] * 3 // 4), min(extent[cut], 2 * chunk[cut])
+        slab = math.prod(chunk[cut + 1:]) * itemsize
+        low = max(1, chunk[cut] * 3 // 4)
+        high = max(low, min(extent[cut], 2 * chunk[cut], ceilings[cut] // slab))
         for c in range(low, high + 1, max(1, (high - low) // _CANDIDATES)):
             found.append([*chunk[:cut], c, *chunk[cut + 1:]])
     before = cut - 1
