@@ -189,20 +189,8 @@ def touch(loaded: Any) -> int:
     return int(np.ascontiguousarray(array).reshape(-1).view(np.uint8)[::4096].sum())
 
 
-def safetensors_blob(state: dict[str, np.ndarray]) -> tuple[bytes, dict[str, tuple[int, int]]]:
-    """A safetensors file of ``state`` in memory and each tensor's absolute byte range in it.
-
-    The lazy-read baseline on S3: what a reader that knows the header fetches
-    with one ranged GET per tensor, exactly the bytes asked for.
-    """
-    import json
-
+def safetensors_blob(state: dict[str, np.ndarray]) -> bytes:
+    """A safetensors file of ``state``, in memory."""
     from safetensors.torch import save
 
-    blob = save({k: numpy_to_torch(np.ascontiguousarray(v)) for k, v in state.items()})
-    header_len = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + header_len])
-    start = 8 + header_len
-    ranges = {k: (start + v["data_offsets"][0], start + v["data_offsets"][1])
-              for k, v in header.items() if k != "__metadata__"}
-    return blob, ranges
+    return save({k: numpy_to_torch(np.ascontiguousarray(v)) for k, v in state.items()})
