@@ -238,3 +238,23 @@ def test_io_stats_agree_with_the_requests_the_server_saw(s3):
     assert io.puts == wire["PUT"]
     assert io.gets == wire["GET"]
     assert io.deletes == wire.get("DELETE", 0)
+
+
+def test_a_shard_index_already_read_is_not_read_again(s3):
+    embed = np.random.default_rng(3).standard_normal((8000, 256), dtype=np.float32)
+    zstore.save({"embed": embed}, s3.url(), storage_options=s3.storage_options,
+                access={"embed": "rows"}, codec="none")
+    ckpt = zstore.open(s3.url(), storage_options=s3.storage_options)
+    layout = zstore.plan(ckpt).arrays["embed"].layout
+    assert layout.shard_shape is not None and layout.shard_shape[0] > 2 * layout.chunk_shape[0]
+    rows = [10, 10 + layout.chunk_shape[0], 10 + 2 * layout.chunk_shape[0]]  # one shard
+    gets = []
+    for row in rows:
+        s3.wire.clear()
+        assert np.array_equal(ckpt["embed"][row], embed[row])
+        gets.append(s3.wire.methods()["GET"])
+    assert gets == [2, 1, 1]  # index + chunk, then the chunk alone
+    reopened = zstore.open(s3.url(), storage_options=s3.storage_options)
+    s3.wire.clear()
+    reopened["embed"][rows[0]]
+    assert s3.wire.methods()["GET"] == 2, "the cache belongs to one open checkpoint"

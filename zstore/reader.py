@@ -14,12 +14,15 @@ from typing import Any
 
 import numpy as np
 from zarr.core.array import AsyncArray
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.core.sync import sync
 from zarr.storage import StorePath
 
 from zstore.dtypes import dtype_from_name
 from zstore.errors import CorruptCheckpointError, ZStoreError
+from zstore.index_cache import ShardIndexCache
+from zstore.indexing import finish, normalize
 from zstore.manifest import COMMIT_MARKER, ROOT, Manifest, read_manifest
 from zstore.storage import Location, resolve
 from zstore.tensors import numpy_to_torch
@@ -39,12 +42,13 @@ class LazyTensor:
            [ 8., 10.]])
     """
 
-    def __init__(self, name: str, location: Location, path: str | None,
+    def __init__(self, name: str, location: Location, store: ShardIndexCache, path: str | None,
                  document: dict[str, Any] | None, value: np.ndarray | None, kind: str,
                  stored_nbytes: int) -> None:
         self.name = name
         self.kind = kind  # "numpy" or "torch": what was saved
         self._location = location
+        self._store = store
         self._path = path
         self._document = document
         self._value = value  # inline 0-d values live in the manifest
@@ -101,18 +105,23 @@ class LazyTensor:
                 raise ZStoreError(f"{self.name!r} is a 0-d value stored inline, not a zarr array")
             self._array = AsyncArray(
                 metadata=ArrayV3Metadata.from_dict(dict(self._document)),
-                store_path=StorePath(self._location.store, self._path or ""),
+                store_path=StorePath(self._store, self._path or ""),
             )
         return self._array
 
-    async def read_async(self, index: Any = Ellipsis) -> np.ndarray:
+    async def read_async(self, index: Any = Ellipsis, *, out: np.ndarray | None = None
+                         ) -> np.ndarray:
+        """``read`` for callers already in an event loop (gather many reads at once)."""
         if self._value is not None:
-            return self._value[index]
+            return _into(self._value[index], out)
+        selection = normalize(index, self.shape, self.name)
+        if out is not None:
+            _check_out(out, selection.shape, self.dtype, self.name)
+        direct = out is not None and selection.direct
         try:
-            result = await self.zarr_array().getitem(index)
-        except IndexError as e:
-            raise IndexError(f"index {index!r} is out of range for {self.name!r} with shape "
-                             f"{self.shape}: {e}") from None
+            result = await self.zarr_array().get_orthogonal_selection(
+                selection.zarr,
+                out=default_buffer_prototype().nd_buffer.from_ndarray_like(out) if direct else None)
         except ValueError as e:
             if "checksum" not in str(e):
                 raise
@@ -120,10 +129,24 @@ class LazyTensor:
                 f"array {self.name!r} in {self._location.url!r}: a chunk read for index "
                 f"{index!r} failed its crc32c check ({e}); run `zstore verify` to list the damage"
             ) from None
-        return np.asarray(result)
+        if direct:
+            return out  # type: ignore[return-value]
+        return _into(finish(np.asarray(result), selection), out)
+
+    def read(self, index: Any = Ellipsis, *, out: np.ndarray | None = None) -> np.ndarray:
+        """``self[index]``, decoded into ``out`` when given (a C-contiguous array you own).
+
+        Reads only the chunks holding the elements asked for. ``index`` takes
+        ints, slices (any step), ``...``, and one 1-D integer or boolean array
+        (a row gather: ``w.read([7, 3, 7])``).
+
+        Raises:
+            IndexError: the index is out of range or unsupported; names the shape.
+        """
+        return sync(self.read_async(index, out=out))
 
     def __getitem__(self, index: Any) -> np.ndarray:
-        return sync(self.read_async(index))
+        return self.read(index)
 
     def numpy(self) -> np.ndarray:
         """The whole array in host memory."""
@@ -139,6 +162,20 @@ class LazyTensor:
         return array if dtype is None else array.astype(dtype)
 
 
+def _check_out(out: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
+    if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(
+            f"out for {name!r} must be a C-contiguous {dtype} array of shape {shape}; got "
+            f"{out.dtype} {out.shape}{'' if out.flags.c_contiguous else ' (not contiguous)'}")
+
+
+def _into(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
 class Checkpoint(Mapping[str, LazyTensor]):
     """A committed checkpoint: a read-only mapping of array name to ``LazyTensor``.
 
@@ -152,15 +189,16 @@ class Checkpoint(Mapping[str, LazyTensor]):
         self._location = location
         self._manifest = manifest
         self._tensors: dict[str, LazyTensor] = {}
+        store = ShardIndexCache(location.store)  # one per open checkpoint, shared by its arrays
         for name, node in iter_leaves(manifest.tree):
             if "array" in node:
                 path = node["array"]
                 self._tensors[name] = LazyTensor(
-                    name, location, path, manifest.arrays[path], None, node["kind"],
+                    name, location, store, path, manifest.arrays[path], None, node["kind"],
                     manifest.stored_bytes.get(path, 0))
             elif "scalar" in node:
                 self._tensors[name] = LazyTensor(
-                    name, location, None, None, scalar_value(node), node["kind"], 0)
+                    name, location, store, None, None, scalar_value(node), node["kind"], 0)
 
     def __getitem__(self, name: str) -> LazyTensor:
         try:
