@@ -9,7 +9,8 @@ fetches only the chunks (ranged reads inside shards) that the slice touches.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+import fnmatch
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from zstore.indexing import finish, normalize
 from zstore.manifest import COMMIT_MARKER, ROOT, Manifest, read_manifest
 from zstore.storage import Location, resolve
 from zstore.tensors import numpy_to_torch
-from zstore.tree import iter_leaves, scalar_value, unflatten
+from zstore.tree import as_framework, iter_leaves, scalar_value, unflatten
 
 
 class LazyTensor:
@@ -238,23 +239,67 @@ class Checkpoint(Mapping[str, LazyTensor]):
     def _unique_arrays(self) -> dict[str, int]:
         return {t._path: t.nbytes for t in self._tensors.values() if t._path is not None}
 
-    def load(self, *, framework: str | None = None, max_concurrency: int = 8) -> Any:
-        """The whole saved tree, arrays read concurrently. See ``zstore.load``."""
+    def names(self, *globs: str) -> list[str]:
+        """Names matching any of ``globs`` (fnmatch), in checkpoint order.
+
+        Raises ``KeyError`` naming a glob that matches nothing: a typo in a
+        partial load should fail, not load less than asked.
+        """
+        matched = []
+        for glob in globs:
+            found = [n for n in self._tensors if fnmatch.fnmatchcase(n, glob)]
+            if not found:
+                raise KeyError(f"no array in {self.url!r} matches {glob!r}; "
+                               f"names look like {list(self._tensors)[:3]}")
+            matched.extend(n for n in found if n not in matched)
+        return [n for n in self._tensors if n in matched]
+
+    def read_many(self, requests: Mapping[str, Any] | Iterable[str], *,
+                  max_concurrency: int = 32) -> dict[str, np.ndarray]:
+        """Several arrays or slices at once: ``{name: index}``, or names to read whole.
+
+        All reads share one event loop, up to ``max_concurrency`` arrays in
+        flight, so many small tensors cost overlapped round trips.
+
+        Example:
+            >>> import numpy as np, zstore
+            >>> _ = zstore.save({"a": np.arange(4), "b": np.ones((2, 2))}, "memory://doc/many")
+            >>> got = zstore.open("memory://doc/many").read_many({"a": np.s_[1:3], "b": 0})
+            >>> got["a"], got["b"]
+            (array([1, 2]), array([1., 1.]))
+        """
+        wanted = dict(requests) if isinstance(requests, Mapping) else dict.fromkeys(requests, ...)
+        tensors = {name: self[name] for name in wanted}
+        return sync(_gather({name: (tensors[name], index) for name, index in wanted.items()},
+                            max_concurrency))
+
+    def load(self, *, keys: Sequence[str] | None = None, framework: str | None = None,
+             max_concurrency: int = 32) -> Any:
+        """The whole saved tree, or with ``keys`` (globs) a flat {name: array} of those only.
+
+        See ``zstore.load``.
+        """
         if framework not in (None, "numpy", "torch"):
             raise ValueError(f"framework must be None, 'numpy' or 'torch', got {framework!r}")
-        by_path = {t._path: t for t in self._tensors.values() if t._path is not None}
-        arrays = sync(_read_all(by_path, max_concurrency))
+        if keys is not None:
+            names = self.names(*([keys] if isinstance(keys, str) else keys))
+            arrays = self.read_many(names, max_concurrency=max_concurrency)
+            return {n: as_framework(arrays[n], self[n].kind, framework) for n in names}
+        by_path = {t._path: (t, ...) for t in self._tensors.values() if t._path is not None}
+        arrays = sync(_gather(by_path, max_concurrency))
         return unflatten(self._manifest.tree, arrays, framework)
 
 
-async def _read_all(tensors: dict[str, LazyTensor], max_concurrency: int) -> dict[str, np.ndarray]:
+async def _gather(reads: dict[str, tuple[LazyTensor, Any]], max_concurrency: int
+                  ) -> dict[str, np.ndarray]:
+    """Every read at once in this event loop, at most ``max_concurrency`` in flight."""
     limit = asyncio.Semaphore(max_concurrency)
 
-    async def one(path: str, tensor: LazyTensor) -> tuple[str, np.ndarray]:
+    async def one(key: str, tensor: LazyTensor, index: Any) -> tuple[str, np.ndarray]:
         async with limit:
-            return path, await tensor.read_async()
+            return key, await tensor.read_async(index)
 
-    return dict(await asyncio.gather(*(one(p, t) for p, t in tensors.items())))
+    return dict(await asyncio.gather(*(one(k, t, i) for k, (t, i) in reads.items())))
 
 
 def open(url: str, *, storage_options: dict[str, Any] | None = None) -> Checkpoint:  # noqa: A001
@@ -283,10 +328,13 @@ async def _fetch_metadata(location: Location) -> tuple[bytes | None, bytes | Non
 
 
 def load(url: str, *, storage_options: dict[str, Any] | None = None,
-         framework: str | None = None) -> Any:
-    """Load the whole tree saved at ``url``.
+         keys: Sequence[str] | None = None, framework: str | None = None) -> Any:
+    """Load the whole tree saved at ``url``, or only the arrays named by ``keys``.
 
     Args:
+        keys: name globs (``["model/layers.0.*", "*embed*"]``): then a flat
+            {name: array} of the matching arrays, fetched concurrently; a glob
+            matching nothing raises ``KeyError``.
         framework: None gives every leaf back as it was saved (torch tensors as
             torch, numpy as numpy); ``"numpy"`` or ``"torch"`` converts all arrays.
 
@@ -296,4 +344,4 @@ def load(url: str, *, storage_options: dict[str, Any] | None = None,
         >>> zstore.load("memory://doc/load")
         {'a': [array([1., 1.]), (1, 'x')]}
     """
-    return open(url, storage_options=storage_options).load(framework=framework)
+    return open(url, storage_options=storage_options).load(keys=keys, framework=framework)

@@ -217,12 +217,6 @@ def unflatten(
     """
     converted: dict[str, Any] = {}
 
-    def as_framework(array: np.ndarray, kind: str) -> Any:
-        target = framework or ("torch" if kind == "torch" else "numpy")
-        if target == "torch":
-            return numpy_to_torch(array)
-        return array[()] if kind == "npscalar" else array
-
     def build(node: dict[str, Any]) -> Any:
         kind = next(iter(node))  # a node's first key names its kind
         body = node[kind]
@@ -234,13 +228,21 @@ def unflatten(
         if kind == "array":
             path = node["array"]
             if path not in converted:
-                converted[path] = as_framework(arrays[path], node["kind"])
+                converted[path] = as_framework(arrays[path], node["kind"], framework)
             return converted[path]
         if kind == "scalar":
-            return as_framework(scalar_value(node), node["kind"])
+            return as_framework(scalar_value(node), node["kind"], framework)
         return _PYTHON_LEAVES[kind](body)
 
     return build(skeleton)
+
+
+def as_framework(array: np.ndarray, kind: str, framework: str | None) -> Any:
+    """A loaded array as the leaf it was saved as (``kind``), or as ``framework`` asks."""
+    target = framework or ("torch" if kind == "torch" else "numpy")
+    if target == "torch":
+        return numpy_to_torch(array)
+    return array[()] if kind == "npscalar" else array
 
 
 _PYTHON_LEAVES: dict[str, Callable[[Any], Any]] = {
