@@ -21,6 +21,7 @@ from zstore.errors import (
     StorageAccessError,
     UnsupportedFormatError,
     UnsupportedTypeError,
+    StateMismatchError,
     ZStoreError,
 )
 from zstore.planner import Plan, plan
@@ -41,6 +42,7 @@ __all__ = [
     "LazyTensor",
     "Plan",
     "SaveInfo",
+    "StateMismatchError",
     "StorageAccessError",
     "UnsupportedFormatError",
     "UnsupportedTypeError",

@@ -12,7 +12,8 @@ Every error is a ``ZStoreError``; where a built-in error fits, it is that too, s
     ├── InvalidKeyError           (ValueError)         a key cannot name a stored array
     ├── UnsupportedTypeError      (TypeError)          a leaf or dtype zstore cannot store
     ├── InvalidURLError           (ValueError)         the URL or storage options are unusable
-    └── StorageAccessError        (PermissionError)    the backend refused the request
+    ├── StorageAccessError        (PermissionError)    the backend refused the request
+    └── StateMismatchError        (RuntimeError)       load(into=...) keys or shapes disagree
 
 Messages name the offending value and say how to fix it; they never contain
 credentials.
@@ -59,3 +60,7 @@ class InvalidURLError(ZStoreError, ValueError):
 
 class StorageAccessError(ZStoreError, PermissionError):
     """The storage backend denied access (credentials, permissions, read-only store)."""
+
+
+class StateMismatchError(ZStoreError, RuntimeError):
+    """``load(into=...)``: the checkpoint and the target disagree on keys or shapes."""

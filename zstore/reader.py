@@ -24,6 +24,7 @@ from zstore.dtypes import dtype_from_name
 from zstore.errors import CorruptCheckpointError, ZStoreError
 from zstore.index_cache import ShardIndexCache
 from zstore.indexing import finish, normalize
+from zstore.load_into import load_into
 from zstore.manifest import COMMIT_MARKER, ROOT, Manifest, read_manifest
 from zstore.storage import Location, resolve
 from zstore.tensors import numpy_to_torch
@@ -274,11 +275,14 @@ class Checkpoint(Mapping[str, LazyTensor]):
                             max_concurrency))
 
     def load(self, *, keys: Sequence[str] | None = None, framework: str | None = None,
+             into: Any = None, strict: bool = True, prefix: str = "",
              max_concurrency: int = 32) -> Any:
         """The whole saved tree, or with ``keys`` (globs) a flat {name: array} of those only.
 
         See ``zstore.load``.
         """
+        if into is not None:
+            return load_into(self, into, strict=strict, prefix=prefix)
         if framework not in (None, "numpy", "torch"):
             raise ValueError(f"framework must be None, 'numpy' or 'torch', got {framework!r}")
         if keys is not None:
@@ -328,8 +332,9 @@ async def _fetch_metadata(location: Location) -> tuple[bytes | None, bytes | Non
 
 
 def load(url: str, *, storage_options: dict[str, Any] | None = None,
-         keys: Sequence[str] | None = None, framework: str | None = None) -> Any:
-    """Load the whole tree saved at ``url``, or only the arrays named by ``keys``.
+         keys: Sequence[str] | None = None, framework: str | None = None,
+         into: Any = None, strict: bool = True, prefix: str = "") -> Any:
+    """Load the whole tree saved at ``url``, only the arrays named by ``keys``, or into a model.
 
     Args:
         keys: name globs (``["model/layers.0.*", "*embed*"]``): then a flat
@@ -337,6 +342,12 @@ def load(url: str, *, storage_options: dict[str, Any] | None = None,
             matching nothing raises ``KeyError``.
         framework: None gives every leaf back as it was saved (torch tensors as
             torch, numpy as numpy); ``"numpy"`` or ``"torch"`` converts all arrays.
+        into: a ``torch.nn.Module`` or state dict to fill in place, tensor by
+            tensor, on its own devices (CPU tensors are decoded straight into
+            their memory); returns a ``LoadReport``. Names are ``prefix`` + key
+            (``prefix="model/"`` for a checkpoint saved as ``{"model": sd, ...}``).
+        strict: with ``into``, missing or unexpected keys are an error, like
+            ``load_state_dict``; shape mismatches always are, before any change.
 
     Example:
         >>> import numpy as np, zstore
@@ -344,4 +355,5 @@ def load(url: str, *, storage_options: dict[str, Any] | None = None,
         >>> zstore.load("memory://doc/load")
         {'a': [array([1., 1.]), (1, 'x')]}
     """
-    return open(url, storage_options=storage_options).load(keys=keys, framework=framework)
+    return open(url, storage_options=storage_options).load(
+        keys=keys, framework=framework, into=into, strict=strict, prefix=prefix)

@@ -1,0 +1,107 @@
+"""Streaming a checkpoint into an existing torch module or state dict, tensor by tensor.
+
+Every tensor is checked first (missing, unexpected, shape), so a mismatch
+fails before any parameter changes. Then each tensor is read into the memory
+it will live in: a CPU tensor of the stored dtype is decoded straight into its
+own storage (no extra copy at all); others (another dtype, an accelerator)
+go through one host buffer each, so the extra memory at any moment is
+bounded by ``budget`` bytes of buffers in flight (at least the largest tensor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from zarr.core.sync import sync
+
+from zstore.errors import StateMismatchError
+from zstore.tensors import numpy_to_torch, require_torch, torch_to_numpy
+
+DEFAULT_BUDGET = 256 << 20
+
+
+@dataclass
+class LoadReport:
+    """What ``load(into=...)`` matched, like torch's ``load_state_dict`` result."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+
+
+def _targets(into: Any) -> Mapping[str, Any]:
+    torch = require_torch()
+    if isinstance(into, torch.nn.Module):
+        return into.state_dict(keep_vars=True)  # the live parameters and buffers
+    if isinstance(into, Mapping):
+        return into
+    raise TypeError(f"into= takes a torch.nn.Module or a state dict, got {type(into).__name__}")
+
+
+def load_into(ckpt: Any, into: Any, *, strict: bool = True, prefix: str = "",
+              budget: int = DEFAULT_BUDGET, max_concurrency: int = 8) -> LoadReport:
+    """Copy the checkpoint's arrays named ``prefix + key`` into ``into``'s tensors, in place."""
+    torch = require_torch()
+    targets = _targets(into)
+    stored = {n[len(prefix):]: n for n in ckpt if n.startswith(prefix)}
+    report = LoadReport(
+        missing_keys=[k for k in targets if k not in stored],
+        unexpected_keys=[k for k in stored if k not in targets],
+    )
+    shapes = [f"{k}: checkpoint {ckpt[stored[k]].shape}, target {tuple(t.shape)}"
+              for k, t in targets.items()
+              if k in stored and tuple(t.shape) != ckpt[stored[k]].shape]
+    problems = shapes + ([f"missing: {report.missing_keys}"] if strict and report.missing_keys
+                         else []) + ([f"unexpected: {report.unexpected_keys}"]
+                                     if strict and report.unexpected_keys else [])
+    if problems:
+        raise StateMismatchError(
+            f"cannot load {ckpt.url!r} into {type(into).__name__} (nothing was changed): "
+            + "; ".join(problems) + ("" if strict or not shapes else
+                                     "; shape mismatches fail even with strict=False"))
+    keys = [k for k in targets if k in stored]
+    largest = max((ckpt[stored[k]].nbytes for k in keys), default=0)
+    sync(_copy_all(ckpt, targets, stored, keys, max(budget, largest), max_concurrency, torch))
+    report.loaded = keys
+    return report
+
+
+async def _copy_all(ckpt: Any, targets: Mapping[str, Any], stored: dict[str, str],
+                    keys: list[str], budget: int, max_concurrency: int, torch: Any) -> None:
+    in_flight = asyncio.Condition()
+    used = 0
+    limit = asyncio.Semaphore(max_concurrency)
+
+    async def one(key: str) -> None:
+        nonlocal used
+        tensor, source = targets[key], ckpt[stored[key]]
+        direct = _host_view(tensor, source.dtype, key)
+        async with limit:
+            if direct is not None:  # decode into the parameter's own memory
+                await source.read_async(out=direct)
+                return
+            async with in_flight:
+                await in_flight.wait_for(lambda: used == 0 or used + source.nbytes <= budget)
+                used += source.nbytes
+            try:
+                host = await source.read_async()
+                with torch.no_grad():  # no await inside: no_grad is thread state
+                    tensor.copy_(numpy_to_torch(host))
+            finally:
+                async with in_flight:
+                    used -= source.nbytes
+                    in_flight.notify_all()
+
+    await asyncio.gather(*(one(k) for k in keys))
+
+
+def _host_view(tensor: Any, dtype: np.dtype, name: str) -> np.ndarray | None:
+    """A numpy view of a CPU tensor's own memory, when the stored bytes can land there."""
+    if tensor.device.type != "cpu" or not tensor.is_contiguous():
+        return None
+    view = torch_to_numpy(tensor.detach(), name)
+    return view if view.dtype == dtype else None
