@@ -19,6 +19,7 @@ import numpy as np
 from zarr.core.sync import sync
 
 from zstore.errors import StateMismatchError
+from zstore.progress import bar
 from zstore.tensors import numpy_to_torch, require_torch, torch_to_numpy
 
 DEFAULT_BUDGET = 256 << 20
@@ -43,7 +44,8 @@ def _targets(into: Any) -> Mapping[str, Any]:
 
 
 def load_into(ckpt: Any, into: Any, *, strict: bool = True, prefix: str = "",
-              budget: int = DEFAULT_BUDGET, max_concurrency: int = 8) -> LoadReport:
+              progress: bool | None = None, budget: int = DEFAULT_BUDGET,
+              max_concurrency: int = 8) -> LoadReport:
     """Copy the checkpoint's arrays named ``prefix + key`` into ``into``'s tensors, in place."""
     torch = require_torch()
     targets = _targets(into)
@@ -65,13 +67,19 @@ def load_into(ckpt: Any, into: Any, *, strict: bool = True, prefix: str = "",
                                      "; shape mismatches fail even with strict=False"))
     keys = [k for k in targets if k in stored]
     largest = max((ckpt[stored[k]].nbytes for k in keys), default=0)
-    sync(_copy_all(ckpt, targets, stored, keys, max(budget, largest), max_concurrency, torch))
+    shown = bar(sum(ckpt[stored[k]].nbytes for k in keys), f"loading {ckpt.url}", progress)
+    try:
+        sync(_copy_all(ckpt, targets, stored, keys, max(budget, largest), max_concurrency,
+                       torch, shown))
+    finally:
+        shown.close()
     report.loaded = keys
     return report
 
 
 async def _copy_all(ckpt: Any, targets: Mapping[str, Any], stored: dict[str, str],
-                    keys: list[str], budget: int, max_concurrency: int, torch: Any) -> None:
+                    keys: list[str], budget: int, max_concurrency: int, torch: Any,
+                    shown: Any) -> None:
     in_flight = asyncio.Condition()
     used = 0
     limit = asyncio.Semaphore(max_concurrency)
@@ -83,6 +91,7 @@ async def _copy_all(ckpt: Any, targets: Mapping[str, Any], stored: dict[str, str
         async with limit:
             if direct is not None:  # decode into the parameter's own memory
                 await source.read_async(out=direct)
+                shown.update(source.nbytes)
                 return
             async with in_flight:
                 await in_flight.wait_for(lambda: used == 0 or used + source.nbytes <= budget)
@@ -91,6 +100,7 @@ async def _copy_all(ckpt: Any, targets: Mapping[str, Any], stored: dict[str, str
                 host = await source.read_async()
                 with torch.no_grad():  # no await inside: no_grad is thread state
                     tensor.copy_(numpy_to_torch(host))
+                shown.update(source.nbytes)
             finally:
                 async with in_flight:
                     used -= source.nbytes

@@ -26,6 +26,7 @@ from zstore.index_cache import ShardIndexCache
 from zstore.indexing import finish, normalize
 from zstore.load_into import load_into
 from zstore.manifest import COMMIT_MARKER, ROOT, Manifest, read_manifest
+from zstore.progress import bar
 from zstore.storage import Location, resolve
 from zstore.tensors import numpy_to_torch
 from zstore.tree import as_framework, iter_leaves, scalar_value, unflatten
@@ -276,13 +277,13 @@ class Checkpoint(Mapping[str, LazyTensor]):
 
     def load(self, *, keys: Sequence[str] | None = None, framework: str | None = None,
              into: Any = None, strict: bool = True, prefix: str = "",
-             max_concurrency: int = 32) -> Any:
+             progress: bool | None = None, max_concurrency: int = 32) -> Any:
         """The whole saved tree, or with ``keys`` (globs) a flat {name: array} of those only.
 
         See ``zstore.load``.
         """
         if into is not None:
-            return load_into(self, into, strict=strict, prefix=prefix)
+            return load_into(self, into, strict=strict, prefix=prefix, progress=progress)
         if framework not in (None, "numpy", "torch"):
             raise ValueError(f"framework must be None, 'numpy' or 'torch', got {framework!r}")
         if keys is not None:
@@ -290,18 +291,25 @@ class Checkpoint(Mapping[str, LazyTensor]):
             arrays = self.read_many(names, max_concurrency=max_concurrency)
             return {n: as_framework(arrays[n], self[n].kind, framework) for n in names}
         by_path = {t._path: (t, ...) for t in self._tensors.values() if t._path is not None}
-        arrays = sync(_gather(by_path, max_concurrency))
+        shown = bar(self.nbytes, f"loading {self.url}", progress)
+        try:
+            arrays = sync(_gather(by_path, max_concurrency, shown))
+        finally:
+            shown.close()
         return unflatten(self._manifest.tree, arrays, framework)
 
 
-async def _gather(reads: dict[str, tuple[LazyTensor, Any]], max_concurrency: int
-                  ) -> dict[str, np.ndarray]:
+async def _gather(reads: dict[str, tuple[LazyTensor, Any]], max_concurrency: int,
+                  shown: Any = None) -> dict[str, np.ndarray]:
     """Every read at once in this event loop, at most ``max_concurrency`` in flight."""
     limit = asyncio.Semaphore(max_concurrency)
 
     async def one(key: str, tensor: LazyTensor, index: Any) -> tuple[str, np.ndarray]:
         async with limit:
-            return key, await tensor.read_async(index)
+            result = await tensor.read_async(index)
+        if shown is not None:
+            shown.update(result.nbytes)
+        return key, result
 
     return dict(await asyncio.gather(*(one(k, t, i) for k, (t, i) in reads.items())))
 
@@ -333,7 +341,8 @@ async def _fetch_metadata(location: Location) -> tuple[bytes | None, bytes | Non
 
 def load(url: str, *, storage_options: dict[str, Any] | None = None,
          keys: Sequence[str] | None = None, framework: str | None = None,
-         into: Any = None, strict: bool = True, prefix: str = "") -> Any:
+         into: Any = None, strict: bool = True, prefix: str = "",
+         progress: bool | None = None) -> Any:
     """Load the whole tree saved at ``url``, only the arrays named by ``keys``, or into a model.
 
     Args:
@@ -348,6 +357,8 @@ def load(url: str, *, storage_options: dict[str, Any] | None = None,
             (``prefix="model/"`` for a checkpoint saved as ``{"model": sd, ...}``).
         strict: with ``into``, missing or unexpected keys are an error, like
             ``load_state_dict``; shape mismatches always are, before any change.
+        progress: a progress bar on stderr (tqdm); default: only on a terminal,
+            for loads over 256 MiB.
 
     Example:
         >>> import numpy as np, zstore
@@ -356,4 +367,5 @@ def load(url: str, *, storage_options: dict[str, Any] | None = None,
         {'a': [array([1., 1.]), (1, 'x')]}
     """
     return open(url, storage_options=storage_options).load(
-        keys=keys, framework=framework, into=into, strict=strict, prefix=prefix)
+        keys=keys, framework=framework, into=into, strict=strict, prefix=prefix,
+        progress=progress)

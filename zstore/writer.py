@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,7 @@ from zstore.manifest import (
 )
 from zstore.planner import plan_specs
 from zstore.profiles import BackendProfile, profile_for
+from zstore.progress import bar
 from zstore.storage import Location, resolve, storage_errors
 from zstore.tensors import is_torch_tensor, torch_numpy_dtype, torch_to_numpy
 from zstore.tree import flatten
@@ -81,6 +83,7 @@ def save(
     backend: str | BackendProfile | None = None,
     codec: str = "auto",
     max_concurrency: int = 8,
+    progress: bool | None = None,
 ) -> SaveInfo:
     """Save a tree of arrays and values as a committed checkpoint at ``url``.
 
@@ -102,6 +105,8 @@ def save(
         codec: ``"auto"`` (shuffled Blosc-zstd where the backend is slower than
             this machine compresses, e.g. S3; none on local disk and memory),
             ``"blosc"``, ``"zstd"`` or ``"none"``.
+        progress: a progress bar on stderr (tqdm); default: only on a terminal,
+            for saves over 256 MiB.
         max_concurrency: arrays written at once (each also writes its shards
             concurrently, per zarr's ``async.concurrency``).
 
@@ -130,8 +135,13 @@ def save(
     for path, (shape, dtype) in specs.items():
         manifest.arrays[path] = array_metadata(shape, dtype, plan.arrays[path].layout)
     location = resolve(url, storage_options)
+    shown = bar(plan.nbytes, f"saving {url}", progress)
     with storage_errors(url):
-        objects = sync(_save(location, flat.arrays, manifest, overwrite, max_concurrency))
+        try:
+            objects = sync(_save(location, flat.arrays, manifest, overwrite, max_concurrency,
+                                 lambda path: shown.update(plan.arrays[path].nbytes)))
+        finally:
+            shown.close()
     return SaveInfo(
         url=url,
         arrays=len(flat.arrays),
@@ -155,7 +165,7 @@ def _host_array(value: Any, path: str) -> np.ndarray:
 
 
 async def _save(location: Location, arrays: dict[str, Any], manifest: Manifest,
-                overwrite: bool, max_concurrency: int) -> int:
+                overwrite: bool, max_concurrency: int, written: Callable[[str], None]) -> int:
     await _clear_destination(location, overwrite)
     await location.put(ROOT, encode(writing_document()))
     limit = asyncio.Semaphore(max_concurrency)
@@ -167,10 +177,11 @@ async def _save(location: Location, arrays: dict[str, Any], manifest: Manifest,
     documents = {f"{g}/{ROOT}": group_document() for g in group_paths(list(manifest.arrays))}
     documents.update({f"{p}/{ROOT}": doc for p, doc in manifest.arrays.items()})
     await asyncio.gather(*(bounded(location.put(k, encode(d))) for k, d in documents.items()))
-    await asyncio.gather(*(
-        bounded(_write_array(location, path, manifest.arrays[path], value))
-        for path, value in arrays.items()
-    ))
+    async def write(path: str, value: Any) -> None:
+        await _write_array(location, path, manifest.arrays[path], value)
+        written(path)
+
+    await asyncio.gather(*(bounded(write(path, value)) for path, value in arrays.items()))
     sizes = await location.sizes()
     manifest.stored_bytes = {
         path: sum(n for key, n in sizes.items() if key.startswith(f"{path}/c"))
