@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from zarr.core.sync import sync
 
+from zstore.budget import ByteBudget
 from zstore.errors import StateMismatchError
 from zstore.progress import bar
 from zstore.tensors import numpy_to_torch, require_torch, torch_to_numpy
@@ -66,10 +67,9 @@ def load_into(ckpt: Any, into: Any, *, strict: bool = True, prefix: str = "",
             + "; ".join(problems) + ("" if strict or not shapes else
                                      "; shape mismatches fail even with strict=False"))
     keys = [k for k in targets if k in stored]
-    largest = max((ckpt[stored[k]].nbytes for k in keys), default=0)
     shown = bar(sum(ckpt[stored[k]].nbytes for k in keys), f"loading {ckpt.url}", progress)
     try:
-        sync(_copy_all(ckpt, targets, stored, keys, max(budget, largest), max_concurrency,
+        sync(_copy_all(ckpt, targets, stored, keys, budget, max_concurrency,
                        torch, shown))
     finally:
         shown.close()
@@ -80,31 +80,21 @@ def load_into(ckpt: Any, into: Any, *, strict: bool = True, prefix: str = "",
 async def _copy_all(ckpt: Any, targets: Mapping[str, Any], stored: dict[str, str],
                     keys: list[str], budget: int, max_concurrency: int, torch: Any,
                     shown: Any) -> None:
-    in_flight = asyncio.Condition()
-    used = 0
+    staging = ByteBudget(budget)
     limit = asyncio.Semaphore(max_concurrency)
 
     async def one(key: str) -> None:
-        nonlocal used
         tensor, source = targets[key], ckpt[stored[key]]
         direct = _host_view(tensor, source.dtype, key)
         async with limit:
             if direct is not None:  # decode into the parameter's own memory
                 await source.read_async(out=direct)
-                shown.update(source.nbytes)
-                return
-            async with in_flight:
-                await in_flight.wait_for(lambda: used == 0 or used + source.nbytes <= budget)
-                used += source.nbytes
-            try:
-                host = await source.read_async()
-                with torch.no_grad():  # no await inside: no_grad is thread state
-                    tensor.copy_(numpy_to_torch(host))
-                shown.update(source.nbytes)
-            finally:
-                async with in_flight:
-                    used -= source.nbytes
-                    in_flight.notify_all()
+            else:
+                async with staging.hold(source.nbytes):
+                    host = await source.read_async()
+                    with torch.no_grad():  # no await inside: no_grad is thread state
+                        tensor.copy_(numpy_to_torch(host))
+        shown.update(source.nbytes)
 
     await asyncio.gather(*(one(k) for k in keys))
 

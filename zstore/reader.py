@@ -20,6 +20,7 @@ from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.core.sync import sync
 from zarr.storage import StorePath
 
+from zstore.budget import ByteBudget
 from zstore.dtypes import dtype_from_name
 from zstore.errors import CorruptCheckpointError, ZStoreError
 from zstore.index_cache import ShardIndexCache
@@ -299,13 +300,18 @@ class Checkpoint(Mapping[str, LazyTensor]):
         return unflatten(self._manifest.tree, arrays, framework)
 
 
+READ_BUDGET = 256 << 20  # bytes of reads in flight: what concurrency adds to a load's memory
+
+
 async def _gather(reads: dict[str, tuple[LazyTensor, Any]], max_concurrency: int,
                   shown: Any = None) -> dict[str, np.ndarray]:
-    """Every read at once in this event loop, at most ``max_concurrency`` in flight."""
-    limit = asyncio.Semaphore(max_concurrency)
+    """Every read at once in this event loop: at most ``max_concurrency`` in flight, and
+    at most ``READ_BUDGET`` bytes of them (one larger read runs alone)."""
+    limit, budget = asyncio.Semaphore(max_concurrency), ByteBudget(READ_BUDGET)
 
     async def one(key: str, tensor: LazyTensor, index: Any) -> tuple[str, np.ndarray]:
-        async with limit:
+        size = tensor.nbytes if tensor._value is None and index is ... else 0
+        async with limit, budget.hold(size):
             result = await tensor.read_async(index)
         if shown is not None:
             shown.update(result.nbytes)
