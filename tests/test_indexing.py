@@ -70,5 +70,8 @@ def test_a_row_gather_on_s3_fetches_only_the_chunks_of_those_rows(s3):
         got = ckpt["embed"][tokens]
     assert np.array_equal(got, embed[tokens])
     shards = {int(t) // ckpt["embed"].shard_shape[0] for t in tokens}
-    assert s3.wire.methods()["GET"] == 3 + len(shards)  # one chunk each, one index per shard
-    assert io.bytes_read <= 3 * (rows_per_chunk * 64 * 4 + 4) + len(shards) * 64 * 1024
+    # one GET per chunk and one per shard index (zarr 3.2+ may merge neighbouring ranges)
+    assert s3.wire.methods()["GET"] <= 3 + len(shards)
+    # the three chunks, their indexes, and on zarr 3.2+ gaps it merges (at most 1 MiB each)
+    chunk_bytes = rows_per_chunk * 64 * 4 + 4
+    assert io.bytes_read <= 3 * chunk_bytes + len(shards) * 64 * 1024 + 2 * (1 << 20)
