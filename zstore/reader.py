@@ -300,7 +300,7 @@ class Checkpoint(Mapping[str, LazyTensor]):
         return unflatten(self._manifest.tree, arrays, framework)
 
 
-READ_BUDGET = 256 << 20  # bytes of reads in flight: what concurrency adds to a load's memory
+READ_BUDGET = 64 << 20  # bytes of reads in flight: what concurrency adds to a load's memory
 
 
 async def _gather(reads: dict[str, tuple[LazyTensor, Any]], max_concurrency: int,
