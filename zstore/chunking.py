@@ -144,12 +144,14 @@ def _score(shape: tuple[int, ...], chunk: list[int], per_shard: list[int], items
 
 
 def _candidates(extent: tuple[int, ...], chunk: list[int], cut: int,
-                moduli: list[int | None], itemsize: int, ceilings: list[int]) -> list[list[int]]:
-    """Chunk shapes near ``chunk``: up to ``_CANDIDATES`` per varied dim, free dims only."""
+                moduli: list[int | None], itemsize: int, ceilings: list[int],
+                floor: int) -> list[list[int]]:
+    """Chunk shapes near ``chunk``, none under ``floor`` bytes: up to ``_CANDIDATES`` per
+    varied dim, free dims only."""
     found = []
     if moduli[cut] is None:
         slab = math.prod(chunk[cut + 1:]) * itemsize
-        low = max(1, chunk[cut] * 3 // 4)
+        low = max(1, chunk[cut] * 3 // 4, -(-floor // slab))
         high = max(low, min(extent[cut], 2 * chunk[cut], ceilings[cut] // slab))
         for c in range(low, high + 1, max(1, (high - low) // _CANDIDATES)):
             found.append([*chunk[:cut], c, *chunk[cut + 1:]])
@@ -187,7 +189,8 @@ def choose_layout(shape: tuple[int, ...], dtype: np.dtype, patterns: Sequence[Pa
     cut = max(d for d in range(len(chunk)) if chunk[d] < extent[d])  # dims after it are whole
     best = (_score(extent, chunk, per_shard, itemsize, target, moduli), chunk, per_shard)
     if best[0] > 0:
-        for candidate in _candidates(extent, chunk, cut, moduli, itemsize, ceilings):
+        floor = min(chunk_target // 4, math.prod(chunk) * itemsize)
+        for candidate in _candidates(extent, chunk, cut, moduli, itemsize, ceilings, floor):
             k = _shards(extent, candidate, itemsize, moduli, patterns, profile)
             score = _score(extent, candidate, k, itemsize, target, moduli)
             if score < best[0] - 1e-9:
