@@ -12,9 +12,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import os
+
 import pytest
+from hypothesis import settings
 
 from zstore.testing import MotoS3, WireLog
+
+# Property tests run the same examples on every run (CI must not flake on a new draw);
+# HYPOTHESIS_PROFILE=explore draws fresh ones, to look for counterexamples by hand.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")
