@@ -56,8 +56,12 @@ def main() -> None:
     model, opt = train()
     state = {"model": model.state_dict(), "optim": opt.state_dict(), "step": 100}
 
+    # The embedding is looked up by rows at inference: plan for it, and show the plan.
+    access = {"model/0.weight": "rows"}
+    plan = zstore.plan(state, access=access, backend=url)
+    print("\n" + "\n".join(str(plan).splitlines()[:5]) + "\n...\n" + str(plan).splitlines()[-1])
     info = zstore.save(state, url, storage_options=options, metadata={"step": 100},
-                       overwrite=True)
+                       overwrite=True, access=access)
     print(f"\nsaved {info.arrays} arrays, {info.logical_bytes / 2**20:.1f} MiB -> "
           f"{info.stored_bytes / 2**20:.1f} MiB in {info.objects} objects to {url} "
           f"({info.seconds:.2f} s)\n")
