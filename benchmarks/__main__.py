@@ -219,6 +219,12 @@ def lazy(report: Report, backends: Backends, backend: str, state: dict[str, np.n
                            f"{io.bytes_read / chunk:.3f}x ({io.bytes_read} B, {io.gets} GETs)",
                            f"chunk {chunk} B stored; target <= 1.1x, 2 GETs", None,
                            {"fetched": io.bytes_read, "chunk": chunk, "gets": io.gets}))
+            row = case["embed.weight"] + embed.layout.chunk_shape[0]  # same shard, next chunk
+            with zstore.io_stats() as cached:
+                opened["embed.weight"][row]
+            report.add(Row("lazy", backend, "bf16", "one embedding row, shard index cached",
+                           f"{cached.gets} GETs, {cached.bytes_read} B", "target 1 GET", None,
+                           {"gets": cached.gets, "bytes": cached.bytes_read}))
     backends.remove(target)
     backends.remove(Target(raw_base, target.options))
 
