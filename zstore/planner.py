@@ -25,7 +25,7 @@ from zstore.errors import UnsupportedTypeError
 from zstore.layout import CODECS, Layout, layout_from_metadata
 from zstore.manifest import group_paths
 from zstore.profiles import BackendProfile, profile_for
-from zstore.tensors import is_torch_tensor, torch_numpy_dtype
+from zstore.tensors import is_torch_tensor, numpy_dtype_of
 from zstore.text import duration, shape as show_shape, size, table
 
 Spec = tuple[tuple[int, ...], np.dtype]
@@ -241,8 +241,7 @@ def _explain(ckpt: Any, access: Access, profile: BackendProfile, cores: int | No
 
 def _dtype_of(value: Any, name: str) -> np.dtype:
     if is_torch_tensor(value):
-        torch = __import__("torch")
-        return torch_numpy_dtype(torch.empty(0, dtype=value.dtype), name)
+        return numpy_dtype_of(value.dtype, name)
     dtype = value.dtype
     return check_supported(dtype_from_name(dtype) if isinstance(dtype, str) else np.dtype(dtype),
                            name)

@@ -49,8 +49,13 @@ def torch_numpy_dtype(tensor: Any, name: str) -> np.dtype:
     Touches no data, so it is safe on accelerators and runs before any I/O.
     """
     _check_tensor(tensor, name)
+    return numpy_dtype_of(tensor.dtype, name)
+
+
+def numpy_dtype_of(torch_dtype: Any, name: str) -> np.dtype:
+    """The numpy dtype a torch dtype is stored as (meta tensors included: no data needed)."""
     torch = sys.modules["torch"]
-    return torch_to_numpy(torch.empty(0, dtype=tensor.dtype), name).dtype
+    return torch_to_numpy(torch.empty(0, dtype=torch_dtype), name).dtype
 
 
 def _check_tensor(tensor: Any, name: str) -> None:
