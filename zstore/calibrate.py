@@ -31,17 +31,18 @@ async def _timed_get(fs: object, path: str) -> float:
 
 async def _measure(url: str, fs: object, root: str, name: str, small: int, large: int,
                    rounds: int) -> BackendProfile:
-    tiny_path, big_paths = f"{root}/latency", [f"{root}/stream-{i}" for i in range(max(LEVELS))]
+    # One object of each size: concurrent GETs of one object measure the same streams as
+    # GETs of many, without uploading max(LEVELS) copies first.
+    tiny_path, big_path = f"{root}/latency", f"{root}/stream"
     await fs._pipe_file(tiny_path, os.urandom(small))  # type: ignore[attr-defined]
-    payload = os.urandom(large)
-    await asyncio.gather(*(fs._pipe_file(p, payload) for p in big_paths))  # type: ignore[attr-defined]
+    await fs._pipe_file(big_path, os.urandom(large))  # type: ignore[attr-defined]
     latency = statistics.median([await _timed_get(fs, tiny_path) for _ in range(rounds)])
-    stream = min([await _timed_get(fs, big_paths[0]) for _ in range(3)])
+    stream = min([await _timed_get(fs, big_path) for _ in range(3)])
     bandwidth = large / max(stream - latency, stream / 10)
     aggregate: dict[int, float] = {}
     for level in LEVELS:
         started = time.perf_counter()
-        await asyncio.gather(*(_timed_get(fs, p) for p in big_paths[:level]))
+        await asyncio.gather(*(_timed_get(fs, big_path) for _ in range(level)))
         aggregate[level] = level * large / (time.perf_counter() - started)
     best = max(aggregate.values())
     concurrency = min(level for level, rate in aggregate.items() if rate >= 0.9 * best)
