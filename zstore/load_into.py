@@ -4,8 +4,9 @@ Every tensor is checked first (missing, unexpected, shape), so a mismatch
 fails before any parameter changes. Then each tensor is read into the memory
 it will live in: a CPU tensor of the stored dtype is decoded straight into its
 own storage (no extra copy at all); others (another dtype, an accelerator)
-go through one host buffer each, so the extra memory at any moment is
-bounded by ``budget`` bytes of buffers in flight (at least the largest tensor).
+go through a ``DeviceStager`` (pinned buffers, copies overlapping decode for
+CUDA), so the extra memory at any moment is bounded by ``budget`` bytes of
+buffers in flight (at least the largest tensor).
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from zarr.core.sync import sync
 from zstore.budget import ByteBudget
 from zstore.errors import StateMismatchError
 from zstore.progress import bar
-from zstore.tensors import numpy_to_torch, require_torch, torch_to_numpy
-
-DEFAULT_BUDGET = 256 << 20
+from zstore.staging import DEFAULT_BUDGET, DeviceStager
+from zstore.tensors import require_torch, torch_to_numpy
 
 
 @dataclass
@@ -48,7 +48,6 @@ def load_into(ckpt: Any, into: Any, *, strict: bool = True, prefix: str = "",
               progress: bool | None = None, budget: int = DEFAULT_BUDGET,
               max_concurrency: int = 8) -> LoadReport:
     """Copy the checkpoint's arrays named ``prefix + key`` into ``into``'s tensors, in place."""
-    torch = require_torch()
     targets = _targets(into)
     stored = {n[len(prefix):]: n for n in ckpt if n.startswith(prefix)}
     report = LoadReport(
@@ -69,8 +68,7 @@ def load_into(ckpt: Any, into: Any, *, strict: bool = True, prefix: str = "",
     keys = [k for k in targets if k in stored]
     shown = bar(sum(ckpt[stored[k]].nbytes for k in keys), f"loading {ckpt.url}", progress)
     try:
-        sync(_copy_all(ckpt, targets, stored, keys, budget, max_concurrency,
-                       torch, shown))
+        sync(_copy_all(ckpt, targets, stored, keys, budget, max_concurrency, shown))
     finally:
         shown.close()
     report.loaded = keys
@@ -78,9 +76,9 @@ def load_into(ckpt: Any, into: Any, *, strict: bool = True, prefix: str = "",
 
 
 async def _copy_all(ckpt: Any, targets: Mapping[str, Any], stored: dict[str, str],
-                    keys: list[str], budget: int, max_concurrency: int, torch: Any,
-                    shown: Any) -> None:
-    staging = ByteBudget(budget)
+                    keys: list[str], budget: int, max_concurrency: int, shown: Any) -> None:
+    shared = ByteBudget(budget)
+    stagers: dict[Any, DeviceStager] = {}
     limit = asyncio.Semaphore(max_concurrency)
 
     async def one(key: str) -> None:
@@ -90,13 +88,14 @@ async def _copy_all(ckpt: Any, targets: Mapping[str, Any], stored: dict[str, str
             if direct is not None:  # decode into the parameter's own memory
                 await source.read_async(out=direct)
             else:
-                async with staging.hold(source.nbytes):
-                    host = await source.read_async()
-                    with torch.no_grad():  # no await inside: no_grad is thread state
-                        tensor.copy_(numpy_to_torch(host))
+                if tensor.device not in stagers:
+                    stagers[tensor.device] = DeviceStager(tensor.device, shared)
+                await stagers[tensor.device].copy_into(source, tensor)
         shown.update(source.nbytes)
 
     await asyncio.gather(*(one(k) for k in keys))
+    for stager in stagers.values():
+        stager.finish()
 
 
 def _host_view(tensor: Any, dtype: np.dtype, name: str) -> np.ndarray | None:

@@ -28,6 +28,7 @@ from zstore.indexing import finish, normalize
 from zstore.load_into import load_into
 from zstore.manifest import COMMIT_MARKER, ROOT, Manifest, read_manifest
 from zstore.progress import bar
+from zstore.staging import DeviceStager
 from zstore.storage import Location, resolve
 from zstore.tensors import numpy_to_torch
 from zstore.tree import as_framework, iter_leaves, scalar_value, unflatten
@@ -156,14 +157,23 @@ class LazyTensor:
         """The whole array in host memory."""
         return self[...]
 
-    def torch(self, device: Any = None) -> Any:
-        """The whole array as a torch tensor (bf16/fp8 keep their dtype), on ``device``."""
-        tensor = numpy_to_torch(self.numpy())
-        return tensor if device is None else tensor.to(device)
+    def torch(self, device: Any = None, *, index: Any = Ellipsis) -> Any:
+        """``self[index]`` (default: all) as a torch tensor on ``device``; dtype as stored.
+
+        On CPU the tensor shares the decoded memory (bf16/fp8 too); on CUDA the
+        bytes are decoded into a pinned buffer and copied without a pageable hop.
+        """
+        if device is None or _is_cpu(device):
+            return numpy_to_torch(self.read(index))
+        return sync(_to_device({self.name: (self, index)}, device, 1))[self.name]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         array = self.numpy()
         return array if dtype is None else array.astype(dtype)
+
+
+def _is_cpu(device: Any) -> bool:
+    return str(device).split(":")[0] == "cpu"
 
 
 def _check_out(out: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
@@ -277,7 +287,7 @@ class Checkpoint(Mapping[str, LazyTensor]):
                             max_concurrency))
 
     def load(self, *, keys: Sequence[str] | None = None, framework: str | None = None,
-             into: Any = None, strict: bool = True, prefix: str = "",
+             device: Any = None, into: Any = None, strict: bool = True, prefix: str = "",
              progress: bool | None = None, max_concurrency: int = 32) -> Any:
         """The whole saved tree, or with ``keys`` (globs) a flat {name: array} of those only.
 
@@ -287,16 +297,26 @@ class Checkpoint(Mapping[str, LazyTensor]):
             return load_into(self, into, strict=strict, prefix=prefix, progress=progress)
         if framework not in (None, "numpy", "torch"):
             raise ValueError(f"framework must be None, 'numpy' or 'torch', got {framework!r}")
+        if device is not None:
+            if framework == "numpy":
+                raise ValueError("device= loads torch tensors; it cannot be combined with "
+                                 "framework='numpy'")
+            framework = "torch"
         if keys is not None:
             names = self.names(*([keys] if isinstance(keys, str) else keys))
-            arrays = self.read_many(names, max_concurrency=max_concurrency)
-            return {n: as_framework(arrays[n], self[n].kind, framework) for n in names}
-        by_path = {t._path: (t, ...) for t in self._tensors.values() if t._path is not None}
-        shown = bar(self.nbytes, f"loading {self.url}", progress)
+            reads = {name: (self[name], ...) for name in names}
+        else:
+            reads = {t._path: (t, ...) for t in self._tensors.values() if t._path is not None}
+        shown = bar(sum(t.nbytes for t, _ in reads.values()), f"loading {self.url}", progress)
         try:
-            arrays = sync(_gather(by_path, max_concurrency, shown))
+            if device is None or _is_cpu(device):
+                arrays = sync(_gather(reads, max_concurrency, shown))
+            else:
+                arrays = sync(_to_device(reads, device, max_concurrency, shown))
         finally:
             shown.close()
+        if keys is not None:
+            return {n: as_framework(arrays[n], self[n].kind, framework) for n in names}
         return unflatten(self._manifest.tree, arrays, framework)
 
 
@@ -318,6 +338,24 @@ async def _gather(reads: dict[str, tuple[LazyTensor, Any]], max_concurrency: int
         return key, result
 
     return dict(await asyncio.gather(*(one(k, t, i) for k, (t, i) in reads.items())))
+
+
+async def _to_device(reads: dict[str, tuple[LazyTensor, Any]], device: Any,
+                     max_concurrency: int, shown: Any = None) -> dict[str, Any]:
+    """``_gather`` onto an accelerator: decoding the next read overlaps the last one's copy."""
+    stager = DeviceStager(device)
+    limit = asyncio.Semaphore(max_concurrency)
+
+    async def one(key: str, tensor: LazyTensor, index: Any) -> tuple[str, Any]:
+        async with limit:
+            result = await stager.to_device(tensor, index)
+        if shown is not None:
+            shown.update(tensor.nbytes)
+        return key, result
+
+    done = dict(await asyncio.gather(*(one(k, t, i) for k, (t, i) in reads.items())))
+    stager.finish()
+    return done
 
 
 def open(url: str, *, storage_options: dict[str, Any] | None = None) -> Checkpoint:  # noqa: A001
@@ -347,7 +385,7 @@ async def _fetch_metadata(location: Location) -> tuple[bytes | None, bytes | Non
 
 def load(url: str, *, storage_options: dict[str, Any] | None = None,
          keys: Sequence[str] | None = None, framework: str | None = None,
-         into: Any = None, strict: bool = True, prefix: str = "",
+         device: Any = None, into: Any = None, strict: bool = True, prefix: str = "",
          progress: bool | None = None) -> Any:
     """Load the whole tree saved at ``url``, only the arrays named by ``keys``, or into a model.
 
@@ -357,6 +395,9 @@ def load(url: str, *, storage_options: dict[str, Any] | None = None,
             matching nothing raises ``KeyError``.
         framework: None gives every leaf back as it was saved (torch tensors as
             torch, numpy as numpy); ``"numpy"`` or ``"torch"`` converts all arrays.
+        device: a torch device (``"cuda"``, ``"cuda:1"``): every array becomes a torch
+            tensor there, decoded into reused pinned host buffers whose copies to
+            the device overlap the decoding of the next array.
         into: a ``torch.nn.Module`` or state dict to fill in place, tensor by
             tensor, on its own devices (CPU tensors are decoded straight into
             their memory); returns a ``LoadReport``. Names are ``prefix`` + key
@@ -373,5 +414,5 @@ def load(url: str, *, storage_options: dict[str, Any] | None = None,
         {'a': [array([1., 1.]), (1, 'x')]}
     """
     return open(url, storage_options=storage_options).load(
-        keys=keys, framework=framework, into=into, strict=strict, prefix=prefix,
-        progress=progress)
+        keys=keys, framework=framework, device=device, into=into, strict=strict,
+        prefix=prefix, progress=progress)

@@ -94,6 +94,11 @@ def torch_to_numpy(tensor: Any, name: str) -> np.ndarray:
     return array
 
 
+def torch_dtype_of(dtype: np.dtype) -> Any:
+    """The torch dtype an array of numpy ``dtype`` loads as (bf16/fp8 included)."""
+    return numpy_to_torch(np.empty(0, dtype)).dtype
+
+
 def numpy_to_torch(array: np.ndarray) -> Any:
     """A torch tensor sharing ``array``'s memory (bf16/fp8 included)."""
     torch = require_torch()

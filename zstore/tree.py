@@ -238,7 +238,12 @@ def unflatten(
 
 
 def as_framework(array: np.ndarray, kind: str, framework: str | None) -> Any:
-    """A loaded array as the leaf it was saved as (``kind``), or as ``framework`` asks."""
+    """A loaded array as the leaf it was saved as (``kind``), or as ``framework`` asks.
+
+    Tensors already placed on a device by the loader pass through unchanged.
+    """
+    if not isinstance(array, np.ndarray):
+        return array
     target = framework or ("torch" if kind == "torch" else "numpy")
     if target == "torch":
         return numpy_to_torch(array)
