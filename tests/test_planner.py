@@ -173,7 +173,7 @@ def test_plan_table_names_every_array_and_the_totals():
     for expected in ("embed", "norm", "rows", "split(1,2)", "2 arrays", "objects", "full load"):
         assert expected in text
     assert p.parameters == 4000 * 256 + 256
-    assert p.objects == p.data_objects + 2 + 2  # two arrays' zarr.json, root, commit marker
+    assert p.objects == p.data_objects + 2 + 3  # two arrays' zarr.json, root, hashes, marker
 
 
 @pytest.mark.parametrize("access, message", [

@@ -37,12 +37,13 @@ class IOStats:
     heads: int = 0
     lists: int = 0
     deletes: int = 0
+    copies: int = 0  # server-side copies: a request, but no bytes through this machine
     bytes_read: int = 0
     bytes_written: int = 0
 
     @property
     def requests(self) -> int:
-        return self.gets + self.puts + self.heads + self.lists + self.deletes
+        return self.gets + self.puts + self.heads + self.lists + self.deletes + self.copies
 
     def __str__(self) -> str:
         parts = [f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name)]

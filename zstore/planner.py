@@ -92,8 +92,8 @@ class Plan:
 
     @property
     def objects(self) -> int:
-        """Every object a save writes: data, each array's and group's zarr.json, root, marker."""
-        return self.data_objects + len(self.arrays) + len(group_paths(list(self.arrays))) + 2
+        """Every object a save writes: data, each array's and group's zarr.json, root, hashes, marker."""
+        return self.data_objects + len(self.arrays) + len(group_paths(list(self.arrays))) + 3
 
     @property
     def load_memory(self) -> int:

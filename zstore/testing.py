@@ -27,7 +27,9 @@ class WireLog:
     """Requests the server answered, as (method, path?query, has a Range header)."""
 
     requests: list[tuple[str, str, bool]] = field(default_factory=list)
-    bytes_sent: int = 0  # response bodies, by their Content-Length
+    bytes_sent: int = 0  # response bodies of GETs, by their Content-Length
+    bytes_received: int = 0  # request bodies (uploads), decoded length where chunk-signed
+    copies: int = 0  # server-side copies (PUT with x-amz-copy-source), which carry no body
     in_flight: int = 0
     max_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -36,6 +38,8 @@ class WireLog:
         with self.lock:
             self.requests.clear()
             self.bytes_sent = 0
+            self.bytes_received = 0
+            self.copies = 0
             self.max_in_flight = 0
 
     def methods(self) -> Counter[str]:
@@ -65,7 +69,11 @@ class MotoS3:
             query = environ.get("QUERY_STRING", "")
             path = environ.get("PATH_INFO", "") + (f"?{query}" if query else "")
             entry = (environ["REQUEST_METHOD"], path, "HTTP_RANGE" in environ)
+            uploaded = environ.get("HTTP_X_AMZ_DECODED_CONTENT_LENGTH") or environ.get(
+                "CONTENT_LENGTH") or "0"
             with self.log.lock:
+                self.log.bytes_received += int(uploaded)
+                self.log.copies += "HTTP_X_AMZ_COPY_SOURCE" in environ
                 self.log.in_flight += 1
                 self.log.max_in_flight = max(self.log.max_in_flight, self.log.in_flight)
             def counted_start(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:

@@ -8,11 +8,15 @@ committed checkpoint or nothing that opens as complete:
    (only objects under a zstore root are ever deleted);
 3. a placeholder root ``zarr.json`` marks the prefix as a zstore save in progress;
 4. group and array metadata, then every array's shards, all concurrently;
-5. the final root ``zarr.json`` (consolidated metadata and manifest);
+   An object whose bytes are unchanged since a ``base`` checkpoint is copied on
+   the server instead (see ``incremental``);
+5. the object hashes, then the final root ``zarr.json`` (consolidated metadata
+   and manifest);
 6. the commit marker, created only if absent, so of two racing savers one wins.
 
-Each array is written with one ``setitem`` covering all of it, so every shard is
-written whole, once, by one writer: no read-modify-write ever happens.
+Each array is written with one ``setitem`` covering all of it (or one per
+changed object, when others are copied), so every shard is written whole, once,
+by one writer: no read-modify-write ever happens.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from zarr.storage import StorePath, WrapperStore
 
 from zstore import __version__
 from zstore.dtypes import check_supported
-from zstore.errors import CheckpointExistsError
 from zstore.access import Access
+from zstore.errors import CheckpointExistsError
+from zstore.incremental import HASHES, Baseline, decode_hashes, encode_hashes, plan_array
 from zstore.layout import array_metadata
 from zstore.manifest import (
     COMMIT_MARKER,
@@ -44,6 +49,7 @@ from zstore.manifest import (
     group_document,
     group_paths,
     is_zstore_root,
+    read_manifest,
     root_document,
     writing_document,
 )
@@ -52,7 +58,7 @@ from zstore.profiles import BackendProfile, profile_for
 from zstore.progress import bar
 from zstore.storage import Location, resolve, storage_errors
 from zstore.tensors import is_torch_tensor, torch_numpy_dtype, torch_to_numpy
-from zstore.tree import flatten
+from zstore.tree import FlatTree, flatten
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,13 @@ class SaveInfo:
     stored_bytes: int
     objects: int
     seconds: float
+    copied_objects: int = 0  # copied on the server from ``base``, not uploaded
+    copied_bytes: int = 0
+
+    @property
+    def uploaded_bytes(self) -> int:
+        """Stored bytes that crossed the network (the rest were copied on the server)."""
+        return self.stored_bytes - self.copied_bytes
 
     @property
     def ratio(self) -> float:
@@ -82,6 +95,7 @@ def save(
     access: Access = None,
     backend: str | BackendProfile | None = None,
     codec: str = "auto",
+    base: str | None = None,
     max_concurrency: int = 8,
     progress: bool | None = None,
 ) -> SaveInfo:
@@ -105,6 +119,10 @@ def save(
         codec: ``"auto"`` (shuffled Blosc-zstd where the backend is slower than
             this machine compresses, e.g. S3; none on local disk and memory),
             ``"blosc"``, ``"zstd"`` or ``"none"``.
+        base: a committed checkpoint on the same backend (the previous step):
+            every object whose raw bytes and layout are unchanged since it is
+            copied on the server (S3 CopyObject, a hard link locally) instead of
+            encoded and uploaded. The new checkpoint stays self-contained.
         progress: a progress bar on stderr (tqdm); default: only on a terminal,
             for saves over 256 MiB.
         max_concurrency: arrays written at once (each also writes its shards
@@ -124,8 +142,18 @@ def save(
         >>> info.arrays
         1
     """
+    return write(flatten(tree), url, storage_options=storage_options, metadata=metadata,
+                 overwrite=overwrite, access=access, backend=backend, codec=codec, base=base,
+                 max_concurrency=max_concurrency, progress=progress)
+
+
+def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = None,
+          metadata: dict[str, Any] | None = None, overwrite: bool = False,
+          access: Access = None, backend: str | BackendProfile | None = None,
+          codec: str = "auto", base: str | None = None, max_concurrency: int = 8,
+          progress: bool | None = None) -> SaveInfo:
+    """``save`` of a tree already flattened (and perhaps snapshotted): see ``save``."""
     started = time.perf_counter()
-    flat = flatten(tree)
     manifest = Manifest(tree=flat.skeleton, metadata=check_metadata(metadata), arrays={},
                         zstore_version=__version__)
     specs = {path: (tuple(value.shape), _stored_dtype(value, path))
@@ -135,11 +163,12 @@ def save(
     for path, (shape, dtype) in specs.items():
         manifest.arrays[path] = array_metadata(shape, dtype, plan.arrays[path].layout)
     location = resolve(url, storage_options)
+    source = resolve(base, storage_options) if base is not None else None
     shown = bar(plan.nbytes, f"saving {url}", progress)
     with storage_errors(url):
         try:
-            objects = sync(_save(location, flat.arrays, manifest, overwrite, max_concurrency,
-                                 lambda path: shown.update(plan.arrays[path].nbytes)))
+            outcome = sync(_save(location, flat.arrays, manifest, overwrite, max_concurrency,
+                                 lambda path: shown.update(plan.arrays[path].nbytes), source))
         finally:
             shown.close()
     return SaveInfo(
@@ -147,8 +176,10 @@ def save(
         arrays=len(flat.arrays),
         logical_bytes=plan.nbytes,
         stored_bytes=sum(manifest.stored_bytes.values()),
-        objects=objects,
+        objects=outcome.objects,
         seconds=time.perf_counter() - started,
+        copied_objects=len(outcome.copied),
+        copied_bytes=outcome.copied_bytes,
     )
 
 
@@ -164,8 +195,17 @@ def _host_array(value: Any, path: str) -> np.ndarray:
     return array if array.dtype == native else array.astype(native)
 
 
+@dataclass
+class _Outcome:
+    objects: int
+    copied: list[str]
+    copied_bytes: int
+
+
 async def _save(location: Location, arrays: dict[str, Any], manifest: Manifest,
-                overwrite: bool, max_concurrency: int, written: Callable[[str], None]) -> int:
+                overwrite: bool, max_concurrency: int, written: Callable[[str], None],
+                source: Location | None) -> _Outcome:
+    baseline = await _baseline(source) if source is not None else None
     await _clear_destination(location, overwrite)
     await location.put(ROOT, encode(writing_document()))
     limit = asyncio.Semaphore(max_concurrency)
@@ -177,11 +217,25 @@ async def _save(location: Location, arrays: dict[str, Any], manifest: Manifest,
     documents = {f"{g}/{ROOT}": group_document() for g in group_paths(list(manifest.arrays))}
     documents.update({f"{p}/{ROOT}": doc for p, doc in manifest.arrays.items()})
     await asyncio.gather(*(bounded(location.put(k, encode(d))) for k, d in documents.items()))
+    hashes: dict[str, str] = {}
+    copied: list[str] = []
+
     async def write(path: str, value: Any) -> None:
-        await _write_array(location, path, manifest.arrays[path], value)
+        host = _host_array(value, path)
+        document = manifest.arrays[path]
+        reuse = await plan_array(path, host, document, baseline)
+        hashes.update(reuse.hashes)
+        if reuse.copy:
+            assert baseline is not None and baseline.location is not None
+            await asyncio.gather(*(location.copy_from(baseline.location, key)
+                                   for key in reuse.copy))
+            copied.extend(reuse.copy)
+        await _write_array(location, path, document, host,
+                           [Ellipsis] if reuse.writes_everything else reuse.write)
         written(path)
 
     await asyncio.gather(*(bounded(write(path, value)) for path, value in arrays.items()))
+    await location.put(HASHES, encode_hashes(hashes))
     sizes = await location.sizes()
     manifest.stored_bytes = {
         path: sum(n for key, n in sizes.items() if key.startswith(f"{path}/c"))
@@ -197,7 +251,15 @@ async def _save(location: Location, arrays: dict[str, Any], manifest: Manifest,
             f"another save committed {location.url!r} while this one was writing; "
             "this save's data was not committed"
         ) from None
-    return len(sizes) + 1
+    return _Outcome(len(sizes) + 1, copied, sum(sizes.get(key, 0) for key in copied))
+
+
+async def _baseline(source: Location) -> Baseline:
+    """The committed checkpoint at ``source``: its array documents and object hashes."""
+    root, commit, hashes = await asyncio.gather(
+        source.get(ROOT), source.get(COMMIT_MARKER), source.get(HASHES))
+    manifest = read_manifest(root, commit, source.url)
+    return Baseline(source.url, manifest.arrays, decode_hashes(hashes), source)
 
 
 class _NewObjectsStore(WrapperStore[Any]):
@@ -216,13 +278,15 @@ class _NewObjectsStore(WrapperStore[Any]):
         return [None for _ in key_ranges]
 
 
-async def _write_array(location: Location, path: str, document: dict[str, Any], value: Any) -> None:
+async def _write_array(location: Location, path: str, document: dict[str, Any],
+                       host: np.ndarray, boxes: list[Any]) -> None:
+    """Write these boxes of the array (each a whole object, or ``...`` for all of it)."""
     array = AsyncArray(
         metadata=ArrayV3Metadata.from_dict(dict(document)),
         store_path=StorePath(_NewObjectsStore(location.store), path),
         config={"write_empty_chunks": True},  # an all-zero chunk may hold -0.0: keep the bits
     )
-    await array.setitem(Ellipsis, _host_array(value, path))
+    await asyncio.gather(*(array.setitem(box, host[box]) for box in boxes))
 
 
 async def _clear_destination(location: Location, overwrite: bool) -> None:
