@@ -24,6 +24,7 @@ from zstore.errors import (
     StateMismatchError,
     ZStoreError,
 )
+from zstore.manager import CheckpointManager
 from zstore.planner import Plan, plan
 from zstore.profiles import BackendProfile
 from zstore.reader import Checkpoint, LazyTensor, load, open
@@ -32,6 +33,7 @@ from zstore.writer import SaveInfo, save
 __all__ = [
     "BackendProfile",
     "Checkpoint",
+    "CheckpointManager",
     "CheckpointExistsError",
     "CheckpointNotFoundError",
     "CorruptCheckpointError",

@@ -1,15 +1,18 @@
-"""Finding the checkpoints under a prefix, complete or not, without trusting either kind."""
+"""Finding the checkpoints under a prefix, complete or not, without trusting either kind,
+and deleting one so that no crash midway leaves it looking complete."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from zarr.core.sync import sync
 
-from zstore.manifest import COMMIT_MARKER, ROOT, is_zstore_root
+from zstore.errors import ZStoreError
+from zstore.manifest import COMMIT_MARKER, ROOT, is_zstore_root, read_manifest
 from zstore.storage import Location, resolve
 
 
@@ -26,10 +29,11 @@ class CheckpointEntry:
 
 def find_checkpoints(url: str, *, storage_options: dict[str, Any] | None = None
                      ) -> list[CheckpointEntry] | None:
-    """The checkpoints directly under ``url``, sorted by name; None if ``url`` is one itself.
+    """The checkpoints directly under ``url``, in natural order (``step-9`` before
+    ``step-10``); None if ``url`` is one itself.
 
     A child counts as a checkpoint when its root ``zarr.json`` was written by
-    zstore; it is complete only when its commit marker exists too.
+    zstore; it is complete only when its commit marker vouches for that root.
     """
     location = resolve(url, storage_options)
     return sync(_find(location))
@@ -38,11 +42,24 @@ def find_checkpoints(url: str, *, storage_options: dict[str, Any] | None = None
 async def _find(location: Location) -> list[CheckpointEntry] | None:
     if is_zstore_root(await location.get(ROOT)):
         return None
+    return await entries(location, await child_names(location))
+
+
+async def child_names(location: Location) -> list[str]:
+    """Names directly under the location (one listing), in natural order."""
     try:
         children = await location.fs._ls(location.root, detail=False)
     except FileNotFoundError:
         return []
-    names = sorted(child.rstrip("/").rsplit("/", 1)[-1] for child in children)
+    return sorted((child.rstrip("/").rsplit("/", 1)[-1] for child in children), key=_natural)
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+async def entries(location: Location, names: list[str]) -> list[CheckpointEntry]:
+    """The zstore checkpoints among these children of ``location`` (2 GETs each, concurrent)."""
     found = await asyncio.gather(*(_entry(location, name) for name in names))
     return [entry for entry in found if entry is not None]
 
@@ -53,8 +70,27 @@ async def _entry(location: Location, name: str) -> CheckpointEntry | None:
     if not is_zstore_root(root):
         return None
     assert root is not None
+    url = f"{location.url.rstrip('/')}/{name}"
+    try:
+        read_manifest(root, commit, url)
+        complete = True
+    except ZStoreError:
+        complete = False
     info = json.loads(root)["attributes"]["zstore"]
     stored = sum(info.get("stored_bytes", {}).values())
-    modified = json.loads(commit).get("committed", 0.0) if commit else info.get("created", 0.0)
-    return CheckpointEntry(name, f"{location.url.rstrip('/')}/{name}", commit is not None,
-                           stored, modified)
+    modified = json.loads(commit).get("committed", 0.0) if complete else info.get("created", 0.0)
+    return CheckpointEntry(name, url, complete, stored, modified)
+
+
+async def delete_checkpoint(location: Location, existing: dict[str, int] | None = None) -> int:
+    """Delete every object of the checkpoint at ``location``; returns how many.
+
+    The commit marker goes first, alone: from then on the checkpoint does not
+    open as complete, whatever happens to the rest of the deletion.
+    """
+    if existing is None:
+        existing = await location.sizes()
+    if COMMIT_MARKER in existing:
+        await location.remove_all([COMMIT_MARKER])
+    await location.remove_all([key for key in existing if key != COMMIT_MARKER])
+    return len(existing)

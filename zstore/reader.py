@@ -244,6 +244,12 @@ class Checkpoint(Mapping[str, LazyTensor]):
     def created(self) -> float:
         return self._manifest.created
 
+    @property
+    def entries(self) -> list[str | int]:
+        """Top-level keys of the saved tree (empty unless it was saved from a dict)."""
+        tree = self._manifest.tree
+        return [key for key, _ in tree["dict"]] if "dict" in tree else []
+
     def array_documents(self) -> dict[str, tuple[dict[str, Any], int]]:
         """Each stored array's ``zarr.json`` document and stored bytes, by array path."""
         return {path: (doc, self._manifest.stored_bytes.get(path, 0))
@@ -288,10 +294,13 @@ class Checkpoint(Mapping[str, LazyTensor]):
 
     def load(self, *, keys: Sequence[str] | None = None, framework: str | None = None,
              device: Any = None, into: Any = None, strict: bool = True, prefix: str = "",
-             progress: bool | None = None, max_concurrency: int = 32) -> Any:
+             entries: Sequence[str | int] | None = None, progress: bool | None = None,
+             max_concurrency: int = 32) -> Any:
         """The whole saved tree, or with ``keys`` (globs) a flat {name: array} of those only.
 
-        See ``zstore.load``.
+        ``entries`` keeps only these top-level keys of a tree saved as a dict
+        (``entries=["optim", "rng"]``), reading none of the others' arrays.
+        See ``zstore.load`` for the rest.
         """
         if into is not None:
             return load_into(self, into, strict=strict, prefix=prefix, progress=progress)
@@ -306,7 +315,10 @@ class Checkpoint(Mapping[str, LazyTensor]):
             names = self.names(*([keys] if isinstance(keys, str) else keys))
             reads = {name: (self[name], ...) for name in names}
         else:
-            reads = {t._path: (t, ...) for t in self._tensors.values() if t._path is not None}
+            skeleton = self._skeleton(entries)
+            by_path = {t._path: t for t in self._tensors.values() if t._path is not None}
+            reads = {node["array"]: (by_path[node["array"]], ...)
+                     for _, node in iter_leaves(skeleton) if "array" in node}
         shown = bar(sum(t.nbytes for t, _ in reads.values()), f"loading {self.url}", progress)
         try:
             if device is None or _is_cpu(device):
@@ -317,7 +329,21 @@ class Checkpoint(Mapping[str, LazyTensor]):
             shown.close()
         if keys is not None:
             return {n: as_framework(arrays[n], self[n].kind, framework) for n in names}
-        return unflatten(self._manifest.tree, arrays, framework)
+        return unflatten(skeleton, arrays, framework)
+
+    def _skeleton(self, entries: Sequence[str | int] | None) -> dict[str, Any]:
+        tree = self._manifest.tree
+        if entries is None:
+            return tree
+        if "dict" not in tree:
+            raise KeyError(f"entries= needs a checkpoint saved from a dict; {self.url!r} "
+                           f"holds a {next(iter(tree))}")
+        present = dict((key, node) for key, node in tree["dict"])
+        missing = [e for e in entries if e not in present]
+        if missing:
+            raise KeyError(f"{self.url!r} has no top-level entries {missing}; it has "
+                           f"{list(present)}")
+        return {"dict": [[key, node] for key, node in tree["dict"] if key in entries]}
 
 
 READ_BUDGET = 64 << 20  # bytes of reads in flight: what concurrency adds to a load's memory

@@ -99,6 +99,20 @@ def torch_dtype_of(dtype: np.dtype) -> Any:
     return numpy_to_torch(np.empty(0, dtype)).dtype
 
 
+def host_array(value: Any, name: str) -> np.ndarray:
+    """An array or tensor as the host numpy array zstore stores (a view where possible)."""
+    array = torch_to_numpy(value, name) if is_torch_tensor(value) else value
+    native = check_supported(array.dtype, name)
+    return array if array.dtype == native else array.astype(native)
+
+
+def host_copy(value: Any, name: str) -> np.ndarray:
+    """``host_array`` in memory of its own: later changes to ``value`` do not reach it."""
+    array = host_array(value, name)
+    on_device = is_torch_tensor(value) and value.device.type != "cpu"  # .cpu() made a copy
+    return array if on_device else array.copy()
+
+
 def numpy_to_torch(array: np.ndarray) -> Any:
     """A torch tensor sharing ``array``'s memory (bf16/fp8 included)."""
     torch = require_torch()

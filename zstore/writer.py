@@ -36,6 +36,7 @@ from zarr.storage import StorePath, WrapperStore
 from zstore import __version__
 from zstore.dtypes import check_supported
 from zstore.access import Access
+from zstore.catalog import delete_checkpoint
 from zstore.errors import CheckpointExistsError
 from zstore.incremental import HASHES, Baseline, decode_hashes, encode_hashes, plan_array
 from zstore.layout import array_metadata
@@ -57,7 +58,7 @@ from zstore.planner import plan_specs
 from zstore.profiles import BackendProfile, profile_for
 from zstore.progress import bar
 from zstore.storage import Location, resolve, storage_errors
-from zstore.tensors import is_torch_tensor, torch_numpy_dtype, torch_to_numpy
+from zstore.tensors import host_array, is_torch_tensor, torch_numpy_dtype
 from zstore.tree import FlatTree, flatten
 
 
@@ -189,12 +190,6 @@ def _stored_dtype(value: Any, path: str) -> np.dtype:
     return check_supported(value.dtype, path)
 
 
-def _host_array(value: Any, path: str) -> np.ndarray:
-    array = torch_to_numpy(value, path) if is_torch_tensor(value) else value
-    native = check_supported(array.dtype, path)
-    return array if array.dtype == native else array.astype(native)
-
-
 @dataclass
 class _Outcome:
     objects: int
@@ -221,7 +216,7 @@ async def _save(location: Location, arrays: dict[str, Any], manifest: Manifest,
     copied: list[str] = []
 
     async def write(path: str, value: Any) -> None:
-        host = _host_array(value, path)
+        host = host_array(value, path)
         document = manifest.arrays[path]
         reuse = await plan_array(path, host, document, baseline)
         hashes.update(reuse.hashes)
@@ -305,6 +300,4 @@ async def _clear_destination(location: Location, overwrite: bool) -> None:
             f"{location.url!r} holds {len(existing)} object(s) not written by zstore "
             f"(e.g. {example!r}); zstore deletes only its own checkpoints: choose an empty URL"
         )
-    if marker is not None:  # from here on the old checkpoint no longer opens as complete
-        await location.remove_all([COMMIT_MARKER])
-    await location.remove_all([key for key in existing if key != COMMIT_MARKER])
+    await delete_checkpoint(location, existing)  # its commit marker first
