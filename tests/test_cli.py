@@ -106,3 +106,44 @@ def test_reading_a_damaged_chunk_raises_naming_the_array(backend):
     sync(location.put("a/c/0/0", bytes(data)))
     with pytest.raises(zstore.CorruptCheckpointError, match="array 'a'.*crc32c"):
         zstore.open(url, storage_options=opts)["a"].numpy()
+
+
+@pytest.fixture
+def series(tmp_path):
+    manager = zstore.CheckpointManager(str(tmp_path / "run"))
+    for step in (2, 10, 9, 100):
+        manager.save(step, {"w": np.full(50, step, np.float32)})
+    return manager
+
+
+def test_ls_lists_a_series_steps_in_numeric_order(series, capsys):
+    assert main(["ls", series.root]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert names == ["step-2", "step-9", "step-10", "step-100"]
+
+
+def test_rm_refuses_the_newest_committed_step_without_force(series, capsys):
+    assert main(["rm", f"{series.root}/step-100"]) == 2
+    assert "newest committed step" in capsys.readouterr().err
+    assert series.steps() == [2, 9, 10, 100]
+    assert main(["rm", f"{series.root}/step-9"]) == 0
+    assert main(["rm", "--force", f"{series.root}/step-100"]) == 0
+    assert series.steps() == [2, 10]
+
+
+def test_rm_applies_retention_rules_to_a_series(series, capsys):
+    assert main(["rm", series.root, "--keep-last", "1", "--keep-every", "5"]) == 0
+    assert series.steps() == [10, 100]
+    assert "deleted [2, 9]" in capsys.readouterr().out
+
+
+def test_rm_deletes_only_zstore_checkpoints(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "precious.txt").write_text("keep me")
+    assert main(["rm", str(tmp_path / "data")]) == 2
+    assert "no zstore checkpoint" in capsys.readouterr().err
+    assert (tmp_path / "data" / "precious.txt").exists()
+    zstore.save({"w": np.ones(3)}, str(tmp_path / "plain"))
+    assert main(["rm", str(tmp_path / "plain")]) == 0
+    with pytest.raises(zstore.CheckpointNotFoundError):
+        zstore.open(str(tmp_path / "plain"))

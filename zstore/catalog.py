@@ -11,7 +11,7 @@ from typing import Any
 
 from zarr.core.sync import sync
 
-from zstore.errors import ZStoreError
+from zstore.errors import CheckpointNotFoundError, ZStoreError
 from zstore.manifest import COMMIT_MARKER, ROOT, is_zstore_root, read_manifest
 from zstore.storage import Location, resolve
 
@@ -80,6 +80,17 @@ async def _entry(location: Location, name: str) -> CheckpointEntry | None:
     stored = sum(info.get("stored_bytes", {}).values())
     modified = json.loads(commit).get("committed", 0.0) if complete else info.get("created", 0.0)
     return CheckpointEntry(name, url, complete, stored, modified)
+
+
+def delete(url: str, *, storage_options: dict[str, Any] | None = None) -> int:
+    """Delete the zstore checkpoint at ``url`` (complete or not); refuse anything else."""
+    location = resolve(url, storage_options)
+    if not is_zstore_root(sync(location.get(ROOT))):
+        raise CheckpointNotFoundError(
+            f"no zstore checkpoint at {url!r}; zstore deletes only its own checkpoints")
+    removed = sync(delete_checkpoint(location))
+    location.prune_folders()
+    return removed
 
 
 async def delete_checkpoint(location: Location, existing: dict[str, int] | None = None) -> int:

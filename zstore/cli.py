@@ -1,6 +1,11 @@
 """The ``zstore`` command: a thin layer over the public API.
 
-    zstore ls URL        checkpoints under a prefix, or the arrays of one checkpoint
+    zstore ls URL        checkpoints under a prefix (a series' steps in order, with size,
+                         age and completeness), or the arrays of one checkpoint
+    zstore rm URL        delete a checkpoint, commit marker first; the newest committed
+                         step of a series only with --force
+    zstore rm ROOT --keep-last N [--keep-every M]
+                         apply a series' retention rules
     zstore info URL      per array: shape, dtype, bytes, ratio, chunk and shard shape
     zstore verify URL    read every chunk; report missing objects and bad checksums
     zstore plan URL      the layout of a checkpoint (or of a .safetensors file, before
@@ -23,14 +28,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from zstore.calibrate import calibrate
-from zstore.catalog import find_checkpoints
+from zstore.catalog import delete, find_checkpoints
 from zstore.errors import ZStoreError
+from zstore.manager import CheckpointManager
 from zstore.planner import plan, plan_specs
 from zstore.profiles import profile_for, store_profile
 from zstore.reader import Checkpoint
 from zstore.reader import open as open_checkpoint
 from zstore.safetensors_specs import safetensors_specs
-from zstore.text import duration, size, table
+from zstore.series import step_of
+from zstore.text import age, duration, size, table
 from zstore.verify import verify
 
 
@@ -85,8 +92,27 @@ def _cmd_ls(args: argparse.Namespace, options: dict[str, Any]) -> int:
         return 0
     now = time.time()
     rows = [[c.name, "complete" if c.complete else "INCOMPLETE", size(c.stored_bytes),
-             f"{(now - c.modified) / 3600:.1f} h" if c.modified else "-"] for c in found]
+             age(now - c.modified) if c.modified else "-"] for c in found]
     print(table(rows, ["checkpoint", "state", "stored", "age"]))
+    return 0
+
+
+def _cmd_rm(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    if args.keep_last or args.keep_every:
+        manager = CheckpointManager(args.url, keep_last=args.keep_last,
+                                    keep_every=args.keep_every, storage_options=options)
+        before = manager.steps()
+        manager.apply_retention()
+        after = manager.steps()
+        print(f"kept steps {after}; deleted {[s for s in before if s not in after]}")
+        return 0
+    parent, _, name = args.url.rstrip("/").rpartition("/")
+    step = step_of(name)
+    if step is not None and parent:
+        CheckpointManager(parent, storage_options=options).delete(step, force=args.force)
+    else:
+        delete(args.url, storage_options=options)
+    print(f"deleted {args.url}")
     return 0
 
 
@@ -145,6 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("url")
         sub.set_defaults(handler=handler)
+    text = "delete a checkpoint (commit marker first), or apply retention to a series"
+    sub = commands.add_parser("rm", help=text, description=text)
+    sub.add_argument("url", help="a checkpoint (e.g. ROOT/step-100), or a series root")
+    sub.add_argument("--force", action="store_true",
+                     help="allow deleting the newest committed step of a series")
+    sub.add_argument("--keep-last", type=int, metavar="N", help="keep the N newest steps")
+    sub.add_argument("--keep-every", type=int, metavar="M", help="also keep steps divisible by M")
+    sub.set_defaults(handler=_cmd_rm)
     text = "explain a checkpoint's layout, or plan a .safetensors file's, with predicted costs"
     sub = commands.add_parser("plan", help=text, description=text)
     sub.add_argument("url", help="a checkpoint, or a .safetensors file")
@@ -163,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args, _storage_options(args.storage_option))
-    except (ZStoreError, ValueError) as e:
+    except (ZStoreError, ValueError, KeyError) as e:
         print(f"zstore: {e}", file=sys.stderr)
         return 2
 

@@ -130,7 +130,7 @@ class CheckpointManager:
         info = write(flat, url, storage_options=self._options, metadata=metadata,
                      overwrite=overwrite, base=base, **self._save_options)
         self._newest = max(step, self._newest if self._newest is not None else step)
-        self._retain()
+        self.apply_retention()
         return info
 
     def _base(self, step: int) -> str | None:
@@ -140,11 +140,15 @@ class CheckpointManager:
         older = [s for s in self.steps() if s < step]
         return self.url(older[-1]) if older else None
 
-    def _retain(self) -> None:
+    def apply_retention(self) -> list[int]:
+        """Delete the steps ``keep_last``/``keep_every`` do not keep (done after every save);
+        returns them. Without either rule, nothing is deleted."""
         if self.keep_last is None and self.keep_every is None:
-            return
-        for step in doomed(self._scan(), self.keep_last, self.keep_every):
+            return []
+        gone = doomed(self._scan(), self.keep_last, self.keep_every)
+        for step in gone:
             self._delete(step)
+        return gone
 
     def wait(self) -> None:
         """Block until every background save has finished; raise the first one's error."""
@@ -251,12 +255,14 @@ class CheckpointManager:
         committed = [s.step for s in steps if s.complete]
         if committed and step == committed[-1] and not force:
             raise ValueError(f"step {step} is the newest committed step of {self.root!r}, "
-                             "the one a crashed job resumes from; pass force=True to delete it")
+                             "the one a crashed job resumes from; pass force=True (zstore rm --force) to delete it")
         self._delete(step)
 
     def _delete(self, step: int) -> None:
+        location = resolve(self.url(step), self._options)
         with storage_errors(self.url(step)):
-            sync(delete_checkpoint(resolve(self.url(step), self._options)))
+            sync(delete_checkpoint(location))
+        location.prune_folders()
 
 
 def _raise(step: int, error: BaseException, more: int) -> None:

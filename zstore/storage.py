@@ -104,6 +104,19 @@ class Location:
         """Delete these objects (keys relative to the root), concurrently."""
         await asyncio.gather(*(self.store.delete(key) for key in keys))
 
+    def prune_folders(self) -> None:
+        """On local disk, remove the folders under the root (and it) left empty by deletions.
+
+        Object stores have no folders; a folder anything else still uses stays.
+        """
+        if not isinstance(getattr(self.fs, "sync_fs", self.fs), LocalFileSystem):
+            return
+        for folder, _, _ in sorted(os.walk(self.root), key=lambda w: -w[0].count(os.sep)):
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty
+                pass
+
 
 def _link(src: str, dst: str) -> None:
     os.makedirs(os.path.dirname(dst), exist_ok=True)

@@ -22,6 +22,14 @@ def duration(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
 
+def age(seconds: float) -> str:
+    """How long ago, in the largest unit that keeps it short: ``age(5400) == '1.5 h'``."""
+    for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= length:
+            return f"{seconds / length:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
 def shape(dims: Sequence[int] | None) -> str:
     return "-" if dims is None else "x".join(map(str, dims)) or "()"
 
