@@ -10,6 +10,8 @@ same bytes, interleaved, median of ``--reps`` rounds with min and max):
   fetched against bytes asked for (read amplification);
 - memory: peak RSS of a full load and of a save, in fresh processes;
 - compression: stored size per dtype and codec, synthetic and real weights;
+- series: the stall of a background save against a host copy, and bytes uploaded
+  per step by incremental saves (see ``benchmarks/series.py``);
 - gpu: full load to CUDA against safetensors, where CUDA is available.
 """
 
@@ -30,7 +32,7 @@ import numpy as np
 from zarr.core.sync import sync
 
 import zstore
-from benchmarks import workloads
+from benchmarks import series, workloads
 from benchmarks.measure import Stat, interleave, ratio, timed
 from benchmarks.report import Report, Row, seconds
 from benchmarks.systems import (
@@ -328,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab", type=int, help="embedding rows (default 32000, quick 8000)")
     parser.add_argument("--reps", type=int, default=5, help="rounds per figure (>= 5)")
     parser.add_argument("--backends", default="local,s3", help="comma-separated: local,s3")
-    parser.add_argument("--sections", default="throughput,lazy,memory,compression,gpu")
+    parser.add_argument("--sections", default="throughput,lazy,memory,compression,series,gpu")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON record")
     args = parser.parse_args(argv)
     layers = args.layers or (2 if args.quick else 24)
@@ -368,6 +370,11 @@ def main(argv: list[str] | None = None) -> None:
                 if real is not None:
                     states[f"{dtype} MiniLM"] = real
             compression(report, backends, states)
+        if "series" in sections:
+            report.section("series: CheckpointManager (stall ratio = host copy / stall)")
+            series.stall(report, backends, names[-1], bf16, args.reps)
+            if backends.s3 is not None:
+                series.incremental(report, backends, bf16)
         if "gpu" in sections:
             report.section("gpu")
             gpu(report, backends, bf16, args.reps)
