@@ -128,7 +128,8 @@ class CheckpointManager:
                overwrite: bool) -> SaveInfo:
         base = self._base(step) if self.incremental else None
         info = write(flat, url, storage_options=self._options, metadata=metadata,
-                     overwrite=overwrite, base=base, **self._save_options)
+                     overwrite=overwrite, base=base, hashes=self.incremental,
+                     **self._save_options)
         self._newest = max(step, self._newest if self._newest is not None else step)
         self.apply_retention()
         return info
