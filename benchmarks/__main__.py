@@ -195,8 +195,10 @@ def lazy(report: Report, backends: Backends, backend: str, state: dict[str, np.n
     with zstore.io_stats() as io:
         t_open, _ = timed(lambda: zstore.open(target.url, storage_options=target.options))
     report.add(Row("lazy", backend, "bf16", "open: requests",
-                   f"{io.gets} GETs, {io.bytes_read / 1024:.0f} KiB, {t_open * 1000:.1f} ms",
-                   "target 2 GETs", None, {"gets": io.gets, "bytes": io.bytes_read}))
+                   f"{io.gets} GETs in {io.round_trips} round trip(s), "
+                   f"{io.bytes_read / 1024:.0f} KiB, {t_open * 1000:.1f} ms",
+                   "target 2 GETs", None,
+                   {"gets": io.gets, "bytes": io.bytes_read, "round_trips": io.round_trips}))
     for name, case in _lazy_cases(state).items():
         with_open = name.startswith("first tensor")
         with zstore.io_stats() as io:
@@ -208,10 +210,12 @@ def lazy(report: Report, backends: Backends, backend: str, state: dict[str, np.n
         amplification = io.bytes_read / asked
         baseline_name = "safetensors get_slice" if backend == "local" else "raw ranged GETs"
         report.add(Row("lazy", backend, "bf16", name,
-                       f"{seconds(stats['zstore'])} {io.gets} GETs amp {amplification:.2f}",
+                       f"{seconds(stats['zstore'])} {io.gets} GETs in {io.round_trips} round "
+                       f"trip(s), amp {amplification:.2f}",
                        f"{baseline_name} {seconds(stats['baseline'])}",
                        ratio(stats["baseline"], stats["zstore"]),
-                       {"gets": io.gets, "bytes_fetched": io.bytes_read, "bytes_asked": asked,
+                       {"gets": io.gets, "round_trips": io.round_trips,
+                        "bytes_fetched": io.bytes_read, "bytes_asked": asked,
                         "amplification": amplification, "zstore": stats["zstore"].as_dict(),
                         "baseline": stats["baseline"].as_dict()}))
         if name == "one embedding row":

@@ -258,3 +258,19 @@ def test_a_shard_index_already_read_is_not_read_again(s3):
     s3.wire.clear()
     reopened["embed"][rows[0]]
     assert s3.wire.methods()["GET"] == 2, "the cache belongs to one open checkpoint"
+
+
+def test_round_trips_count_gets_that_waited_for_each_other(s3):
+    """open: 2 GETs at once, 1 round trip; a whole tensor after it: 1 more, however many shards."""
+    tree = {"w": np.ones((4096, 256), np.float32)}
+    zstore.save(tree, s3.url(), storage_options=s3.storage_options, access={"w": zstore.split(0, 4)})
+    with zstore.io_stats() as io:
+        ckpt = zstore.open(s3.url(), storage_options=s3.storage_options)
+        assert io.gets == 2 and io.round_trips == 1
+        ckpt["w"].numpy()
+    assert io.gets >= 2 + 4
+    assert io.round_trips == 2
+    with zstore.io_stats() as rows:
+        for i in range(3):  # one after another, by construction
+            ckpt["w"][i * 1000]
+    assert rows.round_trips == rows.gets

@@ -18,9 +18,10 @@ SaveInfo(...)
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from zarr.abc.store import ByteRequest, Store
@@ -40,13 +41,26 @@ class IOStats:
     copies: int = 0  # server-side copies: a request, but no bytes through this machine
     bytes_read: int = 0
     bytes_written: int = 0
+    spans: list[tuple[float, float]] = field(default_factory=list, repr=False)  # GETs' start, end
+
+    @property
+    def round_trips(self) -> int:
+        """GETs that had to wait for one another: the longest chain in which each GET began
+        after the previous one ended. Latency, not request count, is what a far store charges."""
+        ordered = sorted(self.spans)
+        depth: list[int] = []
+        for start, _ in ordered:
+            depth.append(1 + max((d for (_, end), d in zip(ordered, depth) if end <= start),
+                                 default=0))
+        return max(depth, default=0)
 
     @property
     def requests(self) -> int:
         return self.gets + self.puts + self.heads + self.lists + self.deletes + self.copies
 
     def __str__(self) -> str:
-        parts = [f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name)]
+        parts = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
+                 if f.repr and getattr(self, f.name)]
         return f"{self.requests} requests ({', '.join(parts) or 'none'})"
 
 
@@ -67,11 +81,13 @@ def io_stats() -> Iterator[IOStats]:
             _active.remove(stats)
 
 
-def record(kind: str, nbytes: int = 0) -> None:
+def record(kind: str, nbytes: int = 0, span: tuple[float, float] | None = None) -> None:
     """Add one request of ``kind`` (a counter name of ``IOStats``) to every active block."""
     with _lock:
         for stats in _active:
             setattr(stats, kind, getattr(stats, kind) + 1)
+            if span is not None:
+                stats.spans.append(span)
             if kind == "gets":
                 stats.bytes_read += nbytes
             elif kind == "puts":
@@ -84,16 +100,19 @@ class CountingStore(WrapperStore[Any]):
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
+        start = time.perf_counter()
         value = await self._store.get(key, prototype, byte_range)
-        record("gets", 0 if value is None else len(value))
+        record("gets", 0 if value is None else len(value), (start, time.perf_counter()))
         return value
 
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
     ) -> list[Buffer | None]:
+        start = time.perf_counter()
         values = await self._store.get_partial_values(prototype, key_ranges)
+        span = (start, time.perf_counter())
         for value in values:
-            record("gets", 0 if value is None else len(value))
+            record("gets", 0 if value is None else len(value), span)
         return values
 
     if hasattr(Store, "get_ranges"):  # zarr >= 3.2 reads shards through it
