@@ -20,7 +20,7 @@ from zarr.core.sync import sync
 
 from zstore.access import Access
 from zstore.catalog import delete_checkpoint
-from zstore.errors import CheckpointNotFoundError
+from zstore.errors import CheckpointNotFoundError, ZStoreError
 from zstore.profiles import BackendProfile
 from zstore.reader import Checkpoint
 from zstore.reader import open as open_checkpoint
@@ -137,7 +137,11 @@ class CheckpointManager:
     def _base(self, step: int) -> str | None:
         """The newest committed step before ``step``: the one to copy unchanged objects from."""
         if self._newest is not None and self._newest < step:
-            return self.url(self._newest)
+            try:  # usually the step this manager saved last: 2 GETs instead of a scan
+                open_checkpoint(self.url(self._newest), storage_options=self._options)
+                return self.url(self._newest)
+            except ZStoreError:  # deleted or damaged since
+                pass
         older = [s for s in self.steps() if s < step]
         return self.url(older[-1]) if older else None
 
