@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import zstore
+from zstore.lease import LEASE
 from zstore.manifest import COMMIT_MARKER, ROOT
 
 
@@ -114,10 +115,13 @@ def test_save_reads_no_chunk_and_writes_each_object_once(s3):
     s3.wire.clear()
     info = zstore.save(model_tree(), s3.url(), storage_options=s3.storage_options)
     gets = [p for m, p, _ in s3.wire.requests if m == "GET" and "list-type" not in p]
-    assert sorted(p.rsplit("/", 1)[-1] for p in gets) == [ROOT, COMMIT_MARKER]
+    # metadata only: the commit marker and root (is something there?), the lease (still ours?)
+    assert {p.rsplit("/", 1)[-1] for p in gets} == {ROOT, COMMIT_MARKER, LEASE}
+    assert len(gets) <= 5
     puts = [p for m, p, _ in s3.wire.requests if m == "PUT"]
     assert len(puts) == len(set(puts)) + 1  # only the root zarr.json is written twice
-    assert info.objects == len(set(puts))
+    assert info.objects == len(set(puts)) - 1  # the lease is gone once the save committed
+    assert s3.wire.methods()["DELETE"] == 1  # the lease
 
 
 def test_arrays_are_written_concurrently(s3):

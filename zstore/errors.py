@@ -7,6 +7,7 @@ Every error is a ``ZStoreError``; where a built-in error fits, it is that too, s
     ├── CheckpointNotFoundError   (FileNotFoundError)  nothing saved at the URL
     ├── IncompleteCheckpointError                       data without a commit marker
     ├── CheckpointExistsError     (FileExistsError)    save would replace something
+    │   └── LeaseLostError                             another save took this one's URL over
     ├── CorruptCheckpointError                          metadata or chunks fail their checks
     ├── UnsupportedFormatError                          written by a newer zstore
     ├── InvalidKeyError           (ValueError)         a key cannot name a stored array
@@ -36,6 +37,10 @@ class IncompleteCheckpointError(ZStoreError):
 
 class CheckpointExistsError(ZStoreError, FileExistsError):
     """A save would replace a committed checkpoint or objects zstore did not write."""
+
+
+class LeaseLostError(CheckpointExistsError):
+    """Another save took this save's write lease over (or deleted it): this one must not commit."""
 
 
 class CorruptCheckpointError(ZStoreError):

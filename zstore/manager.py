@@ -21,6 +21,7 @@ from zarr.core.sync import sync
 from zstore.access import Access
 from zstore.catalog import delete_checkpoint
 from zstore.errors import CheckpointNotFoundError, ZStoreError
+from zstore.lease import is_leased
 from zstore.profiles import BackendProfile
 from zstore.reader import Checkpoint
 from zstore.reader import open as open_checkpoint
@@ -150,10 +151,17 @@ class CheckpointManager:
         returns them. Without either rule, nothing is deleted."""
         if self.keep_last is None and self.keep_every is None:
             return []
-        gone = doomed(self._scan(), self.keep_last, self.keep_every)
+        steps = self._scan()
+        complete = {s.step for s in steps if s.complete}
+        gone = [step for step in doomed(steps, self.keep_last, self.keep_every)
+                if step in complete or not self._being_written(step)]
         for step in gone:
             self._delete(step)
         return gone
+
+    def _being_written(self, step: int) -> bool:
+        """An incomplete step another saver is still writing (a second manager on this root)."""
+        return sync(is_leased(resolve(self.url(step), self._options)))
 
     def wait(self) -> None:
         """Block until every background save has finished; raise the first one's error."""

@@ -43,8 +43,10 @@ class WireLog:
             self.max_in_flight = 0
 
     def methods(self) -> Counter[str]:
-        """Requests by HTTP method, bucket listings counted as ``LIST``."""
-        return Counter("LIST" if "list-type" in p else m for m, p, _ in self.requests)
+        """Requests by HTTP method; bucket listings count as ``LIST``, batch deletes
+        (``POST ?delete``, how s3fs deletes) as ``DELETE``."""
+        return Counter("LIST" if "list-type" in p else "DELETE" if p.endswith("?delete") else m
+                       for m, p, _ in self.requests)
 
 
 class MotoS3:

@@ -40,6 +40,7 @@ from zstore.catalog import delete_checkpoint
 from zstore.errors import CheckpointExistsError
 from zstore.incremental import HASHES, Baseline, decode_hashes, encode_hashes, plan_array
 from zstore.layout import array_metadata
+from zstore.lease import LEASE, Lease
 from zstore.manifest import (
     COMMIT_MARKER,
     ROOT,
@@ -208,6 +209,15 @@ async def _save(location: Location, arrays: dict[str, Any], manifest: Manifest,
                 overwrite: bool, max_concurrency: int, written: Callable[[str], None],
                 source: Location | None, hashing: bool) -> _Outcome:
     baseline = await _baseline(source) if source is not None else None
+    await _refuse_committed(location, overwrite)  # before the lease: a refusal writes nothing
+    async with Lease(location).held() as lease:
+        return await _save_leased(location, arrays, manifest, overwrite, max_concurrency,
+                                  written, baseline, hashing, lease)
+
+
+async def _save_leased(location: Location, arrays: dict[str, Any], manifest: Manifest,
+                       overwrite: bool, max_concurrency: int, written: Callable[[str], None],
+                       baseline: Baseline | None, hashing: bool, lease: Lease) -> _Outcome:
     await _clear_destination(location, overwrite)
     await location.put(ROOT, encode(writing_document()))
     limit = asyncio.Semaphore(max_concurrency)
@@ -243,6 +253,7 @@ async def _save(location: Location, arrays: dict[str, Any], manifest: Manifest,
     await asyncio.gather(*(bounded(write(path, value)) for path, value in arrays.items()))
     await location.put(HASHES, encode_hashes(hashes))
     sizes = await location.sizes()
+    sizes.pop(LEASE, None)
     manifest.stored_bytes = {
         path: sum(n for key, n in sizes.items() if key.startswith(f"{path}/c"))
         for path in manifest.arrays
@@ -250,13 +261,16 @@ async def _save(location: Location, arrays: dict[str, Any], manifest: Manifest,
     manifest.created = time.time()
     root = encode(root_document(manifest))
     await location.put(ROOT, root)
+    await lease.check()
+    marker = commit_document(root)
     try:
-        await location.put_new(COMMIT_MARKER, commit_document(root))
+        await location.put_new(COMMIT_MARKER, marker)
     except FileExistsError:
-        raise CheckpointExistsError(
-            f"another save committed {location.url!r} while this one was writing; "
-            "this save's data was not committed"
-        ) from None
+        if await location.get(COMMIT_MARKER) != marker:  # not our own retried create
+            raise CheckpointExistsError(
+                f"another save committed {location.url!r} while this one was writing; "
+                "this save's data was not committed"
+            ) from None
     return _Outcome(len(sizes) + 1, copied, sum(sizes.get(key, 0) for key in copied))
 
 
@@ -295,14 +309,21 @@ async def _write_array(location: Location, path: str, document: dict[str, Any],
     await asyncio.gather(*(array.setitem(box, host[box]) for box in boxes))
 
 
-async def _clear_destination(location: Location, overwrite: bool) -> None:
-    marker, root = await asyncio.gather(location.get(COMMIT_MARKER), location.get(ROOT))
-    if marker is not None and not overwrite:
+async def _refuse_committed(location: Location, overwrite: bool) -> None:
+    if not overwrite and await location.get(COMMIT_MARKER) is not None:
         raise CheckpointExistsError(
             f"{location.url!r} already holds a committed checkpoint; pass overwrite=True to "
             "replace it, or save to another URL"
         )
+
+
+async def _clear_destination(location: Location, overwrite: bool) -> None:
+    """Under the lease: refuse foreign objects, then delete an old checkpoint, marker first."""
+    marker, root = await asyncio.gather(location.get(COMMIT_MARKER), location.get(ROOT))
+    if marker is not None and not overwrite:  # committed by a save that ended just now
+        await _refuse_committed(location, overwrite)
     existing = await location.sizes()
+    existing.pop(LEASE, None)
     if not existing:
         return
     if not is_zstore_root(root):

@@ -1,0 +1,169 @@
+"""Concurrent writers and readers: one URL never gets two writers, readers always see whole data."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+from zarr.core.sync import sync
+
+import zstore
+from zstore.lease import LEASE, LeaseLostError
+from zstore.storage import resolve
+
+
+def _tree(value: int) -> dict:
+    return {"a": np.full((512, 512), value, np.float32), "b": np.full(1000, value, np.int64)}
+
+
+def _save_in_process(url: str, options: dict, value: int, barrier, results) -> None:
+    barrier.wait()
+    try:
+        zstore.save(_tree(value), url, storage_options=options)
+        results.put((value, "committed"))
+    except zstore.CheckpointExistsError as e:
+        results.put((value, f"refused: {e}"))
+
+
+def test_two_processes_saving_to_one_url_exactly_one_commits(s3):
+    ctx = multiprocessing.get_context("spawn")
+    for round_ in range(3):
+        url = s3.url(f"race-{round_}")
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_save_in_process,
+                             args=(url, s3.storage_options, value, barrier, results))
+                 for value in (1, 2)]
+        for p in procs:
+            p.start()
+        outcomes = dict(results.get(timeout=120) for _ in procs)
+        for p in procs:
+            p.join(60)
+        winners = [v for v, outcome in outcomes.items() if outcome == "committed"]
+        assert len(winners) == 1, outcomes
+        loser = next(o for o in outcomes.values() if o != "committed")
+        assert "another save is writing" in loser or "already holds" in loser
+        loaded = zstore.load(url, storage_options=s3.storage_options)
+        assert (loaded["a"] == winners[0]).all() and (loaded["b"] == winners[0]).all()
+
+
+def test_a_live_lease_refuses_a_second_writer_and_names_it(tmp_path):
+    url = str(tmp_path / "c")
+    location = resolve(url)
+    sync(location.put_new(LEASE, json.dumps(
+        {"token": "x", "host": "trainer-7", "pid": 4242, "expires": time.time() + 60}).encode()))
+    with pytest.raises(zstore.CheckpointExistsError, match="trainer-7.*4242"):
+        zstore.save(_tree(1), url)
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [LEASE]
+
+
+def test_an_abandoned_lease_is_taken_over(tmp_path):
+    url = str(tmp_path / "c")
+    sync(resolve(url).put_new(LEASE, json.dumps(
+        {"token": "x", "host": "dead", "pid": 1, "expires": time.time() - 1}).encode()))
+    zstore.save(_tree(3), url)
+    assert (zstore.load(url)["a"] == 3).all()
+    assert not (tmp_path / "c" / LEASE).exists()
+
+
+def test_a_save_whose_lease_was_taken_over_does_not_commit(tmp_path, monkeypatch):
+    import zstore.writer as writer
+
+    url = str(tmp_path / "c")
+    real = writer._write_array
+
+    async def stolen_midway(location, *args):
+        await location.put(LEASE, json.dumps({"token": "thief", "expires": 1e12}).encode())
+        await real(location, *args)
+
+    monkeypatch.setattr(writer, "_write_array", stolen_midway)
+    with pytest.raises(LeaseLostError, match="taken over"):
+        zstore.save(_tree(1), url)
+    with pytest.raises(zstore.IncompleteCheckpointError):
+        zstore.open(url)
+
+
+def test_two_managers_on_one_root_never_mix_their_steps(s3):
+    root = s3.url("shared-run")
+    errors: list[BaseException] = []
+
+    def train(value: int) -> None:
+        mgr = zstore.CheckpointManager(root, keep_last=2, storage_options=s3.storage_options)
+        for step in range(1, 6):
+            try:
+                mgr.save(step, _tree(value * 100 + step))
+            except zstore.CheckpointExistsError:
+                pass  # the other manager has (or is writing) this step
+            except BaseException as e:  # noqa: BLE001 - any other error fails the test
+                errors.append(e)
+
+    threads = [threading.Thread(target=train, args=(v,)) for v in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    mgr = zstore.CheckpointManager(root, storage_options=s3.storage_options)
+    assert mgr.latest_step() == 5
+    for step in mgr.steps():
+        state = mgr.restore(step)[1]
+        value = state["a"][0, 0]
+        assert value % 100 == step and (state["a"] == value).all() and (state["b"] == value).all()
+
+
+def test_readers_in_threads_always_get_correct_slices(s3):
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((2048, 256)).astype(np.float32)
+    zstore.save({"w": data}, s3.url(), storage_options=s3.storage_options,
+                access={"w": "rows"})
+    ckpt = zstore.open(s3.url(), storage_options=s3.storage_options)
+    failures: list[str] = []
+    reads = [0]
+    deadline = time.monotonic() + 3
+
+    def reader(seed: int) -> None:
+        pick = random.Random(seed)
+        while time.monotonic() < deadline:
+            lo = pick.randrange(2048)
+            hi = pick.randrange(lo, min(2048, lo + 300)) + 1
+            cols = slice(pick.randrange(128), 256, pick.choice([1, 3]))
+            got = ckpt["w"][lo:hi, cols]
+            if not np.array_equal(got, data[lo:hi, cols]):
+                failures.append(f"{lo}:{hi}, {cols}")
+            reads[0] += 1
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not failures and reads[0] > 50
+
+
+def _read_in_process(url: str, options: dict, seed: int, results) -> None:
+    data = np.random.default_rng(0).standard_normal((2048, 256)).astype(np.float32)
+    ckpt = zstore.open(url, storage_options=options)
+    pick, bad = random.Random(seed), 0
+    for _ in range(20):
+        rows = sorted(pick.sample(range(2048), 5))
+        bad += not np.array_equal(ckpt["w"][rows], data[rows])
+    results.put(bad)
+
+
+def test_readers_in_processes_always_get_correct_rows(s3):
+    data = np.random.default_rng(0).standard_normal((2048, 256)).astype(np.float32)
+    zstore.save({"w": data}, s3.url(), storage_options=s3.storage_options, access={"w": "rows"})
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_read_in_process, args=(s3.url(), s3.storage_options, i, results))
+             for i in range(3)]
+    for p in procs:
+        p.start()
+    bad = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+    assert bad == [0, 0, 0]
