@@ -14,6 +14,8 @@ Every error is a ``ZStoreError``; where a built-in error fits, it is that too, s
     ├── UnsupportedTypeError      (TypeError)          a leaf or dtype zstore cannot store
     ├── InvalidURLError           (ValueError)         the URL or storage options are unusable
     ├── StorageAccessError        (PermissionError)    the backend refused the request
+    ├── StorageFailedError        (OSError)            the backend kept failing, retries spent
+    ├── SaveTimeoutError          (TimeoutError)       a save ran past its deadline
     └── StateMismatchError        (RuntimeError)       load(into=...) keys or shapes disagree
 
 Messages name the offending value and say how to fix it; they never contain
@@ -65,6 +67,14 @@ class InvalidURLError(ZStoreError, ValueError):
 
 class StorageAccessError(ZStoreError, PermissionError):
     """The storage backend denied access (credentials, permissions, read-only store)."""
+
+
+class StorageFailedError(ZStoreError, OSError):
+    """The backend kept failing (errors, resets, timeouts) after every retry."""
+
+
+class SaveTimeoutError(ZStoreError, TimeoutError):
+    """A save did not finish within its ``timeout``; it was stopped before committing."""
 
 
 class StateMismatchError(ZStoreError, RuntimeError):

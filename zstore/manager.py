@@ -45,7 +45,8 @@ class CheckpointManager:
             for a slot (each queued background save holds a host copy of its tree).
         incremental: copy unchanged objects from the previous committed step on
             the server instead of uploading them again.
-        storage_options, access, backend, codec, progress: as for ``zstore.save``.
+        storage_options, access, backend, codec, timeout, progress: as for
+            ``zstore.save`` (``timeout`` bounds each step's save).
 
     Example:
         >>> import numpy as np, zstore
@@ -64,7 +65,7 @@ class CheckpointManager:
                  max_pending: int = 1, incremental: bool = True,
                  storage_options: dict[str, Any] | None = None, access: Access = None,
                  backend: str | BackendProfile | None = None, codec: str = "auto",
-                 progress: bool | None = None) -> None:
+                 timeout: float | None = None, progress: bool | None = None) -> None:
         for name, value in (("keep_last", keep_last), ("keep_every", keep_every)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
@@ -76,7 +77,8 @@ class CheckpointManager:
         self._location = resolve(self.root, storage_options)
         self._options = storage_options
         self._save_options: dict[str, Any] = {
-            "access": access, "backend": backend, "codec": codec, "progress": progress}
+            "access": access, "backend": backend, "codec": codec, "progress": progress,
+            "timeout": timeout}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zstore-save")
         self._slots = threading.BoundedSemaphore(max_pending)
         self._pending: list[tuple[int, Future[SaveInfo]]] = []

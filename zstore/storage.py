@@ -23,7 +23,16 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import FsspecStore
 
 from zstore.accounting import CountingStore, record
-from zstore.errors import InvalidURLError, StorageAccessError, ZStoreError
+from zstore.errors import InvalidURLError, StorageAccessError, StorageFailedError, ZStoreError
+
+# Every S3 request has a deadline and is retried with backoff (botocore's "standard" mode:
+# 500/503/SlowDown, throttling, resets and timeouts); any of it can be overridden through
+# storage_options={"config_kwargs": {...}}.
+S3_CONFIG: dict[str, Any] = {
+    "connect_timeout": 10,
+    "read_timeout": 60,
+    "retries": {"max_attempts": 8, "mode": "standard"},
+}
 
 _CREDENTIAL_OPTIONS = {"key", "secret", "token", "password", "aws_secret_access_key"}
 
@@ -141,6 +150,10 @@ def resolve(url: str, storage_options: dict[str, Any] | None = None) -> Location
     if protocol in ("s3", "s3a"):
         options.setdefault("max_concurrency", 1)
         options.setdefault("use_listings_cache", False)
+        config = dict(options.get("config_kwargs") or {})
+        for key, value in S3_CONFIG.items():
+            config.setdefault(key, value)
+        options["config_kwargs"] = config
     if protocol in ("file", "local"):
         options.setdefault("auto_mkdir", True)
     try:
@@ -158,7 +171,8 @@ def resolve(url: str, storage_options: dict[str, Any] | None = None) -> Location
 
 @contextmanager
 def storage_errors(url: str) -> Iterator[None]:
-    """Turn the backend's missing-bucket and permission errors into zstore errors for ``url``."""
+    """Turn the backend's missing-bucket, permission and other failures (retries spent) into
+    zstore errors for ``url``."""
     try:
         yield
     except (ZStoreError, FileExistsError):
@@ -169,6 +183,11 @@ def storage_errors(url: str) -> Iterator[None]:
         raise InvalidURLError(
             f"cannot write to {url!r}: {e} (does the bucket or parent folder exist?)"
         ) from None
+    except (OSError, TimeoutError) as e:
+        raise StorageFailedError(
+            f"storage failed while working on {url!r}, after retries ({type(e).__name__}: {e}); "
+            "nothing was committed"
+        ) from e
 
 
 def access_error(url: str, error: BaseException) -> StorageAccessError:

@@ -15,7 +15,10 @@ on the wire rather than from zstore's own bookkeeping. Needs ``moto[server]``
 from __future__ import annotations
 
 import logging
+import random
+import socket
 import threading
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -49,8 +52,80 @@ class WireLog:
                        for m, p, _ in self.requests)
 
 
+_ERROR_BODY = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+               "<Message>{message}</Message><RequestId>zstore-fault</RequestId></Error>")
+_ERRORS = {"503": ("503 Slow Down", "SlowDown", "Please reduce your request rate."),
+           "500": ("500 Internal Server Error", "InternalError", "We encountered an internal error.")}
+
+
+@dataclass
+class Faults:
+    """Faults the server injects into a fraction (``rate``) of the requests it receives.
+
+    Kinds: ``"503"`` (SlowDown) and ``"500"`` (InternalError) answered before the request
+    is applied; ``"reset"``: the connection closed before it is applied; ``"lost"``: applied,
+    then the connection closed (the client never learns it succeeded); ``"slow"``: applied,
+    answered after ``delay`` seconds; ``"hang"``: the same, meant with a ``delay`` longer
+    than the client's read timeout. ``injected`` counts what was done, by kind.
+    """
+
+    rate: float = 0.0
+    kinds: tuple[str, ...] = ("503", "500", "reset", "lost")
+    delay: float = 1.0
+    seed: int = 0
+    injected: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+        self._lock = threading.Lock()
+
+    def draw(self) -> str | None:
+        with self._lock:
+            if self.rate <= 0 or self._random.random() >= self.rate:
+                return None
+            kind = self._random.choice(self.kinds)
+            self.injected[kind] += 1
+            return kind
+
+    @property
+    def total(self) -> int:
+        return sum(self.injected.values())
+
+
+def _inject(kind: str, app: Any, environ: dict[str, Any], start_response: Any,
+            delay: float) -> Any:
+    if kind in _ERRORS:
+        status, code, message = _ERRORS[kind]
+        body = _ERROR_BODY.format(code=code, message=message).encode()
+        start_response(status, [("Content-Type", "application/xml"),
+                                ("Content-Length", str(len(body)))])
+        return [body]
+    if kind == "reset":
+        return _close(environ, start_response)
+    answer: list[Any] = []
+    body = b"".join(app(environ, lambda *args: answer.append(args)))  # applied here
+    if kind == "lost":
+        return _close(environ, start_response)
+    time.sleep(delay)  # "slow" and "hang"
+    start_response(*answer[0])
+    return [body]
+
+
+def _close(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """Drop the connection; the server's write of the status then fails as a dropped one."""
+    connection = environ.get("werkzeug.socket")
+    if connection is not None:
+        try:
+            connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    start_response("500 Connection Dropped", [("Content-Length", "0")])
+    return []
+
+
 class MotoS3:
-    """moto's S3 server on 127.0.0.1, with a ``WireLog`` of every request."""
+    """moto's S3 server on 127.0.0.1, with a ``WireLog`` of every request and optional
+    ``faults`` (set ``server.faults.rate`` and ``kinds``; reset with ``server.faults = Faults()``)."""
 
     def __init__(self) -> None:
         try:
@@ -65,6 +140,7 @@ class MotoS3:
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log
         self.log = WireLog()
+        self.faults = Faults()
         app = DomainDispatcherApplication(create_backend_app)
 
         def logged(environ: dict[str, Any], start_response: Any) -> Any:
@@ -85,6 +161,9 @@ class MotoS3:
                 return start_response(status, headers, *args)
 
             try:
+                fault = self.faults.draw()
+                if fault is not None:
+                    return _inject(fault, app, environ, counted_start, self.faults.delay)
                 return app(environ, counted_start)
             finally:
                 with self.log.lock:

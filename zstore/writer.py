@@ -37,7 +37,7 @@ from zstore import __version__
 from zstore.dtypes import check_supported
 from zstore.access import Access
 from zstore.catalog import delete_checkpoint
-from zstore.errors import CheckpointExistsError
+from zstore.errors import CheckpointExistsError, SaveTimeoutError
 from zstore.incremental import HASHES, Baseline, decode_hashes, encode_hashes, plan_array
 from zstore.layout import array_metadata
 from zstore.lease import LEASE, Lease
@@ -98,6 +98,7 @@ def save(
     backend: str | BackendProfile | None = None,
     codec: str = "auto",
     base: str | None = None,
+    timeout: float | None = None,
     max_concurrency: int = 8,
     progress: bool | None = None,
 ) -> SaveInfo:
@@ -126,6 +127,9 @@ def save(
             copied on the server (S3 CopyObject, a hard link locally) instead of
             encoded and uploaded. The new checkpoint stays self-contained, and
             records its own hashes so it can be the base of the next save.
+        timeout: seconds the whole save may take; past it the save stops before
+            committing and raises ``SaveTimeoutError`` (each request also has its
+            own timeout and retries, see ``storage.S3_CONFIG``).
         progress: a progress bar on stderr (tqdm); default: only on a terminal,
             for saves over 256 MiB.
         max_concurrency: arrays written at once (each also writes its shards
@@ -147,14 +151,15 @@ def save(
     """
     return write(flatten(tree), url, storage_options=storage_options, metadata=metadata,
                  overwrite=overwrite, access=access, backend=backend, codec=codec, base=base,
-                 max_concurrency=max_concurrency, progress=progress)
+                 timeout=timeout, max_concurrency=max_concurrency, progress=progress)
 
 
 def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = None,
           metadata: dict[str, Any] | None = None, overwrite: bool = False,
           access: Access = None, backend: str | BackendProfile | None = None,
           codec: str = "auto", base: str | None = None, hashes: bool | None = None,
-          max_concurrency: int = 8, progress: bool | None = None) -> SaveInfo:
+          timeout: float | None = None, max_concurrency: int = 8,
+          progress: bool | None = None) -> SaveInfo:
     """``save`` of a tree already flattened (and perhaps snapshotted): see ``save``.
 
     ``hashes`` (default: only with a ``base``) records each object's hash so
@@ -173,11 +178,17 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
     location = resolve(url, storage_options)
     source = resolve(base, storage_options) if base is not None else None
     shown = bar(plan.nbytes, f"saving {url}", progress)
+    work = _save(location, flat.arrays, manifest, overwrite, max_concurrency,
+                 lambda path: shown.update(plan.arrays[path].nbytes), source,
+                 base is not None if hashes is None else hashes)
     with storage_errors(url):
         try:
-            outcome = sync(_save(location, flat.arrays, manifest, overwrite, max_concurrency,
-                                 lambda path: shown.update(plan.arrays[path].nbytes), source,
-                                 base is not None if hashes is None else hashes))
+            outcome = sync(work if timeout is None else asyncio.wait_for(work, timeout))
+        except TimeoutError:
+            raise SaveTimeoutError(
+                f"the save to {url!r} did not finish within {timeout} s and was stopped before "
+                "its commit marker was written: it does not open as a checkpoint, and no other "
+                "checkpoint was touched. Retry, or raise timeout=") from None
         finally:
             shown.close()
     return SaveInfo(
