@@ -5,8 +5,9 @@ keys, and the one that commits could commit the other's shards. So a save first
 creates ``zstore.lease.json`` only if absent (S3 ``If-None-Match: *``,
 ``O_EXCL`` locally): of two savers exactly one gets it, the other fails at once
 with a message naming the holder. The holder renews the lease every
-``TTL / 4`` seconds while it writes; a lease not renewed for ``TTL`` seconds
-belongs to a save that crashed or hung, and the next save takes it over (its
+``TTL / 4`` seconds while it writes; a lease not renewed for ``TTL`` seconds,
+or held by a process of this machine that no longer exists, belongs to a save
+that crashed or hung, and the next save takes it over (its
 owner, if still alive, notices at its next renewal and aborts before
 committing). The lease is deleted after the commit.
 """
@@ -30,12 +31,31 @@ LEASE = "zstore.lease.json"
 TTL = 60.0  # seconds without renewal after which a lease is abandoned
 
 
+def _alive(holder: dict[str, Any]) -> bool:
+    """Whether a lease's holder may still be writing: renewed recently, and, when it ran on
+    this machine, its process still exists (a crashed save is taken over at once)."""
+    try:
+        if float(holder["expires"]) <= time.time():
+            return False
+    except (KeyError, TypeError, ValueError):
+        return False  # unreadable: abandoned
+    pid = holder.get("pid")
+    if holder.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, OverflowError):
+            pass  # it exists, as someone else's process
+    return True
+
+
 async def is_leased(location: Location) -> bool:
     """Whether a save holds a live lease on ``location`` (is writing there now)."""
     raw = await location.get(LEASE)
     try:
-        return raw is not None and float(json.loads(raw)["expires"]) > time.time()
-    except (ValueError, TypeError, KeyError):
+        return raw is not None and _alive(dict(json.loads(raw)))
+    except (ValueError, TypeError):
         return False
 
 
@@ -62,7 +82,7 @@ class Lease:
                 holder = await self._holder()
                 if holder is not None and holder.get("token") == self.token:
                     return  # our own create, answered late and retried by the client
-                if holder is not None and holder.get("expires", 0) > time.time():
+                if holder is not None and _alive(holder):
                     raise CheckpointExistsError(
                         f"another save is writing {self.location.url!r} (host "
                         f"{holder.get('host')!r}, pid {holder.get('pid')}); two writers never "

@@ -1,0 +1,192 @@
+"""Crash consistency: a save killed with SIGKILL at any point leaves either no commit marker or a
+complete checkpoint, never touches another checkpoint, and saving again to the URL works
+without mixing old and new objects.
+
+Saves run in processes forked from a forkserver that has zstore imported, so each kill point
+costs a fork, not an interpreter start. Kill points are (a) before each storage mutation of a
+save in turn (every object write, delete and conditional create: data, metadata, commit), by a
+child that kills itself there, and (b) at random moments, by the parent.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import zstore
+from zstore.accounting import CountingStore
+from zstore.storage import Location
+
+CTX = multiprocessing.get_context("forkserver")
+CTX.set_forkserver_preload(["zstore", "numpy", "zarr", "fsspec"])
+KILLS = {"points": 0, "torn": 0}
+
+
+def _tree(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    tree = {f"w{i}": rng.standard_normal((40, 50)).astype(np.float32) for i in range(6)}
+    tree["big"] = rng.standard_normal((600, 100)).astype(np.float32)
+    tree["step"] = seed
+    return tree
+
+
+def _kill_before_mutation(n: int) -> None:
+    """Make this process SIGKILL itself just before its ``n``-th storage mutation (1-based)."""
+    count = [0]
+
+    def counted(method):
+        async def wrapper(*args, **kwargs):
+            count[0] += 1
+            if count[0] == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return await method(*args, **kwargs)
+        return wrapper
+
+    CountingStore.set = counted(CountingStore.set)
+    CountingStore.delete = counted(CountingStore.delete)
+    Location.put_new = counted(Location.put_new)
+
+
+def _child(url: str, seed: int, overwrite: bool, kill_at: int, ready) -> None:
+    if kill_at:
+        _kill_before_mutation(kill_at)
+    ready.set()
+    zstore.save(_tree(seed), url, overwrite=overwrite)
+
+
+def _run_save(url: str, seed: int, overwrite: bool, kill_at: int = 0,
+              kill_after: float | None = None) -> int:
+    ready = CTX.Event()
+    proc = CTX.Process(target=_child, args=(url, seed, overwrite, kill_at, ready))
+    proc.start()
+    if kill_after is not None:
+        ready.wait(30)
+        time.sleep(kill_after)
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # it finished first
+    proc.join(60)
+    return proc.exitcode
+
+
+def _same(loaded: dict, seed: int) -> bool:
+    expected = _tree(seed)
+    return loaded.keys() == expected.keys() and all(
+        np.array_equal(loaded[k], v) for k, v in expected.items())
+
+
+def _check(url: str, allowed_seeds: tuple[int, ...]) -> str:
+    """'absent', or the seed the complete checkpoint at ``url`` holds (a torn one fails)."""
+    try:
+        loaded = zstore.load(url)
+    except (zstore.IncompleteCheckpointError, zstore.CheckpointNotFoundError):
+        return "absent"
+    for seed in allowed_seeds:
+        if _same(loaded, seed):
+            return str(seed)
+    KILLS["torn"] += 1
+    raise AssertionError(f"{url} opened as complete but holds neither of {allowed_seeds}")
+
+
+def _mutations_of_a_save(tmp_path) -> int:
+    count = [0]
+    real = (CountingStore.set, CountingStore.delete, Location.put_new)
+
+    def counted(method):
+        async def wrapper(*args, **kwargs):
+            count[0] += 1
+            return await method(*args, **kwargs)
+        return wrapper
+
+    try:
+        CountingStore.set, CountingStore.delete, Location.put_new = map(counted, real)
+        zstore.save(_tree(0), str(tmp_path / "count"))
+        zstore.save(_tree(1), str(tmp_path / "count"), overwrite=True)
+    finally:
+        CountingStore.set, CountingStore.delete, Location.put_new = real
+    return count[0]  # an overwrite: deletes, lease, placeholder, metadata, data, root, marker
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["new-url", "overwrite"])
+def test_a_kill_before_any_write_of_a_save_never_tears_a_checkpoint(tmp_path, overwrite):
+    mutations = _mutations_of_a_save(tmp_path)
+    previous = str(tmp_path / "previous")
+    zstore.save(_tree(0), previous)
+    for kill_at in range(1, mutations + 2):
+        url = str(tmp_path / f"k{kill_at}")
+        if overwrite:
+            zstore.save(_tree(1), url)
+        code = _run_save(url, 2, overwrite, kill_at=kill_at)
+        assert code in (-signal.SIGKILL, 0), code
+        KILLS["points"] += code == -signal.SIGKILL
+        state = _check(url, (1, 2) if overwrite else (2,))
+        if code == 0:
+            assert state == "2"
+        assert _check(previous, (0,)) == "0"
+        zstore.save(_tree(3), url, overwrite=True)  # saving again: only the new objects
+        assert _check(url, (3,)) == "3"
+
+
+def _save_seconds(tmp_path) -> float:
+    """How long a save takes in a freshly forked child, from its start signal to its exit."""
+    ready = CTX.Event()
+    proc = CTX.Process(target=_child, args=(str(tmp_path / "timing"), 0, False, 0, ready))
+    proc.start()
+    ready.wait(30)
+    started = time.monotonic()
+    proc.join(60)
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("rounds", [pytest.param(40, id="40"),
+                                    pytest.param(200, id="200", marks=pytest.mark.slow)])
+def test_kills_at_random_moments_never_tear_a_checkpoint(tmp_path, rounds):
+    pick = random.Random(rounds)
+    window = _save_seconds(tmp_path)
+    url = str(tmp_path / "ckpt")
+    zstore.save(_tree(0), url)
+    committed = 0
+    killed = 0
+    for round_ in range(rounds):
+        seed = round_ + 1
+        code = _run_save(url, seed, True, kill_after=pick.uniform(0, window))
+        killed += code == -signal.SIGKILL
+        state = _check(url, (committed, seed))
+        if state != "absent":
+            committed = int(state)
+        else:  # the old marker went first: saving again must give exactly the new tree
+            zstore.save(_tree(seed), url, overwrite=True)
+            committed = seed
+    KILLS["points"] += killed
+    assert killed >= rounds // 2, f"only {killed} of {rounds} saves were killed before finishing"
+
+
+def test_a_crashed_step_never_becomes_the_step_a_run_resumes_from(tmp_path):
+    root = str(tmp_path / "run")
+    mgr = zstore.CheckpointManager(root)
+    mgr.save(1, _tree(1))
+    pick = random.Random(1)
+    for attempt in range(10):
+        code = _run_save(mgr.url(2), 2, False, kill_after=pick.uniform(0, 0.2))
+        latest = mgr.latest_step()
+        assert latest in (1, 2)
+        step, state = mgr.restore()
+        assert step == latest and _same(state, latest)
+        if latest == 2:
+            assert code in (0, -signal.SIGKILL)
+            break
+    mgr.save(3, _tree(3))  # the series goes on; leftovers of step 2 do not block it
+    assert mgr.latest_step() == 3 and _same(mgr.restore()[1], 3)
+
+
+def test_zz_report_kill_points():
+    print(f"\nSIGKILL points in this module: {KILLS['points']}, torn checkpoints opened: "
+          f"{KILLS['torn']}")
+    assert KILLS["torn"] == 0 and KILLS["points"] > 0
