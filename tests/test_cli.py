@@ -77,8 +77,8 @@ def test_verify_reports_a_flipped_byte_and_a_missing_object(backend, capsys):
     sync(location.remove_all(["b/c/0/0"]))
     assert main([*cli_flags(opts), "verify", url]) == 1
     out = capsys.readouterr().out
-    assert f"FAIL a: object {shard[2:]} is damaged" in out
-    assert "FAIL b: object c/0/0 is missing" in out
+    assert f"FAIL {shard}: damaged (fails its crc32c check)" in out
+    assert "FAIL b/c/0/0: missing" in out
 
 
 def test_storage_options_come_from_aws_environment_variables(s3, monkeypatch, capsys):

@@ -42,8 +42,9 @@ def _tree(seed: int, arrays: int = 24) -> dict:
     return {f"layer{i}": rng.standard_normal((64, 96)).astype(np.float32) for i in range(arrays)}
 
 
-def _round_trips(server: MotoS3, bucket: str, rounds: int, options: dict) -> None:
-    for r in range(rounds):
+def _round_trips(server: MotoS3, bucket: str, rounds: int, options: dict, first: int = 0
+                 ) -> None:
+    for r in range(first, first + rounds):
         tree = _tree(r)
         url = f"s3://{bucket}/ckpt-{r}"
         zstore.save(tree, url, storage_options=options)
@@ -115,10 +116,12 @@ def test_a_checkpoint_series_survives_faults(faulty):
 @pytest.mark.slow
 def test_a_thousand_faults_and_no_corrupt_result(faulty):
     bucket = faulty.new_bucket("faults")
-    faulty.faults = Faults(rate=0.25, kinds=("503", "500", "reset", "lost"), seed=11)
+    # server errors cost a backoff each (botocore's, up to seconds): a fifth of the mix
+    faulty.faults = Faults(rate=0.25, kinds=("503", "500", "reset", "lost", "reset", "lost",
+                                             "reset", "lost", "reset", "lost"), seed=11)
     rounds = 0
     while faulty.faults.total < 1000:
-        _round_trips(faulty, bucket, 1, _options(faulty))
+        _round_trips(faulty, bucket, 1, _options(faulty), first=rounds)
         rounds += 1
     assert rounds >= 5
 

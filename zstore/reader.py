@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -18,13 +19,13 @@ from zarr.core.array import AsyncArray
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.core.sync import sync
-from zarr.storage import StorePath
+from zarr.storage import StorePath, WrapperStore
 
 from zstore.budget import ByteBudget
 from zstore.dtypes import dtype_from_name
 from zstore.errors import CorruptCheckpointError, ZStoreError
 from zstore.index_cache import ShardIndexCache
-from zstore.indexing import finish, normalize
+from zstore.indexing import Selection, finish, normalize
 from zstore.load_into import load_into
 from zstore.manifest import COMMIT_MARKER, ROOT, Manifest, read_manifest
 from zstore.progress import bar
@@ -130,13 +131,30 @@ class LazyTensor:
         except ValueError as e:
             if "checksum" not in str(e):
                 raise
+            damaged = await self._damaged_objects(selection)
             raise CorruptCheckpointError(
-                f"array {self.name!r} in {self._location.url!r}: a chunk read for index "
-                f"{index!r} failed its crc32c check ({e}); run `zstore verify` to list the damage"
+                f"array {self.name!r} in {self._location.url!r}: stored object(s) "
+                f"{damaged or ['(not located)']} failed their crc32c check while reading index "
+                f"{index!r}; run `zstore verify` to list all the damage"
             ) from None
         if direct:
             return out  # type: ignore[return-value]
         return _into(finish(np.asarray(result), selection), out)
+
+    async def _damaged_objects(self, selection: Selection) -> list[str]:
+        """Which of the objects a failed read touched fail on their own (the error path only)."""
+        assert self.shard_shape is not None and self._path is not None
+        per_dim = [np.unique(_positions_of(item) // size)
+                   for item, size in zip(selection.zarr, self.shard_shape)]
+        damaged = []
+        for index in itertools.product(*per_dim):
+            box = tuple(slice(int(i) * s, min((int(i) + 1) * s, n))
+                        for i, s, n in zip(index, self.shard_shape, self.shape))
+            try:
+                await self.zarr_array().get_orthogonal_selection(box)
+            except ValueError:
+                damaged.append("/".join([self._path, "c", *map(str, map(int, index))]))
+        return damaged
 
     def read(self, index: Any = Ellipsis, *, out: np.ndarray | None = None) -> np.ndarray:
         """``self[index]``, decoded into ``out`` when given (a C-contiguous array you own).
@@ -172,6 +190,13 @@ class LazyTensor:
         return array if dtype is None else array.astype(dtype)
 
 
+def _positions_of(item: Any) -> np.ndarray:
+    """The positions one dim of a zarr orthogonal selection reads."""
+    if isinstance(item, slice):
+        return np.arange(item.start, item.stop, item.step or 1)
+    return np.atleast_1d(np.asarray(item, dtype=np.int64))
+
+
 def _is_cpu(device: Any) -> bool:
     return str(device).split(":")[0] == "cpu"
 
@@ -190,6 +215,24 @@ def _into(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     return out
 
 
+class _CommittedObjects(WrapperStore[Any]):
+    """A committed checkpoint's store: every data object exists (each is written, even when
+    all fill value), so one that is absent was lost, not skipped. zarr would read it as fill
+    values; this raises instead."""
+
+    def __init__(self, store: Any, url: str) -> None:
+        super().__init__(store)
+        self._url = url
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        value = await self._store.get(key, prototype, byte_range)
+        if value is None:
+            raise CorruptCheckpointError(
+                f"object {key!r} of the committed checkpoint {self._url!r} is missing: it was "
+                "deleted after the save committed; run `zstore verify` to list the damage")
+        return value
+
+
 class Checkpoint(Mapping[str, LazyTensor]):
     """A committed checkpoint: a read-only mapping of array name to ``LazyTensor``.
 
@@ -203,7 +246,8 @@ class Checkpoint(Mapping[str, LazyTensor]):
         self._location = location
         self._manifest = manifest
         self._tensors: dict[str, LazyTensor] = {}
-        store = ShardIndexCache(location.store)  # one per open checkpoint, shared by its arrays
+        # one per open checkpoint, shared by its arrays
+        store = ShardIndexCache(_CommittedObjects(location.store, location.url))
         for name, node in iter_leaves(manifest.tree):
             if "array" in node:
                 path = node["array"]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from zarr.core.sync import sync
 
+from zstore.errors import CorruptCheckpointError
+from zstore.incremental import HASHES, box_hash, decode_hashes, object_boxes, object_shape
+from zstore.manifest import ROOT
 from zstore.reader import Checkpoint, LazyTensor
 from zstore.reader import open as open_checkpoint
 
@@ -28,48 +31,67 @@ class VerifyReport:
 
 def verify(url: str, *, storage_options: dict[str, Any] | None = None,
            max_concurrency: int = 8) -> VerifyReport:
-    """Check that every object each array needs exists and passes its crc32c checks.
+    """Check every stored object of the checkpoint at ``url``.
 
-    zarr fills a missing chunk with the fill value without complaint, so objects
-    are first matched against the listing; each object is then decoded whole.
+    - every object each array needs exists (zarr would silently read a missing
+      one as the fill value), and decodes with its crc32c checks passing;
+    - where the save recorded hashes (``zstore.hashes.json``), the decoded bytes
+      of each object hash to what was recorded: end to end, past the codecs;
+    - each array's own ``zarr.json`` (what plain zarr readers use) says what the
+      committed, consolidated metadata says.
     """
     ckpt = open_checkpoint(url, storage_options=storage_options)
     return sync(_verify(ckpt, max_concurrency))
 
 
-def _objects(tensor: LazyTensor) -> list[tuple[str, tuple[slice, ...]]]:
-    """Every object key of an array with the region of the array it holds."""
-    assert tensor.shard_shape is not None
-    ranges = [range(-(-n // s)) for n, s in zip(tensor.shape, tensor.shard_shape)]
-    return [
-        ("/".join(["c", *map(str, index)]),
-         tuple(slice(i * s, min((i + 1) * s, n))
-               for i, s, n in zip(index, tensor.shard_shape, tensor.shape)))
-        for index in itertools.product(*ranges)
-    ]
-
-
 async def _verify(ckpt: Checkpoint, max_concurrency: int) -> VerifyReport:
     report = VerifyReport()
-    stored = await ckpt._location.sizes()
-    tensors = {t._path: t for t in ckpt.values() if t._path is not None}
+    location = ckpt._location
+    stored, raw_hashes = await asyncio.gather(location.sizes(), location.get(HASHES))
+    hashes = decode_hashes(raw_hashes)
+    if raw_hashes is not None and not hashes and b'"objects":{}' not in raw_hashes:
+        report.problems.append(f"{HASHES}: unreadable (incremental saves will not reuse objects)")
+    documents = ckpt.array_documents()
     limit = asyncio.Semaphore(max_concurrency)
 
-    async def check(path: str, tensor: LazyTensor, key: str, region: tuple[slice, ...]) -> None:
-        if f"{path}/{key}" not in stored:
-            report.problems.append(f"{path}: object {key} is missing")
+    async def check_object(tensor: LazyTensor, key: str, box: tuple[slice, ...]) -> None:
+        if key not in stored:
+            report.problems.append(f"{key}: missing")
             return
         async with limit:
             try:
-                await tensor.read_async(region)
+                data = await tensor.read_async(box)
+            except CorruptCheckpointError:
+                report.problems.append(f"{key}: damaged (fails its crc32c check)")
+                return
             except Exception as e:  # any decode failure is a finding, not a crash
-                report.problems.append(f"{path}: object {key} is damaged ({e})")
-        report.objects_checked += 1
+                report.problems.append(f"{key}: damaged ({type(e).__name__}: {e})")
+                return
+            finally:
+                report.objects_checked += 1
+        if key in hashes and box_hash(data, tuple(slice(None) for _ in box)) != hashes[key]:
+            report.problems.append(f"{key}: decodes, but not to the bytes that were saved")
+
+    async def check_document(path: str, expected: dict[str, Any]) -> None:
+        raw = await location.get(f"{path}/{ROOT}")
+        try:
+            same = raw is not None and json.loads(raw) == expected
+        except ValueError:
+            same = False
+        if not same:
+            report.problems.append(f"{path}/{ROOT}: missing or differs from the committed "
+                                   "metadata (plain zarr readers would misread this array)")
 
     jobs = []
-    for path, tensor in tensors.items():
+    for tensor in ckpt.values():
+        if tensor._path is None:
+            continue
+        path = tensor._path
         report.arrays.append(path)
-        jobs.extend(check(path, tensor, key, region) for key, region in _objects(tensor))
+        document, _ = documents[path]
+        jobs.append(check_document(path, document))
+        jobs.extend(check_object(tensor, key, box)
+                    for key, box in object_boxes(path, tensor.shape, object_shape(document)))
     await asyncio.gather(*jobs)
     report.problems.sort()
     return report
