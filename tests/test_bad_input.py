@@ -1,7 +1,9 @@
-"""Bad keys, leaves, metadata and URLs fail with a clear error before anything is written."""
+"""Bad keys, leaves, metadata, URLs, credentials and storage fail with a clear error, before
+anything is written where possible, and never at the cost of an earlier checkpoint."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import numpy as np
@@ -136,3 +138,110 @@ def test_save_to_a_missing_bucket_names_the_bucket(s3):
     with pytest.raises(zstore.ZStoreError, match="no-such-bucket-zstore"):
         zstore.save({"a": np.ones(2)}, "s3://no-such-bucket-zstore/run/step-1",
                     storage_options=s3.storage_options)
+
+
+# --- storage that refuses, fails or runs out of room; metadata that lies ---------------------
+
+SECRET = "s3cr3t-DO-NOT-PRINT"
+
+
+@pytest.fixture
+def denying(moto_s3):
+    from zstore.testing import Faults
+
+    yield moto_s3
+    moto_s3.faults = Faults()
+
+
+def test_wrong_credentials_are_an_access_error_that_never_shows_the_secret(denying, caplog):
+    from zstore.testing import Faults
+
+    bucket = denying.new_bucket("denied")
+    options = dict(denying.storage_options, secret=SECRET)
+    denying.faults = Faults(rate=1.0, kinds=("403",))
+    caplog.set_level("DEBUG")
+    with pytest.raises(zstore.StorageAccessError, match="credentials") as raised:
+        zstore.save({"w": np.ones(3)}, f"s3://{bucket}/c", storage_options=options)
+    with pytest.raises(zstore.StorageAccessError) as opened:
+        zstore.open(f"s3://{bucket}/c", storage_options=options)
+    for text in (str(raised.value), str(opened.value), caplog.text):
+        assert SECRET not in text
+
+
+def test_missing_credentials_are_an_access_error(s3, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    options = {k: v for k, v in s3.storage_options.items() if k not in ("key", "secret")}
+    with pytest.raises(zstore.StorageAccessError, match="credentials"):
+        zstore.save({"w": np.ones(3)}, s3.url(), storage_options=options)
+
+
+def test_a_read_only_bucket_refuses_the_save_and_keeps_the_old_checkpoint(denying):
+    from zstore.testing import Faults
+
+    bucket = denying.new_bucket("readonly")
+    url, options = f"s3://{bucket}/c", denying.storage_options
+    zstore.save({"w": np.ones(3)}, url, storage_options=options)
+    denying.faults = Faults(rate=1.0, kinds=("403",), methods=("PUT", "POST", "DELETE"))
+    with pytest.raises(zstore.StorageAccessError, match=url):
+        zstore.save({"w": np.zeros(3)}, url, storage_options=options, overwrite=True)
+    assert np.array_equal(zstore.load(url, storage_options=options)["w"], np.ones(3))
+
+
+def test_a_full_disk_midway_fails_cleanly_and_the_next_save_works(tmp_path, monkeypatch):
+    import errno
+
+    from zstore.accounting import CountingStore
+
+    real, writes = CountingStore.set, [0]
+
+    async def filling_up(self, key, value):
+        writes[0] += 1
+        if writes[0] > 5:
+            raise OSError(errno.ENOSPC, "No space left on device", key)
+        await real(self, key, value)
+
+    zstore.save({"w": np.ones(3)}, str(tmp_path / "previous"))
+    monkeypatch.setattr(CountingStore, "set", filling_up)
+    tree = {f"a{i}": np.full(100, i) for i in range(10)}
+    with pytest.raises(zstore.StorageFailedError, match="No space left"):
+        zstore.save(tree, str(tmp_path / "c"))
+    monkeypatch.undo()
+    with pytest.raises(zstore.IncompleteCheckpointError):
+        zstore.open(str(tmp_path / "c"))
+    assert np.array_equal(zstore.load(str(tmp_path / "previous"))["w"], np.ones(3))
+    zstore.save(tree, str(tmp_path / "c"))  # room again: the leftovers are replaced
+    assert np.array_equal(zstore.load(str(tmp_path / "c"))["a7"], np.full(100, 7))
+
+
+def test_huge_metadata_is_refused_before_writing(url):
+    with pytest.raises(zstore.UnsupportedTypeError, match="limit"):
+        zstore.save({"a": np.ones(2)}, url, metadata={"blob": "x" * (2 << 20)})
+    assert_nothing_written(url)
+
+
+def test_a_truncated_root_metadata_is_corrupt(tmp_path):
+    zstore.save({"a": np.ones(2)}, str(tmp_path / "c"))
+    root = tmp_path / "c" / "zarr.json"
+    root.write_bytes(root.read_bytes()[:50])
+    with pytest.raises(zstore.CorruptCheckpointError, match="does not match its commit marker"):
+        zstore.open(str(tmp_path / "c"))
+
+
+def test_a_checkpoint_from_a_newer_format_is_refused_by_name(tmp_path):
+    zstore.save({"a": np.ones(2)}, str(tmp_path / "c"))
+    marker = tmp_path / "c" / "zstore.commit.json"
+    doc = json.loads(marker.read_text())
+    marker.write_text(json.dumps(dict(doc, format=99)))
+    with pytest.raises(zstore.UnsupportedFormatError, match="format 99.*upgrade zstore"):
+        zstore.open(str(tmp_path / "c"))
+
+
+def test_a_meta_tensor_is_refused_before_writing(url):
+    torch = pytest.importorskip("torch")
+    with pytest.raises(zstore.UnsupportedTypeError, match="meta device"):
+        zstore.save({"ok": torch.ones(2), "w": torch.empty(3, device="meta")}, url)
+    assert_nothing_written(url)

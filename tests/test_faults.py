@@ -76,7 +76,7 @@ def test_a_save_that_cannot_finish_fails_fast_and_commits_nothing(faulty):
     zstore.save(_tree(0), f"s3://{bucket}/previous", storage_options=options)
     faulty.faults = Faults(rate=1.0, kinds=("503",))
     started = time.monotonic()
-    with pytest.raises(zstore.StorageFailedError, match="after retries.*nothing was committed"):
+    with pytest.raises(zstore.StorageFailedError, match="after retries.*commits nothing"):
         zstore.save(_tree(1), f"s3://{bucket}/next", storage_options=options)
     assert time.monotonic() - started < 20
     faulty.faults = Faults()

@@ -31,6 +31,7 @@ from zstore.tree import COMMIT_MARKER
 
 FORMAT_VERSION = 1
 ROOT = "zarr.json"
+MAX_METADATA_BYTES = 1 << 20
 
 __all__ = ["COMMIT_MARKER", "FORMAT_VERSION", "ROOT", "Manifest"]
 
@@ -76,6 +77,11 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
             )
 
     visit(metadata, "")
+    size = len(encode(metadata))
+    if size > MAX_METADATA_BYTES:
+        raise UnsupportedTypeError(
+            f"metadata is {size} bytes of JSON; the limit is {MAX_METADATA_BYTES} because every "
+            "open reads it: keep large values in the tree as arrays instead")
     return metadata
 
 

@@ -30,7 +30,7 @@ from zstore.load_into import load_into
 from zstore.manifest import COMMIT_MARKER, ROOT, Manifest, read_manifest
 from zstore.progress import bar
 from zstore.staging import DeviceStager
-from zstore.storage import Location, resolve
+from zstore.storage import Location, resolve, storage_errors
 from zstore.tensors import numpy_to_torch
 from zstore.tree import as_framework, iter_leaves, scalar_value, unflatten
 
@@ -444,8 +444,15 @@ def open(url: str, *, storage_options: dict[str, Any] | None = None) -> Checkpoi
         (2, 8)
     """
     location = resolve(url, storage_options)
-    root, commit = sync(_fetch_metadata(location))
-    return Checkpoint(location, read_manifest(root, commit, url))
+    with storage_errors(url):
+        root, commit = sync(_fetch_metadata(location))
+    manifest = read_manifest(root, commit, url)
+    try:
+        return Checkpoint(location, manifest)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, StopIteration) as e:
+        raise CorruptCheckpointError(
+            f"the manifest of {url!r} is committed but malformed ({type(e).__name__}: {e}); "
+            "it was not written by this zstore") from None
 
 
 async def _fetch_metadata(location: Location) -> tuple[bytes | None, bytes | None]:

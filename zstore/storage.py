@@ -181,13 +181,17 @@ def storage_errors(url: str) -> Iterator[None]:
         raise access_error(url, e) from None
     except FileNotFoundError as e:
         raise InvalidURLError(
-            f"cannot write to {url!r}: {e} (does the bucket or parent folder exist?)"
+            f"cannot reach {url!r}: {e} (does the bucket or parent folder exist?)"
         ) from None
     except (OSError, TimeoutError) as e:
         raise StorageFailedError(
             f"storage failed while working on {url!r}, after retries ({type(e).__name__}: {e}); "
-            "nothing was committed"
+            "a save stopped by it commits nothing"
         ) from e
+    except Exception as e:
+        if type(e).__name__.endswith(("CredentialsError", "CredentialRetrievalError")):
+            raise access_error(url, e) from None  # botocore: no usable credentials found
+        raise
 
 
 def access_error(url: str, error: BaseException) -> StorageAccessError:

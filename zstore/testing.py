@@ -55,23 +55,27 @@ class WireLog:
 _ERROR_BODY = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
                "<Message>{message}</Message><RequestId>zstore-fault</RequestId></Error>")
 _ERRORS = {"503": ("503 Slow Down", "SlowDown", "Please reduce your request rate."),
-           "500": ("500 Internal Server Error", "InternalError", "We encountered an internal error.")}
+           "500": ("500 Internal Server Error", "InternalError", "We encountered an internal error."),
+           "403": ("403 Forbidden", "AccessDenied", "Access Denied")}
 
 
 @dataclass
 class Faults:
     """Faults the server injects into a fraction (``rate``) of the requests it receives.
 
-    Kinds: ``"503"`` (SlowDown) and ``"500"`` (InternalError) answered before the request
-    is applied; ``"reset"``: the connection closed before it is applied; ``"lost"``: applied,
+    Kinds: ``"503"`` (SlowDown), ``"500"`` (InternalError) and ``"403"`` (AccessDenied: wrong
+    credentials, or with ``methods=("PUT", "POST", "DELETE")`` a read-only bucket) answered
+    before the request is applied; ``"reset"``: the connection closed before it is applied; ``"lost"``: applied,
     then the connection closed (the client never learns it succeeded); ``"slow"``: applied,
     answered after ``delay`` seconds; ``"hang"``: the same, meant with a ``delay`` longer
-    than the client's read timeout. ``injected`` counts what was done, by kind.
+    than the client's read timeout. Only requests whose HTTP method is in ``methods`` (all,
+    when empty) are touched. ``injected`` counts what was done, by kind.
     """
 
     rate: float = 0.0
     kinds: tuple[str, ...] = ("503", "500", "reset", "lost")
     delay: float = 1.0
+    methods: tuple[str, ...] = ()
     seed: int = 0
     injected: Counter[str] = field(default_factory=Counter)
 
@@ -79,8 +83,10 @@ class Faults:
         self._random = random.Random(self.seed)
         self._lock = threading.Lock()
 
-    def draw(self) -> str | None:
+    def draw(self, method: str) -> str | None:
         with self._lock:
+            if self.methods and method not in self.methods:
+                return None
             if self.rate <= 0 or self._random.random() >= self.rate:
                 return None
             kind = self._random.choice(self.kinds)
@@ -161,7 +167,7 @@ class MotoS3:
                 return start_response(status, headers, *args)
 
             try:
-                fault = self.faults.draw()
+                fault = self.faults.draw(environ["REQUEST_METHOD"])
                 if fault is not None:
                     return _inject(fault, app, environ, counted_start, self.faults.delay)
                 return app(environ, counted_start)
