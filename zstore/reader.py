@@ -32,7 +32,7 @@ from zstore.progress import bar
 from zstore.staging import DeviceStager
 from zstore.storage import Location, resolve, storage_errors
 from zstore.tensors import numpy_to_torch
-from zstore.tree import as_framework, iter_leaves, scalar_value, unflatten
+from zstore.tree import as_framework, check_skeleton, iter_leaves, scalar_value, unflatten
 
 
 class LazyTensor:
@@ -60,6 +60,7 @@ class LazyTensor:
         self._value = value  # inline 0-d values live in the manifest
         self._array: AsyncArray[Any] | None = None
         self.stored_nbytes = stored_nbytes
+        self._metadata = None if document is None else _checked_metadata(document, name)
         if document is not None:
             self.shape: tuple[int, ...] = tuple(document["shape"])
             self.dtype: np.dtype = dtype_from_name(document["data_type"])
@@ -110,9 +111,7 @@ class LazyTensor:
             if self._document is None:
                 raise ZStoreError(f"{self.name!r} is a 0-d value stored inline, not a zarr array")
             self._array = AsyncArray(
-                metadata=ArrayV3Metadata.from_dict(dict(self._document)),
-                store_path=StorePath(self._store, self._path or ""),
-            )
+                metadata=self._metadata, store_path=StorePath(self._store, self._path or ""))
         return self._array
 
     async def read_async(self, index: Any = Ellipsis, *, out: np.ndarray | None = None
@@ -128,9 +127,11 @@ class LazyTensor:
             result = await self.zarr_array().get_orthogonal_selection(
                 selection.zarr,
                 out=default_buffer_prototype().nd_buffer.from_ndarray_like(out) if direct else None)
-        except ValueError as e:
+        except (ValueError, TypeError, KeyError, ZeroDivisionError) as e:
             if "checksum" not in str(e):
-                raise
+                raise CorruptCheckpointError(
+                    f"array {self.name!r} in {self._location.url!r} could not be decoded "
+                    f"({type(e).__name__}: {e}); its metadata or data is damaged") from None
             damaged = await self._damaged_objects(selection)
             raise CorruptCheckpointError(
                 f"array {self.name!r} in {self._location.url!r}: stored object(s) "
@@ -188,6 +189,29 @@ class LazyTensor:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         array = self.numpy()
         return array if dtype is None else array.astype(dtype)
+
+
+MAX_ELEMENTS = 1 << 50  # no real array is larger; a manifest that says so is damaged
+
+
+def _checked_metadata(document: dict[str, Any], name: str) -> ArrayV3Metadata:
+    """The array's zarr metadata, or ``CorruptCheckpointError`` if the manifest's entry is
+    not one zstore could have written (opening never trusts its shape or codecs blindly)."""
+    try:
+        metadata = ArrayV3Metadata.from_dict(dict(document))
+        shape = tuple(metadata.shape)
+        grid = tuple(document["chunk_grid"]["configuration"]["chunk_shape"])
+        dtype_from_name(document["data_type"])
+        valid = (all(isinstance(n, int) and n >= 0 for n in shape)
+                 and len(grid) == len(shape) and all(isinstance(c, int) and c > 0 for c in grid)
+                 and int(np.prod(shape, dtype=object)) <= MAX_ELEMENTS)
+    except Exception as e:  # whatever zarr rejects, and however it says so
+        raise CorruptCheckpointError(
+            f"the metadata of array {name!r} is malformed ({type(e).__name__}: {e})") from None
+    if not valid:
+        raise CorruptCheckpointError(
+            f"the metadata of array {name!r} is malformed (shape {shape}, objects {grid})")
+    return metadata
 
 
 def _positions_of(item: Any) -> np.ndarray:
@@ -448,8 +472,9 @@ def open(url: str, *, storage_options: dict[str, Any] | None = None) -> Checkpoi
         root, commit = sync(_fetch_metadata(location))
     manifest = read_manifest(root, commit, url)
     try:
+        check_skeleton(manifest.tree)
         return Checkpoint(location, manifest)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, StopIteration) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as e:
         raise CorruptCheckpointError(
             f"the manifest of {url!r} is committed but malformed ({type(e).__name__}: {e}); "
             "it was not written by this zstore") from None

@@ -188,6 +188,11 @@ def storage_errors(url: str) -> Iterator[None]:
             f"storage failed while working on {url!r}, after retries ({type(e).__name__}: {e}); "
             "a save stopped by it commits nothing"
         ) from e
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise InvalidURLError(  # s3fs hands unknown options to its session, at the first request
+            f"storage_options for {url!r} were not accepted: {e}") from None
     except Exception as e:
         if type(e).__name__.endswith(("CredentialsError", "CredentialRetrievalError")):
             raise access_error(url, e) from None  # botocore: no usable credentials found

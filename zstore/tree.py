@@ -186,6 +186,55 @@ def _show(keys: tuple[Any, ...]) -> str:
     return "".join(f"[{key!r}]" for key in keys) or "<root>"
 
 
+_KINDS = {"array": ("numpy", "torch"), "scalar": ("numpy", "torch", "npscalar")}
+_BODIES: dict[str, Callable[[Any], bool]] = {
+    "int": lambda b: isinstance(b, int) and not isinstance(b, bool),
+    "float": lambda b: isinstance(b, str) and _is_hex_float(b),
+    "bool": lambda b: isinstance(b, bool),
+    "str": lambda b: isinstance(b, str),
+    "none": lambda b: b is None,
+}
+
+
+def _is_hex_float(text: str) -> bool:
+    try:
+        float.fromhex(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_skeleton(node: Any) -> None:
+    """Raise ``ValueError`` unless ``node`` is a skeleton ``flatten`` could have made.
+
+    A committed manifest is read by code that trusts its shape; this is the one
+    place that does not, so a damaged or hostile one fails here, by name.
+    """
+    if not isinstance(node, dict) or not node:
+        raise ValueError(f"tree node {node!r} is not an object")
+    kind = next(iter(node))
+    body = node[kind]
+    if kind == "dict":
+        if not isinstance(body, list) or not all(
+                isinstance(pair, list) and len(pair) == 2
+                and (isinstance(pair[0], str) or _BODIES["int"](pair[0])) for pair in body):
+            raise ValueError(f"malformed dict node {node!r}")
+        for _, child in body:
+            check_skeleton(child)
+    elif kind in ("list", "tuple"):
+        if not isinstance(body, list):
+            raise ValueError(f"malformed {kind} node {node!r}")
+        for child in body:
+            check_skeleton(child)
+    elif kind in _KINDS:
+        if not isinstance(body, str) or node.get("kind") not in _KINDS[kind]:
+            raise ValueError(f"malformed {kind} node {node!r}")
+        if kind == "scalar":
+            scalar_value(node)  # its dtype and bytes must decode
+    elif kind not in _BODIES or not _BODIES[kind](body):
+        raise ValueError(f"unknown or malformed tree node {node!r}")
+
+
 def iter_leaves(skeleton: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
     """Every leaf node with its name, in tree order."""
     kind = next(iter(skeleton))
