@@ -314,3 +314,20 @@ def test_leaving_the_context_waits_for_background_saves():
     with zstore.CheckpointManager(root) as mgr:
         mgr.save(1, _state(), blocking=False)
     assert zstore.CheckpointManager(root).steps() == [1]
+
+
+def test_a_deletion_removes_the_commit_marker_first_and_the_root_metadata_last(tmp_path,
+                                                                                monkeypatch):
+    mgr = zstore.CheckpointManager(str(tmp_path / "run"))
+    mgr.save(1, _state())
+    mgr.save(2, _state())
+    real, calls = Location.remove_all, []
+
+    async def recorded(self, keys):
+        calls.append(sorted(keys))
+        await real(self, keys)
+
+    monkeypatch.setattr(Location, "remove_all", recorded)
+    mgr.delete(1)
+    assert calls[0] == ["zstore.commit.json"] and calls[-1] == ["zarr.json"]
+    assert "zarr.json" not in calls[1] and len(calls) == 3

@@ -97,11 +97,15 @@ async def delete_checkpoint(location: Location, existing: dict[str, int] | None 
     """Delete every object of the checkpoint at ``location``; returns how many.
 
     The commit marker goes first, alone: from then on the checkpoint does not
-    open as complete, whatever happens to the rest of the deletion.
+    open as complete, whatever happens to the rest of the deletion. The root
+    ``zarr.json`` goes last: until then it marks the leftovers as zstore's, so a
+    deletion (or an overwrite) cut short can be finished by the next one.
     """
     if existing is None:
         existing = await location.sizes()
     if COMMIT_MARKER in existing:
         await location.remove_all([COMMIT_MARKER])
-    await location.remove_all([key for key in existing if key != COMMIT_MARKER])
+    await location.remove_all([key for key in existing if key not in (COMMIT_MARKER, ROOT)])
+    if ROOT in existing:
+        await location.remove_all([ROOT])
     return len(existing)
