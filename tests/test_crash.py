@@ -50,6 +50,7 @@ def _kill_before_mutation(n: int) -> None:
 
     CountingStore.set = counted(CountingStore.set)
     CountingStore.delete = counted(CountingStore.delete)
+    Location.put = counted(Location.put)
     Location.put_new = counted(Location.put_new)
 
 
@@ -97,7 +98,7 @@ def _check(url: str, allowed_seeds: tuple[int, ...]) -> str:
 
 def _mutations_of_a_save(tmp_path) -> int:
     count = [0]
-    real = (CountingStore.set, CountingStore.delete, Location.put_new)
+    real = (CountingStore.set, CountingStore.delete, Location.put, Location.put_new)
 
     def counted(method):
         async def wrapper(*args, **kwargs):
@@ -106,11 +107,11 @@ def _mutations_of_a_save(tmp_path) -> int:
         return wrapper
 
     try:
-        CountingStore.set, CountingStore.delete, Location.put_new = map(counted, real)
+        CountingStore.set, CountingStore.delete, Location.put, Location.put_new = map(counted, real)
         zstore.save(_tree(0), str(tmp_path / "count"))
         zstore.save(_tree(1), str(tmp_path / "count"), overwrite=True)
     finally:
-        CountingStore.set, CountingStore.delete, Location.put_new = real
+        CountingStore.set, CountingStore.delete, Location.put, Location.put_new = real
     return count[0]  # an overwrite: deletes, lease, placeholder, metadata, data, root, marker
 
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,16 +62,32 @@ class Location:
         raw = await self.get(key)
         return None if raw is None else json.loads(raw)
 
+    @property
+    def is_local(self) -> bool:
+        return isinstance(getattr(self.fs, "sync_fs", self.fs), LocalFileSystem)
+
     async def put(self, key: str, data: bytes) -> None:
+        """Write a metadata object whole. On local disk through a temporary file and a rename:
+        a process killed midway leaves the old object or the new one, never half of one
+        (object stores are atomic per object already)."""
+        if self.is_local:
+            await asyncio.to_thread(_write_atomically, self.path(key), data, False)
+            record("puts", len(data))
+            return
         await self.store.set(key, default_buffer_prototype().buffer.from_bytes(data))
 
     async def put_new(self, key: str, data: bytes) -> None:
         """Write ``key`` only if absent; ``FileExistsError`` if another writer got there first.
 
-        Conditional on the server (S3 ``If-None-Match: *``, ``O_EXCL`` locally), so
-        two savers racing for one URL cannot both succeed.
+        Conditional on the server (S3 ``If-None-Match: *``; locally a hard link of a
+        complete temporary file, which fails if the name exists), so two savers
+        racing for one URL cannot both succeed, and a kill never leaves half of it.
         """
         path = self.path(key)
+        if self.is_local:
+            await asyncio.to_thread(_write_atomically, path, data, True)
+            record("puts", len(data))
+            return
         try:
             await self.fs._pipe_file(path, data, mode="create")
         except FileExistsError:
@@ -103,7 +120,7 @@ class Location:
         object in place (an overwrite deletes first); other backends copy.
         """
         src, dst = source.path(key), self.path(key)
-        if isinstance(getattr(self.fs, "sync_fs", self.fs), LocalFileSystem):
+        if self.is_local:
             await asyncio.to_thread(_link, src, dst)
         else:
             await self.fs._cp_file(src, dst)
@@ -118,13 +135,36 @@ class Location:
 
         Object stores have no folders; a folder anything else still uses stays.
         """
-        if not isinstance(getattr(self.fs, "sync_fs", self.fs), LocalFileSystem):
+        if not self.is_local:
             return
         for folder, _, _ in sorted(os.walk(self.root), key=lambda w: -w[0].count(os.sep)):
             try:
                 os.rmdir(folder)
             except OSError:  # not empty
                 pass
+
+
+TEMPORARY = ".zstore-tmp-"  # in the names of files being written; a leftover is a crash's
+
+
+def is_temporary(key: str) -> bool:
+    return TEMPORARY in key.rsplit("/", 1)[-1]
+
+
+def _write_atomically(path: str, data: bytes, exclusive: bool) -> None:
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    temporary = os.path.join(folder, f".{name}{TEMPORARY}{uuid.uuid4().hex}")
+    with open(temporary, "wb") as out:
+        out.write(data)
+    try:
+        if exclusive:
+            os.link(temporary, path)  # FileExistsError when another writer got there first
+        else:
+            os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def _link(src: str, dst: str) -> None:

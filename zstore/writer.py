@@ -58,7 +58,7 @@ from zstore.manifest import (
 from zstore.planner import plan_specs
 from zstore.profiles import BackendProfile, profile_for
 from zstore.progress import bar
-from zstore.storage import Location, resolve, storage_errors
+from zstore.storage import Location, is_temporary, resolve, storage_errors
 from zstore.tensors import host_array, is_torch_tensor, torch_numpy_dtype
 from zstore.tree import FlatTree, flatten
 
@@ -263,8 +263,8 @@ async def _save_leased(location: Location, arrays: dict[str, Any], manifest: Man
 
     await asyncio.gather(*(bounded(write(path, value)) for path, value in arrays.items()))
     await location.put(HASHES, encode_hashes(hashes))
-    sizes = await location.sizes()
-    sizes.pop(LEASE, None)
+    sizes = {k: n for k, n in (await location.sizes()).items()
+             if k != LEASE and not is_temporary(k)}
     manifest.stored_bytes = {
         path: sum(n for key, n in sizes.items() if key.startswith(f"{path}/c"))
         for path in manifest.arrays
@@ -335,7 +335,8 @@ async def _clear_destination(location: Location, overwrite: bool) -> None:
         await _refuse_committed(location, overwrite)
     existing = await location.sizes()
     existing.pop(LEASE, None)
-    if not existing:
+    if all(is_temporary(key) for key in existing):  # at most a crashed save's first write
+        await location.remove_all(list(existing))
         return
     if not is_zstore_root(root):
         example = sorted(existing)[0]
