@@ -19,6 +19,7 @@ from zarr.core.array import AsyncArray
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.core.sync import sync
+from zarr.abc.store import Store
 from zarr.storage import StorePath, WrapperStore
 
 from zstore.budget import ByteBudget
@@ -255,6 +256,9 @@ class _CommittedObjects(WrapperStore[Any]):
                 f"object {key!r} of the committed checkpoint {self._url!r} is missing: it was "
                 "deleted after the save committed; run `zstore verify` to list the damage")
         return value
+
+    if hasattr(Store, "get_ranges"):  # zarr >= 3.2: its ranged reads must pass through get
+        get_ranges = Store.get_ranges
 
 
 class Checkpoint(Mapping[str, LazyTensor]):
