@@ -77,8 +77,11 @@ async def _entry(location: Location, name: str) -> CheckpointEntry | None:
     except ZStoreError:
         complete = False
     info = json.loads(root)["attributes"]["zstore"]
-    stored = sum(info.get("stored_bytes", {}).values())
-    modified = json.loads(commit).get("committed", 0.0) if complete else info.get("created", 0.0)
+    try:  # sizes and times are for people; an odd value must not hide the checkpoint
+        stored = int(sum(info.get("stored_bytes", {}).values()))
+        modified = float(json.loads(commit)["committed"] if complete else info.get("created", 0))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        stored, modified = 0, 0.0
     return CheckpointEntry(name, url, complete, stored, modified)
 
 

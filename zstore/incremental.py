@@ -45,7 +45,7 @@ class ArrayPlan:
     """One array's objects split into those to copy from the baseline and those to write."""
 
     hashes: dict[str, str] = field(default_factory=dict)
-    copy: list[str] = field(default_factory=list)  # object keys
+    copy: list[tuple[str, tuple[slice, ...]]] = field(default_factory=list)  # key, box
     write: list[tuple[slice, ...]] = field(default_factory=list)  # boxes to encode and upload
 
     @property
@@ -82,7 +82,7 @@ async def plan_array(path: str, array: np.ndarray, document: dict[str, Any],
     same_layout = baseline is not None and baseline.documents.get(path) == document
     for (key, box), digest in zip(boxes, digests):
         if same_layout and baseline.hashes.get(key) == digest:  # type: ignore[union-attr]
-            plan.copy.append(key)
+            plan.copy.append((key, box))
         else:
             plan.write.append(box)
     return plan

@@ -84,6 +84,7 @@ class CheckpointManager:
         self._pending: list[tuple[int, Future[SaveInfo]]] = []
         self._lock = threading.Lock()
         self._newest: int | None = None  # newest step this manager committed
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"CheckpointManager({self.root!r}, keep_last={self.keep_last}, keep_every={self.keep_every})"
@@ -91,8 +92,12 @@ class CheckpointManager:
     def __enter__(self) -> CheckpointManager:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        try:
+            self.close()
+        except Exception:
+            if exc_type is None:  # never mask the exception already leaving the block
+                raise
 
     def url(self, step: int) -> str:
         """Where ``step`` is (or would be) stored."""
@@ -113,6 +118,8 @@ class CheckpointManager:
         Raises:
             the error of an earlier background save that nobody has seen yet.
         """
+        if self._closed:
+            raise ValueError(f"{self!r} is closed; create a new CheckpointManager to save")
         self._raise_failures()
         url = self.url(step)
         flat = flatten(tree)
@@ -187,6 +194,7 @@ class CheckpointManager:
 
     def close(self) -> None:
         """Wait for background saves, then release the worker thread."""
+        self._closed = True
         try:
             self.wait()
         finally:

@@ -139,8 +139,8 @@ def commit_document(root_bytes: bytes) -> bytes:
 def is_zstore_root(raw: bytes | None) -> bool:
     """Whether a root ``zarr.json`` was written by zstore (complete or not)."""
     try:
-        return raw is not None and "zstore" in json.loads(raw).get("attributes", {})
-    except (ValueError, AttributeError):
+        return isinstance(json.loads(raw)["attributes"]["zstore"], dict)  # type: ignore[arg-type]
+    except (ValueError, TypeError, KeyError):
         return False
 
 

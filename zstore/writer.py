@@ -252,13 +252,19 @@ async def _save_leased(location: Location, arrays: dict[str, Any], manifest: Man
             return
         reuse = await plan_array(path, host, document, baseline)
         hashes.update(reuse.hashes)
-        if reuse.copy:
+        lost: list[Any] = []  # boxes whose object the base no longer has: write them instead
+
+        async def copy(key: str, box: Any) -> None:
             assert baseline is not None and baseline.location is not None
-            await asyncio.gather(*(location.copy_from(baseline.location, key)
-                                   for key in reuse.copy))
-            copied.extend(reuse.copy)
+            try:
+                await location.copy_from(baseline.location, key)
+                copied.append(key)
+            except FileNotFoundError:
+                lost.append(box)
+
+        await asyncio.gather(*(copy(key, box) for key, box in reuse.copy))
         await _write_array(location, path, document, host,
-                           [Ellipsis] if reuse.writes_everything else reuse.write)
+                           [Ellipsis] if reuse.writes_everything else reuse.write + lost)
         written(path)
 
     await asyncio.gather(*(bounded(write(path, value)) for path, value in arrays.items()))
