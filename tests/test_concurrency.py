@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import multiprocessing
 import random
@@ -13,7 +14,7 @@ import pytest
 from zarr.core.sync import sync
 
 import zstore
-from zstore.lease import LEASE, LeaseLostError
+from zstore.lease import LEASE, Lease, LeaseLostError
 from zstore.storage import resolve
 
 
@@ -83,6 +84,88 @@ def test_a_save_whose_lease_was_taken_over_does_not_commit(tmp_path, monkeypatch
     monkeypatch.setattr(writer, "_write_array", stolen_midway)
     with pytest.raises(LeaseLostError, match="taken over"):
         zstore.save(_tree(1), url)
+    with pytest.raises(zstore.IncompleteCheckpointError):
+        zstore.open(url)
+
+
+def _stale_lease(location) -> None:
+    sync(location.put_new(LEASE, json.dumps(
+        {"token": "crashed", "host": "gone", "pid": 1, "expires": time.time() - 1}).encode()))
+
+
+def _take_over_in_process(url: str, options: dict, barrier, results) -> None:
+    lease = Lease(resolve(url, options))
+    barrier.wait()
+    try:
+        sync(lease.acquire())
+        results.put(("holds", lease.token))
+    except zstore.CheckpointExistsError as e:
+        results.put(("refused", str(e)))
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_of_three_processes_taking_over_an_abandoned_lease_exactly_one_holds_it(
+        where, tmp_path, moto_s3):
+    ctx = multiprocessing.get_context("spawn")
+    options = moto_s3.storage_options if where == "s3" else {}
+    base = f"s3://{moto_s3.new_bucket()}" if where == "s3" else str(tmp_path)
+    for round_ in range(3):
+        url = f"{base}/c{round_}"
+        _stale_lease(resolve(url, options))
+        barrier, results = ctx.Barrier(3), ctx.Queue()
+        procs = [ctx.Process(target=_take_over_in_process, args=(url, options, barrier, results))
+                 for _ in range(3)]
+        for p in procs:
+            p.start()
+        outcomes = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(60)
+        holders = [detail for outcome, detail in outcomes if outcome == "holds"]
+        assert len(holders) == 1, outcomes
+        assert all("another save is writing" in detail
+                   for outcome, detail in outcomes if outcome == "refused")
+        stored = json.loads(sync(resolve(url, options).get(LEASE)))
+        assert stored["token"] == holders[0]
+
+
+def test_a_late_renewal_cannot_overwrite_the_successors_lease(backend):
+    location = resolve(backend.url(), backend.storage_options)
+    stalled = Lease(location)
+    sync(stalled.acquire())
+    successor = {"token": "successor", "host": "elsewhere", "pid": 7, "expires": 1e12}
+    sync(location.put(LEASE, json.dumps(successor).encode()))  # took it over meanwhile
+    sync(stalled.renew())
+    assert json.loads(sync(location.get(LEASE))) == successor
+    with pytest.raises(LeaseLostError, match="taken over"):
+        stalled.fence()
+    sync(stalled.release())  # releases only its own version: the successor's lease stays
+    assert json.loads(sync(location.get(LEASE))) == successor
+
+
+def test_a_writer_that_cannot_renew_stops_writing_before_its_lease_may_be_taken(
+        tmp_path, monkeypatch):
+    import zstore.lease as lease_module
+    import zstore.writer as writer
+
+    monkeypatch.setattr(lease_module, "TTL", 1.0)  # renewals every 0.25 s, fence at 0.75 s
+
+    async def unreachable(self) -> None:
+        raise OSError("storage unreachable for the renewal")
+
+    monkeypatch.setattr(Lease, "renew", unreachable)
+    real, written = writer._write_array, []
+
+    async def slow(location, path, *args):
+        await asyncio.sleep(0.3)
+        await real(location, path, *args)
+        written.append(path)
+
+    monkeypatch.setattr(writer, "_write_array", slow)
+    tree = {f"a{i}": np.full(100, i, np.float32) for i in range(8)}
+    url = str(tmp_path / "c")
+    with pytest.raises(LeaseLostError, match="not renewed for 1 s"):
+        zstore.save(tree, url, max_concurrency=1)
+    assert 0 < len(written) < 8
     with pytest.raises(zstore.IncompleteCheckpointError):
         zstore.open(url)
 

@@ -7,6 +7,7 @@ import pytest
 from zarr.core.sync import sync
 
 import zstore
+from zstore.conditional import get_versioned, remove, replace
 from zstore.storage import resolve
 
 
@@ -16,6 +17,21 @@ def test_put_new_refuses_to_replace_an_existing_object(backend):
     with pytest.raises(FileExistsError):
         sync(location.put_new("marker", b"second"))
     assert sync(location.get("marker")) == b"first"
+
+
+def test_replace_and_remove_act_only_on_the_version_last_seen(backend):
+    location = resolve(backend.url(), backend.storage_options)
+    first = sync(location.put_new("lease", b"first"))
+    assert sync(get_versioned(location, "lease")) == (b"first", first)
+    second = sync(replace(location, "lease", b"second", first))
+    assert second is not None and second != first
+    assert sync(replace(location, "lease", b"third", first)) is None  # a stale version
+    assert sync(remove(location, "lease", first)) is False
+    assert sync(get_versioned(location, "lease")) == (b"second", second)
+    assert sync(remove(location, "lease", second)) is True
+    assert sync(get_versioned(location, "lease")) is None
+    assert sync(replace(location, "lease", b"fourth", second)) is None  # gone: not recreated
+    assert sync(location.get("lease")) is None
 
 
 def test_sizes_lists_every_object_with_its_size(backend):

@@ -4,12 +4,22 @@ Two savers racing for one URL would otherwise both clear it and write the same
 keys, and the one that commits could commit the other's shards. So a save first
 creates ``zstore.lease.json`` only if absent (S3 ``If-None-Match: *``,
 ``O_EXCL`` locally): of two savers exactly one gets it, the other fails at once
-with a message naming the holder. The holder renews the lease every
-``TTL / 4`` seconds while it writes; a lease not renewed for ``TTL`` seconds,
-or held by a process of this machine that no longer exists, belongs to a save
-that crashed or hung, and the next save takes it over (its
-owner, if still alive, notices at its next renewal and aborts before
-committing). The lease is deleted after the commit.
+with a message naming the holder.
+
+The holder renews the lease every ``TTL / 4`` seconds while it writes; a lease
+not renewed for ``TTL`` seconds, or held by a process of this machine that no
+longer exists, belongs to a save that crashed or hung, and the next save takes
+it over. Taking over, renewing and releasing are each conditional on the
+version last seen (S3 ``If-Match``, see ``conditional``): of two savers taking
+over one abandoned lease exactly one succeeds, and a stalled holder's late
+renewal cannot overwrite its successor's lease.
+
+A holder that could not renew stops writing on its own clock before anyone
+else may take over (the fence: every write of the save checks it first, at
+``FENCE`` of the TTL after the last renewal), so a writer that stalled for a
+minute and wakes up cannot write shards into its successor's checkpoint; it
+fails with ``LeaseLostError`` and never commits. The lease is deleted after
+the commit.
 """
 
 from __future__ import annotations
@@ -25,10 +35,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from zstore.errors import CheckpointExistsError, LeaseLostError
+from zstore.conditional import get_versioned, remove, replace
 from zstore.storage import Location
 
 LEASE = "zstore.lease.json"
 TTL = 60.0  # seconds without renewal after which a lease is abandoned
+# Share of the TTL after the last renewal at which the holder stops writing: renewals come
+# every quarter of it, so the fence trips only after three failed renewals (or a stall of
+# as long), and leaves a quarter of the TTL for clock skew and requests still in flight.
+FENCE = 0.75
 
 
 def _alive(holder: dict[str, Any]) -> bool:
@@ -53,88 +68,122 @@ def _alive(holder: dict[str, Any]) -> bool:
 async def is_leased(location: Location) -> bool:
     """Whether a save holds a live lease on ``location`` (is writing there now)."""
     raw = await location.get(LEASE)
-    try:
-        return raw is not None and _alive(dict(json.loads(raw)))
-    except (ValueError, TypeError):
-        return False
+    return raw is not None and _alive(_parse(raw))
 
 
 class Lease:
-    """This save's claim on its URL; ``held()`` runs the renewals."""
+    """This save's claim on its URL; ``held()`` runs the renewals and sets the fence."""
 
-    def __init__(self, location: Location, ttl: float = TTL) -> None:
+    def __init__(self, location: Location, ttl: float | None = None) -> None:
         self.location = location
-        self.ttl = ttl
+        self.ttl = TTL if ttl is None else ttl
         self.token = uuid.uuid4().hex
+        self._version = ""  # of the lease object as this save last wrote it
+        self._writable_until = 0.0  # this machine's clock
         self._lost: BaseException | None = None
 
-    def _document(self) -> bytes:
-        return json.dumps({"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
-                           "expires": time.time() + self.ttl}).encode()
+    def _document(self) -> tuple[bytes, float]:
+        now = time.time()
+        document = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
+                    "expires": now + self.ttl}
+        return json.dumps(document).encode(), now + self.ttl * FENCE
 
     async def acquire(self) -> None:
         """Take the lease, or raise ``CheckpointExistsError`` naming the live holder."""
-        for _ in range(3):  # a stale lease may be taken over by someone else meanwhile
+        for _ in range(5):  # a stale lease may be taken over by someone else meanwhile
+            document, writable_until = self._document()
             try:
-                await self.location.put_new(LEASE, self._document())
+                self._version = await self.location.put_new(LEASE, document)
+                self._writable_until = writable_until
                 return
             except FileExistsError:
-                holder = await self._holder()
-                if holder is not None and holder.get("token") == self.token:
-                    return  # our own create, answered late and retried by the client
-                if holder is not None and _alive(holder):
-                    raise CheckpointExistsError(
-                        f"another save is writing {self.location.url!r} (host "
-                        f"{holder.get('host')!r}, pid {holder.get('pid')}); two writers never "
-                        "share a URL. Wait for it, or save elsewhere") from None
-                await self.location.remove_all([LEASE])  # abandoned: take it over
+                pass
+            current = await get_versioned(self.location, LEASE)
+            if current is None:
+                continue  # released meanwhile: try to create it again
+            holder = _parse(current[0])
+            if holder.get("token") == self.token:  # our own create, answered late and retried
+                self._version, self._writable_until = current[1], writable_until
+                return
+            if _alive(holder):
+                raise CheckpointExistsError(
+                    f"another save is writing {self.location.url!r} (host "
+                    f"{holder.get('host')!r}, pid {holder.get('pid')}); two writers never "
+                    "share a URL. Wait for it, or save elsewhere")
+            version = await replace(self.location, LEASE, document, current[1])  # take over
+            if version is not None:
+                self._version, self._writable_until = version, writable_until
+                return
         raise CheckpointExistsError(f"could not take the write lease of {self.location.url!r}: "
                                     "other savers keep taking it")
 
-    async def _holder(self) -> dict[str, Any] | None:
-        raw = await self.location.get(LEASE)
-        try:
-            return None if raw is None else dict(json.loads(raw))
-        except (ValueError, TypeError):
-            return {}  # unreadable: treat as abandoned
+    def fence(self) -> None:
+        """Raise ``LeaseLostError`` if this save may no longer write: its lease was taken over,
+        or not renewed for long enough that another save may take it over."""
+        if self._lost is not None:
+            raise LeaseLostError(str(self._lost))
+        if time.time() > self._writable_until:
+            self._lost = LeaseLostError(
+                f"the write lease of {self.location.url!r} was not renewed for "
+                f"{self.ttl * FENCE:.0f} s (storage unreachable, or this process stalled), so "
+                "another save may take the URL over: this save stopped writing and committed "
+                "nothing")
+            raise self._lost
 
     async def check(self) -> None:
         """Raise ``LeaseLostError`` unless the lease is still ours (called before committing)."""
-        if self._lost is not None:
-            raise LeaseLostError(str(self._lost))
-        holder = await self._holder()
-        if holder is None or holder.get("token") != self.token:
-            raise LeaseLostError(
+        self.fence()
+        current = await get_versioned(self.location, LEASE)
+        if current is None or _parse(current[0]).get("token") != self.token:
+            self._lost = LeaseLostError(
                 f"the write lease of {self.location.url!r} was taken over by another save "
                 "(this one stalled for longer than the lease lasts); nothing was committed")
+            raise self._lost
+
+    async def renew(self) -> None:
+        """Extend the lease, only if it is still the version this save wrote last."""
+        document, writable_until = self._document()
+        version = await replace(self.location, LEASE, document, self._version)
+        if version is None:
+            self._lost = LeaseLostError(
+                f"the write lease of {self.location.url!r} was taken over by another save "
+                "(this one could not renew it in time); nothing was committed")
+            return
+        self._version, self._writable_until = version, writable_until
 
     async def _renew_forever(self) -> None:
-        while True:
+        while self._lost is None:
             await asyncio.sleep(self.ttl / 4)
             try:
-                await self.check()
-                await self.location.put(LEASE, self._document())
-            except LeaseLostError as e:
-                self._lost = e
-                return
-            except Exception:  # a failed renewal is retried; the TTL leaves room for three
+                await self.renew()
+            except Exception:  # a failed renewal is retried; the fence stops writes in time
                 continue
 
     async def release(self) -> None:
-        holder = await self._holder()
-        if holder is not None and holder.get("token") == self.token:
-            await self.location.remove_all([LEASE])
+        await remove(self.location, LEASE, self._version)
 
     @asynccontextmanager
     async def held(self) -> AsyncIterator[Lease]:
-        """Acquire, renew in the background while the body runs, release at the end."""
+        """Acquire, renew in the background and fence every write while the body runs,
+        release at the end."""
         await self.acquire()
         renewing = asyncio.create_task(self._renew_forever())
+        self.location.fence = self.fence
         try:
             yield self
         finally:
+            self.location.fence = None
             renewing.cancel()
             try:
                 await asyncio.shield(self.release())
             except Exception:  # an unreleased lease expires on its own
                 pass
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
+    """A lease document; an unreadable one parses as empty (abandoned)."""
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return {}
+    return document if isinstance(document, dict) else {}

@@ -9,11 +9,12 @@ to the same fsspec filesystem here, counted the same way.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,13 @@ class Location:
     store: CountingStore
     fs: Any
     root: str
+    # Called before every write while a save holds this URL's lease: raises once the lease
+    # may have lapsed, so a stalled writer cannot write over its successor (see ``lease``).
+    fence: Callable[[], None] | None = None
+
+    def check_fence(self) -> None:
+        if self.fence is not None:
+            self.fence()
 
     def path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root
@@ -70,26 +78,29 @@ class Location:
         """Write a metadata object whole. On local disk through a temporary file and a rename:
         a process killed midway leaves the old object or the new one, never half of one
         (object stores are atomic per object already)."""
+        self.check_fence()
         if self.is_local:
-            await asyncio.to_thread(_write_atomically, self.path(key), data, False)
+            await asyncio.to_thread(write_atomically, self.path(key), data, False)
             record("puts", len(data))
             return
         await self.store.set(key, default_buffer_prototype().buffer.from_bytes(data))
 
-    async def put_new(self, key: str, data: bytes) -> None:
-        """Write ``key`` only if absent; ``FileExistsError`` if another writer got there first.
+    async def put_new(self, key: str, data: bytes) -> str:
+        """Write ``key`` only if absent, returning its version (the ETag on S3, see
+        ``conditional``); ``FileExistsError`` if another writer got there first.
 
         Conditional on the server (S3 ``If-None-Match: *``; locally a hard link of a
         complete temporary file, which fails if the name exists), so two savers
         racing for one URL cannot both succeed, and a kill never leaves half of it.
         """
+        self.check_fence()
         path = self.path(key)
         if self.is_local:
-            await asyncio.to_thread(_write_atomically, path, data, True)
+            await asyncio.to_thread(write_atomically, path, data, True)
             record("puts", len(data))
-            return
+            return version_of(data)
         try:
-            await self.fs._pipe_file(path, data, mode="create")
+            answer = await self.fs._pipe_file(path, data, mode="create")
         except FileExistsError:
             raise
         except OSError as e:
@@ -97,6 +108,8 @@ class Location:
                 raise FileExistsError(path) from e
             raise
         record("puts", len(data))
+        etag = answer.get("ETag") if isinstance(answer, dict) else None
+        return str(etag) if etag else version_of(data)
 
     async def sizes(self) -> dict[str, int]:
         """Every object under the root, by key relative to it, with its size in bytes."""
@@ -119,6 +132,7 @@ class Location:
         local disk makes a hard link, safe because zstore never rewrites an
         object in place (an overwrite deletes first); other backends copy.
         """
+        self.check_fence()
         src, dst = source.path(key), self.path(key)
         if self.is_local:
             await asyncio.to_thread(_link, src, dst)
@@ -128,6 +142,7 @@ class Location:
 
     async def remove_all(self, keys: list[str]) -> None:
         """Delete these objects (keys relative to the root), concurrently."""
+        self.check_fence()
         await asyncio.gather(*(self.store.delete(key) for key in keys))
 
     def prune_folders(self) -> None:
@@ -151,7 +166,13 @@ def is_temporary(key: str) -> bool:
     return TEMPORARY in key.rsplit("/", 1)[-1]
 
 
-def _write_atomically(path: str, data: bytes, exclusive: bool) -> None:
+def version_of(data: bytes) -> str:
+    """An object's version on a backend with no ETags: a digest of its bytes (lease documents
+    are unique per write, so equal digests mean the same write)."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def write_atomically(path: str, data: bytes, exclusive: bool) -> None:
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
     temporary = os.path.join(folder, f".{name}{TEMPORARY}{uuid.uuid4().hex}")

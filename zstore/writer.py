@@ -308,8 +308,14 @@ class _NewObjectsStore(WrapperStore[Any]):
     it here saves one GET per shard, and rules out read-modify-write for good.
     """
 
+    fence: Callable[[], None] = staticmethod(lambda: None)  # the save's lease fence
+
     async def get(self, key: str, prototype: Any, byte_range: Any = None) -> None:
         return None
+
+    async def set(self, key: str, value: Any) -> None:
+        self.fence()
+        await self._store.set(key, value)
 
     async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list[None]:
         return [None for _ in key_ranges]
@@ -318,9 +324,11 @@ class _NewObjectsStore(WrapperStore[Any]):
 async def _write_array(location: Location, path: str, document: dict[str, Any],
                        host: np.ndarray, boxes: list[Any]) -> None:
     """Write these boxes of the array (each a whole object, or ``...`` for all of it)."""
+    store = _NewObjectsStore(location.store)
+    store.fence = location.check_fence
     array = AsyncArray(
         metadata=ArrayV3Metadata.from_dict(dict(document)),
-        store_path=StorePath(_NewObjectsStore(location.store), path),
+        store_path=StorePath(store, path),
         config={"write_empty_chunks": True},  # an all-zero chunk may hold -0.0: keep the bits
     )
     await asyncio.gather(*(array.setitem(box, host[box]) for box in boxes))
