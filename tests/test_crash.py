@@ -54,17 +54,17 @@ def _kill_before_mutation(n: int) -> None:
     Location.put_new = counted(Location.put_new)
 
 
-def _child(url: str, seed: int, overwrite: bool, kill_at: int, ready) -> None:
+def _child(url: str, options: dict, seed: int, overwrite: bool, kill_at: int, ready) -> None:
     if kill_at:
         _kill_before_mutation(kill_at)
     ready.set()
-    zstore.save(_tree(seed), url, overwrite=overwrite)
+    zstore.save(_tree(seed), url, overwrite=overwrite, storage_options=options)
 
 
-def _run_save(url: str, seed: int, overwrite: bool, kill_at: int = 0,
+def _run_save(url: str, options: dict, seed: int, overwrite: bool, kill_at: int = 0,
               kill_after: float | None = None) -> int:
     ready = CTX.Event()
-    proc = CTX.Process(target=_child, args=(url, seed, overwrite, kill_at, ready))
+    proc = CTX.Process(target=_child, args=(url, options, seed, overwrite, kill_at, ready))
     proc.start()
     if kill_after is not None:
         ready.wait(30)
@@ -83,10 +83,10 @@ def _same(loaded: dict, seed: int) -> bool:
         np.array_equal(loaded[k], v) for k, v in expected.items())
 
 
-def _check(url: str, allowed_seeds: tuple[int, ...]) -> str:
+def _check(url: str, options: dict, allowed_seeds: tuple[int, ...]) -> str:
     """'absent', or the seed the complete checkpoint at ``url`` holds (a torn one fails)."""
     try:
-        loaded = zstore.load(url)
+        loaded = zstore.load(url, storage_options=options)
     except (zstore.IncompleteCheckpointError, zstore.CheckpointNotFoundError):
         return "absent"
     for seed in allowed_seeds:
@@ -115,30 +115,41 @@ def _mutations_of_a_save(tmp_path) -> int:
     return count[0]  # an overwrite: deletes, lease, placeholder, metadata, data, root, marker
 
 
+@pytest.fixture(params=["local", "s3"])
+def where(request, tmp_path) -> tuple[str, dict]:
+    """A folder, or a bucket on the moto server (which lives on in this process while the
+    killed saver's requests stop mid-flight), and the options to reach it."""
+    if request.param == "local":
+        return str(tmp_path), {}
+    server = request.getfixturevalue("moto_s3")
+    return f"s3://{server.new_bucket()}", server.storage_options
+
+
 @pytest.mark.parametrize("overwrite", [False, True], ids=["new-url", "overwrite"])
-def test_a_kill_before_any_write_of_a_save_never_tears_a_checkpoint(tmp_path, overwrite):
+def test_a_kill_before_any_write_of_a_save_never_tears_a_checkpoint(tmp_path, where, overwrite):
     mutations = _mutations_of_a_save(tmp_path)
-    previous = str(tmp_path / "previous")
-    zstore.save(_tree(0), previous)
+    base, options = where
+    previous = f"{base}/previous"
+    zstore.save(_tree(0), previous, storage_options=options)
     for kill_at in range(1, mutations + 2):
-        url = str(tmp_path / f"k{kill_at}")
+        url = f"{base}/k{kill_at}"
         if overwrite:
-            zstore.save(_tree(1), url)
-        code = _run_save(url, 2, overwrite, kill_at=kill_at)
+            zstore.save(_tree(1), url, storage_options=options)
+        code = _run_save(url, options, 2, overwrite, kill_at=kill_at)
         assert code in (-signal.SIGKILL, 0), code
         KILLS["points"] += code == -signal.SIGKILL
-        state = _check(url, (1, 2) if overwrite else (2,))
+        state = _check(url, options, (1, 2) if overwrite else (2,))
         if code == 0:
             assert state == "2"
-        assert _check(previous, (0,)) == "0"
-        zstore.save(_tree(3), url, overwrite=True)  # saving again: only the new objects
-        assert _check(url, (3,)) == "3"
+        assert _check(previous, options, (0,)) == "0"
+        zstore.save(_tree(3), url, overwrite=True, storage_options=options)  # only new objects
+        assert _check(url, options, (3,)) == "3"
 
 
-def _save_seconds(tmp_path) -> float:
+def _save_seconds(base: str, options: dict) -> float:
     """How long a save takes in a freshly forked child, from its start signal to its exit."""
     ready = CTX.Event()
-    proc = CTX.Process(target=_child, args=(str(tmp_path / "timing"), 0, False, 0, ready))
+    proc = CTX.Process(target=_child, args=(f"{base}/timing", options, 0, False, 0, ready))
     proc.start()
     ready.wait(30)
     started = time.monotonic()
@@ -148,22 +159,23 @@ def _save_seconds(tmp_path) -> float:
 
 @pytest.mark.parametrize("rounds", [pytest.param(40, id="40"),
                                     pytest.param(200, id="200", marks=pytest.mark.slow)])
-def test_kills_at_random_moments_never_tear_a_checkpoint(tmp_path, rounds):
+def test_kills_at_random_moments_never_tear_a_checkpoint(where, rounds):
+    base, options = where
     pick = random.Random(rounds)
-    window = _save_seconds(tmp_path)
-    url = str(tmp_path / "ckpt")
-    zstore.save(_tree(0), url)
+    window = _save_seconds(base, options)
+    url = f"{base}/ckpt"
+    zstore.save(_tree(0), url, storage_options=options)
     committed = 0
     killed = 0
     for round_ in range(rounds):
         seed = round_ + 1
-        code = _run_save(url, seed, True, kill_after=pick.uniform(0, window))
+        code = _run_save(url, options, seed, True, kill_after=pick.uniform(0, window))
         killed += code == -signal.SIGKILL
-        state = _check(url, (committed, seed))
+        state = _check(url, options, (committed, seed))
         if state != "absent":
             committed = int(state)
         else:  # the old marker went first: saving again must give exactly the new tree
-            zstore.save(_tree(seed), url, overwrite=True)
+            zstore.save(_tree(seed), url, overwrite=True, storage_options=options)
             committed = seed
     KILLS["points"] += killed
     assert killed >= rounds // 2, f"only {killed} of {rounds} saves were killed before finishing"
@@ -175,7 +187,7 @@ def test_a_crashed_step_never_becomes_the_step_a_run_resumes_from(tmp_path):
     mgr.save(1, _tree(1))
     pick = random.Random(1)
     for attempt in range(10):
-        code = _run_save(mgr.url(2), 2, False, kill_after=pick.uniform(0, 0.2))
+        code = _run_save(mgr.url(2), {}, 2, False, kill_after=pick.uniform(0, 0.2))
         latest = mgr.latest_step()
         assert latest in (1, 2)
         step, state = mgr.restore()
