@@ -170,6 +170,31 @@ def test_a_writer_that_cannot_renew_stops_writing_before_its_lease_may_be_taken(
         zstore.open(url)
 
 
+def test_no_write_of_a_failed_save_lands_after_it_raised(backend, monkeypatch):
+    import zstore.writer as writer
+
+    url, options = backend.url(), backend.storage_options
+    real = writer._write_array
+
+    async def one_fails_others_lag(location, path, *args):
+        if path == "a0":
+            raise OSError(28, "No space left on device")
+        await asyncio.sleep(0.5)  # still to write when the save raises
+        await real(location, path, *args)
+
+    monkeypatch.setattr(writer, "_write_array", one_fails_others_lag)
+    with pytest.raises(zstore.StorageFailedError, match="No space left"):
+        zstore.save({f"a{i}": np.full(1000, 1.0) for i in range(8)}, url,
+                    storage_options=options)
+    monkeypatch.undo()
+    retry = {f"a{i}": np.full(1000, 2.0) for i in range(8)}
+    zstore.save(retry, url, storage_options=options)  # not refused: the lease was released
+    time.sleep(1.0)  # long after the failed save's lagging writes would have landed
+    loaded = zstore.load(url, storage_options=options)
+    assert {k: float(v[0]) for k, v in loaded.items()} == {k: 2.0 for k in retry}
+    assert all(np.array_equal(loaded[k], v) for k, v in retry.items())
+
+
 def test_two_managers_on_one_root_never_mix_their_steps(s3):
     root = s3.url("shared-run")
     errors: list[BaseException] = []

@@ -99,6 +99,83 @@ def test_a_hung_save_stops_at_its_deadline_without_committing(faulty):
         zstore.open(f"s3://{bucket}/next", storage_options=options)
 
 
+def _faults_from_the_first_data_write(monkeypatch, server: MotoS3, faults: Faults) -> None:
+    import zstore.writer as writer
+
+    real = writer._write_array
+
+    async def then_faults(*args):
+        server.faults = faults  # the lease, placeholder and metadata are written by now
+        await real(*args)
+
+    monkeypatch.setattr(writer, "_write_array", then_faults)
+
+
+def test_a_quota_error_midway_fails_cleanly_and_keeps_the_previous_checkpoint(
+        faulty, monkeypatch):
+    bucket = faulty.new_bucket("quota")
+    options = _options(faulty)
+    zstore.save(_tree(0), f"s3://{bucket}/c", storage_options=options)
+    _faults_from_the_first_data_write(
+        monkeypatch, faulty, Faults(rate=1.0, kinds=("quota",), methods=("PUT",)))
+    with pytest.raises((zstore.StorageAccessError, zstore.StorageFailedError),
+                       match="QuotaExceeded.*quota is used up"):
+        zstore.save(_tree(1), f"s3://{bucket}/d", storage_options=options)
+    monkeypatch.undo()
+    faulty.faults = Faults()
+    with pytest.raises(zstore.IncompleteCheckpointError):
+        zstore.open(f"s3://{bucket}/d", storage_options=options)
+    loaded = zstore.load(f"s3://{bucket}/c", storage_options=options)
+    assert all(np.array_equal(loaded[k], v) for k, v in _tree(0).items())
+    zstore.save(_tree(1), f"s3://{bucket}/d", storage_options=options)  # room again
+    loaded = zstore.load(f"s3://{bucket}/d", storage_options=options)
+    assert all(np.array_equal(loaded[k], v) for k, v in _tree(1).items())
+
+
+def test_writes_stuck_in_flight_are_cancelled_when_the_lease_lapses(faulty, monkeypatch):
+    import zstore.lease as lease_module
+
+    monkeypatch.setattr(lease_module, "TTL", 1.0)  # the fence lapses 0.75 s after a renewal
+    bucket = faulty.new_bucket("stuck")
+    options = _options(faulty, read_timeout=30)
+    _faults_from_the_first_data_write(  # every PUT hangs, the lease's renewals included
+        monkeypatch, faulty, Faults(rate=1.0, kinds=("hang",), methods=("PUT",), delay=8))
+    started = time.monotonic()
+    with pytest.raises(zstore.LeaseLostError, match="not renewed"):
+        zstore.save(_tree(1), f"s3://{bucket}/c", storage_options=options)
+    assert time.monotonic() - started < 5  # not the 30 s read timeout of the stuck requests
+    faulty.faults = Faults()
+    with pytest.raises(zstore.IncompleteCheckpointError):
+        zstore.open(f"s3://{bucket}/c", storage_options=options)
+
+
+def test_storage_failures_while_reading_are_zstore_errors_naming_the_checkpoint(
+        faulty, monkeypatch):
+    import zstore.verify as verify_module
+
+    bucket = faulty.new_bucket("reads")
+    url, options = f"s3://{bucket}/c", _options(faulty, attempts=1)
+    zstore.save(_tree(0), url, storage_options=options)
+    ckpt = zstore.open(url, storage_options=options)
+    faulty.faults = Faults(rate=1.0, kinds=("403",), methods=("GET",))
+    with pytest.raises(zstore.StorageAccessError, match=f"{url}.*check the credentials"):
+        ckpt["layer3"][0]
+    faulty.faults = Faults(rate=1.0, kinds=("500",), methods=("GET",))
+    with pytest.raises(zstore.StorageFailedError, match=f"{url}.*internal error"):
+        ckpt.load()
+    opened = verify_module.open_checkpoint
+
+    def open_then_fail(*args, **kwargs):
+        checkpoint = opened(*args, **kwargs)
+        faulty.faults = Faults(rate=1.0, kinds=("reset",), methods=("GET",))
+        return checkpoint
+
+    faulty.faults = Faults()
+    monkeypatch.setattr(verify_module, "open_checkpoint", open_then_fail)
+    with pytest.raises(zstore.StorageFailedError, match=url):  # not "damaged": it is not
+        verify_module.verify(url, storage_options=options)
+
+
 def test_a_checkpoint_series_survives_faults(faulty):
     bucket = faulty.new_bucket("faults")
     options = _options(faulty)

@@ -15,11 +15,12 @@ over one abandoned lease exactly one succeeds, and a stalled holder's late
 renewal cannot overwrite its successor's lease.
 
 A holder that could not renew stops writing on its own clock before anyone
-else may take over (the fence: every write of the save checks it first, at
-``FENCE`` of the TTL after the last renewal), so a writer that stalled for a
-minute and wakes up cannot write shards into its successor's checkpoint; it
-fails with ``LeaseLostError`` and never commits. The lease is deleted after
-the commit.
+else may take over: at ``FENCE`` of the TTL after the last renewal, every write
+not yet started is refused and every write in flight is cancelled (the fence and
+the watch, through the save's ``WriteGate``), so a writer that stalled or lost
+its storage cannot write shards into its successor's checkpoint; it fails with
+``LeaseLostError`` and never commits. The lease is released when the save ends,
+after the gate has stopped all of its writes.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from zstore.errors import CheckpointExistsError, LeaseLostError
 from zstore.conditional import get_versioned, remove, replace
+from zstore.errors import CheckpointExistsError, LeaseLostError
+from zstore.gate import WriteGate
+from zstore.manifest import parse_json
 from zstore.storage import Location
 
 LEASE = "zstore.lease.json"
@@ -46,16 +49,33 @@ TTL = 60.0  # seconds without renewal after which a lease is abandoned
 FENCE = 0.75
 
 
+RELEASE_SECONDS = 2.0
+_given_up: set[str] = set()  # tokens of this process's leases, once their save ended
+
+
+def _pid_namespace() -> str:
+    """Which process IDs a pid in a lease refers to: containers sharing a host name (host
+    networking) have their own, and must not judge each other's processes dead."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""  # no /proc: the host name alone
+
+
 def _alive(holder: dict[str, Any]) -> bool:
-    """Whether a lease's holder may still be writing: renewed recently, and, when it ran on
-    this machine, its process still exists (a crashed save is taken over at once)."""
+    """Whether a lease's holder may still be writing: renewed recently, not ended in this
+    process, and, when it ran in this machine's process namespace, its process still exists
+    (a crashed save is taken over at once)."""
     try:
         if float(holder["expires"]) <= time.time():
             return False
     except (KeyError, TypeError, ValueError):
         return False  # unreadable: abandoned
+    if holder.get("token") in _given_up:
+        return False
     pid = holder.get("pid")
-    if holder.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0:
+    if (holder.get("host") == socket.gethostname() and holder.get("pidns") == _pid_namespace()
+            and isinstance(pid, int) and pid > 0):
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -85,7 +105,7 @@ class Lease:
     def _document(self) -> tuple[bytes, float]:
         now = time.time()
         document = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
-                    "expires": now + self.ttl}
+                    "pidns": _pid_namespace(), "expires": now + self.ttl}
         return json.dumps(document).encode(), now + self.ttl * FENCE
 
     async def acquire(self) -> None:
@@ -151,39 +171,62 @@ class Lease:
             return
         self._version, self._writable_until = version, writable_until
 
-    async def _renew_forever(self) -> None:
+    async def _renew_forever(self, gate: WriteGate) -> None:
         while self._lost is None:
             await asyncio.sleep(self.ttl / 4)
             try:
                 await self.renew()
-            except Exception:  # a failed renewal is retried; the fence stops writes in time
+            except Exception:  # a failed renewal is retried; the watch stops writes in time
                 continue
+        await gate.close(str(self._lost))
+
+    async def _watch(self, gate: WriteGate) -> None:
+        """Close the gate the moment the fence lapses, cancelling writes still in flight (a
+        request retrying for minutes must not land after a successor took the URL over)."""
+        while (left := self._writable_until - time.time()) > 0:
+            await asyncio.sleep(left)
+        try:
+            self.fence()
+        except LeaseLostError as e:
+            await gate.close(str(e))
 
     async def release(self) -> None:
-        await remove(self.location, LEASE, self._version)
+        """Delete the lease if it is still this save's; bounded, since a save that failed or
+        timed out must return promptly. One not deleted counts as abandoned in this process
+        at once (elsewhere once it expires)."""
+        released = False
+        try:
+            released = await asyncio.wait_for(remove(self.location, LEASE, self._version),
+                                              RELEASE_SECONDS)
+        except Exception:
+            pass
+        finally:
+            if not released:
+                _given_up.add(self.token)
 
     @asynccontextmanager
     async def held(self) -> AsyncIterator[Lease]:
-        """Acquire, renew in the background and fence every write while the body runs,
-        release at the end."""
+        """Acquire; while the body runs, renew, and pass every write through a gate that the
+        fence guards; at the end close the gate (no write of this save outlives it), then
+        release."""
         await self.acquire()
-        renewing = asyncio.create_task(self._renew_forever())
-        self.location.fence = self.fence
+        gate = self.location.gate = WriteGate(self.fence, cancel=not self.location.is_local)
+        helpers = [asyncio.create_task(self._renew_forever(gate)),
+                   asyncio.create_task(self._watch(gate))]
         try:
             yield self
         finally:
-            self.location.fence = None
-            renewing.cancel()
-            try:
-                await asyncio.shield(self.release())
-            except Exception:  # an unreleased lease expires on its own
-                pass
+            await gate.close(f"the save to {self.location.url!r} has ended; no write of it "
+                             "may start now")
+            for helper in helpers:
+                helper.cancel()
+            await self.release()
 
 
 def _parse(raw: bytes) -> dict[str, Any]:
     """A lease document; an unreadable one parses as empty (abandoned)."""
     try:
-        document = json.loads(raw)
+        document = parse_json(raw)
     except ValueError:
         return {}
     return document if isinstance(document, dict) else {}

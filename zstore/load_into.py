@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from zarr.core.sync import sync
 
 from zstore.budget import ByteBudget
 from zstore.errors import StateMismatchError
 from zstore.progress import bar
 from zstore.staging import DEFAULT_BUDGET, DeviceStager
+from zstore.storage import run
 from zstore.tensors import require_torch, torch_to_numpy
 
 
@@ -68,7 +68,7 @@ def load_into(ckpt: Any, into: Any, *, strict: bool = True, prefix: str = "",
     keys = [k for k in targets if k in stored]
     shown = bar(sum(ckpt[stored[k]].nbytes for k in keys), f"loading {ckpt.url}", progress)
     try:
-        sync(_copy_all(ckpt, targets, stored, keys, budget, max_concurrency, shown))
+        run(ckpt.url, _copy_all(ckpt, targets, stored, keys, budget, max_concurrency, shown))
     finally:
         shown.close()
     report.loaded = keys

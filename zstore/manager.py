@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from zarr.core.sync import sync
 
 from zstore.access import Access
 from zstore.catalog import delete_checkpoint
@@ -26,7 +25,7 @@ from zstore.profiles import BackendProfile
 from zstore.reader import Checkpoint
 from zstore.reader import open as open_checkpoint
 from zstore.series import Step, doomed, scan, step_name
-from zstore.storage import resolve, storage_errors
+from zstore.storage import resolve, run
 from zstore.tensors import host_copy
 from zstore.tree import FlatTree, flatten
 from zstore.writer import SaveInfo, write
@@ -170,7 +169,7 @@ class CheckpointManager:
 
     def _being_written(self, step: int) -> bool:
         """An incomplete step another saver is still writing (a second manager on this root)."""
-        return sync(is_leased(resolve(self.url(step), self._options)))
+        return run(self.url(step), is_leased(resolve(self.url(step), self._options)))
 
     def wait(self) -> None:
         """Block until every background save has finished; raise the first one's error."""
@@ -203,8 +202,7 @@ class CheckpointManager:
     # finding and reading
 
     def _scan(self) -> list[Step]:
-        with storage_errors(self.root):
-            return sync(scan(self._location))
+        return run(self.root, scan(self._location))
 
     def steps(self) -> list[int]:
         """Committed steps, oldest first. A step whose save has not committed is never listed."""
@@ -283,8 +281,7 @@ class CheckpointManager:
 
     def _delete(self, step: int) -> None:
         location = resolve(self.url(step), self._options)
-        with storage_errors(self.url(step)):
-            sync(delete_checkpoint(location))
+        run(self.url(step), delete_checkpoint(location))
         location.prune_folders()
 
 

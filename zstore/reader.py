@@ -18,7 +18,6 @@ import numpy as np
 from zarr.core.array import AsyncArray
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.metadata.v3 import ArrayV3Metadata
-from zarr.core.sync import sync
 from zarr.abc.store import Store
 from zarr.storage import StorePath, WrapperStore
 
@@ -31,7 +30,7 @@ from zstore.load_into import load_into
 from zstore.manifest import COMMIT_MARKER, ROOT, Manifest, read_manifest
 from zstore.progress import bar
 from zstore.staging import DeviceStager
-from zstore.storage import Location, resolve, storage_errors
+from zstore.storage import Location, resolve, run
 from zstore.tensors import numpy_to_torch
 from zstore.tree import as_framework, check_skeleton, iter_leaves, scalar_value, unflatten
 
@@ -168,7 +167,7 @@ class LazyTensor:
         Raises:
             IndexError: the index is out of range or unsupported; names the shape.
         """
-        return sync(self.read_async(index, out=out))
+        return run(self._location.url, self.read_async(index, out=out))
 
     def __getitem__(self, index: Any) -> np.ndarray:
         return self.read(index)
@@ -185,7 +184,7 @@ class LazyTensor:
         """
         if device is None or _is_cpu(device):
             return numpy_to_torch(self.read(index))
-        return sync(_to_device({self.name: (self, index)}, device, 1))[self.name]
+        return run(self._location.url, _to_device({self.name: (self, index)}, device, 1))[self.name]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         array = self.numpy()
@@ -361,8 +360,8 @@ class Checkpoint(Mapping[str, LazyTensor]):
         """
         wanted = dict(requests) if isinstance(requests, Mapping) else dict.fromkeys(requests, ...)
         tensors = {name: self[name] for name in wanted}
-        return sync(_gather({name: (tensors[name], index) for name, index in wanted.items()},
-                            max_concurrency))
+        return run(self.url, _gather({name: (tensors[name], index)
+                                      for name, index in wanted.items()}, max_concurrency))
 
     def load(self, *, keys: Sequence[str] | None = None, framework: str | None = None,
              device: Any = None, into: Any = None, strict: bool = True, prefix: str = "",
@@ -394,9 +393,9 @@ class Checkpoint(Mapping[str, LazyTensor]):
         shown = bar(sum(t.nbytes for t, _ in reads.values()), f"loading {self.url}", progress)
         try:
             if device is None or _is_cpu(device):
-                arrays = sync(_gather(reads, max_concurrency, shown))
+                arrays = run(self.url, _gather(reads, max_concurrency, shown))
             else:
-                arrays = sync(_to_device(reads, device, max_concurrency, shown))
+                arrays = run(self.url, _to_device(reads, device, max_concurrency, shown))
         finally:
             shown.close()
         if keys is not None:
@@ -472,8 +471,7 @@ def open(url: str, *, storage_options: dict[str, Any] | None = None) -> Checkpoi
         (2, 8)
     """
     location = resolve(url, storage_options)
-    with storage_errors(url):
-        root, commit = sync(_fetch_metadata(location))
+    root, commit = run(url, _fetch_metadata(location))
     manifest = read_manifest(root, commit, url)
     try:
         check_skeleton(manifest.tree)

@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Coroutine, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 from zarr.storage import FsspecStore
 
 from zstore.accounting import CountingStore, record
 from zstore.errors import InvalidURLError, StorageAccessError, StorageFailedError, ZStoreError
+from zstore.gate import WriteGate
 
 # Every S3 request has a deadline and is retried with backoff (botocore's "standard" mode:
 # 500/503/SlowDown, throttling, resets and timeouts); any of it can be overridden through
@@ -35,7 +36,13 @@ S3_CONFIG: dict[str, Any] = {
     "read_timeout": 60,
     "retries": {"max_attempts": 8, "mode": "standard"},
 }
+# s3fs retries each call itself too (5 times, twice over for a GET whose body it reads), on
+# top of botocore's attempts: 8 x 25 attempts of a hung GET would take hours. Two attempts of
+# its own keep its one distinct use, a body read cut off midway, and bound a request by
+# 2 x 2 x max_attempts x (connect_timeout + read_timeout) plus backoff.
+S3FS_RETRIES = 2
 
+T = TypeVar("T")
 _CREDENTIAL_OPTIONS = {"key", "secret", "token", "password", "aws_secret_access_key"}
 
 
@@ -47,13 +54,11 @@ class Location:
     store: CountingStore
     fs: Any
     root: str
-    # Called before every write while a save holds this URL's lease: raises once the lease
-    # may have lapsed, so a stalled writer cannot write over its successor (see ``lease``).
-    fence: Callable[[], None] | None = None
+    gate: WriteGate | None = None  # every write passes it while a save holds the URL
 
-    def check_fence(self) -> None:
-        if self.fence is not None:
-            self.fence()
+    def writing(self) -> AbstractAsyncContextManager[None]:
+        """Around each write: the save's gate (see ``gate``), if a save is writing here."""
+        return self.gate.write() if self.gate is not None else nullcontext()
 
     def path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root
@@ -66,10 +71,6 @@ class Location:
             raise access_error(self.url, e) from None
         return None if value is None else value.to_bytes()
 
-    async def get_json(self, key: str) -> Any:
-        raw = await self.get(key)
-        return None if raw is None else json.loads(raw)
-
     @property
     def is_local(self) -> bool:
         return isinstance(getattr(self.fs, "sync_fs", self.fs), LocalFileSystem)
@@ -78,12 +79,12 @@ class Location:
         """Write a metadata object whole. On local disk through a temporary file and a rename:
         a process killed midway leaves the old object or the new one, never half of one
         (object stores are atomic per object already)."""
-        self.check_fence()
-        if self.is_local:
-            await asyncio.to_thread(write_atomically, self.path(key), data, False)
-            record("puts", len(data))
-            return
-        await self.store.set(key, default_buffer_prototype().buffer.from_bytes(data))
+        async with self.writing():
+            if self.is_local:
+                await asyncio.to_thread(write_atomically, self.path(key), data, False)
+                record("puts", len(data))
+                return
+            await self.store.set(key, default_buffer_prototype().buffer.from_bytes(data))
 
     async def put_new(self, key: str, data: bytes) -> str:
         """Write ``key`` only if absent, returning its version (the ETag on S3, see
@@ -93,20 +94,20 @@ class Location:
         complete temporary file, which fails if the name exists), so two savers
         racing for one URL cannot both succeed, and a kill never leaves half of it.
         """
-        self.check_fence()
         path = self.path(key)
-        if self.is_local:
-            await asyncio.to_thread(write_atomically, path, data, True)
-            record("puts", len(data))
-            return version_of(data)
-        try:
-            answer = await self.fs._pipe_file(path, data, mode="create")
-        except FileExistsError:
-            raise
-        except OSError as e:
-            if "PreconditionFailed" in str(e) or "412" in str(e):
-                raise FileExistsError(path) from e
-            raise
+        async with self.writing():
+            if self.is_local:
+                await asyncio.to_thread(write_atomically, path, data, True)
+                record("puts", len(data))
+                return version_of(data)
+            try:
+                answer = await self.fs._pipe_file(path, data, mode="create")
+            except FileExistsError:
+                raise
+            except OSError as e:
+                if "PreconditionFailed" in str(e) or "412" in str(e):
+                    raise FileExistsError(path) from e
+                raise
         record("puts", len(data))
         etag = answer.get("ETag") if isinstance(answer, dict) else None
         return str(etag) if etag else version_of(data)
@@ -132,18 +133,18 @@ class Location:
         local disk makes a hard link, safe because zstore never rewrites an
         object in place (an overwrite deletes first); other backends copy.
         """
-        self.check_fence()
         src, dst = source.path(key), self.path(key)
-        if self.is_local:
-            await asyncio.to_thread(_link, src, dst)
-        else:
-            await self.fs._cp_file(src, dst)
+        async with self.writing():
+            if self.is_local:
+                await asyncio.to_thread(_link, src, dst)
+            else:
+                await self.fs._cp_file(src, dst)
         record("copies")
 
     async def remove_all(self, keys: list[str]) -> None:
         """Delete these objects (keys relative to the root), concurrently."""
-        self.check_fence()
-        await asyncio.gather(*(self.store.delete(key) for key in keys))
+        async with self.writing():
+            await asyncio.gather(*(self.store.delete(key) for key in keys))
 
     def prune_folders(self) -> None:
         """On local disk, remove the folders under the root (and it) left empty by deletions.
@@ -227,11 +228,20 @@ def resolve(url: str, storage_options: dict[str, Any] | None = None) -> Location
             f"storage_options for {url!r} were not accepted by the {protocol!r} filesystem "
             f"(options given: {bad + ['<credentials>'] * (len(bad) < len(options))}): {e}"
         ) from None
+    if protocol in ("s3", "s3a"):
+        inner.fs.retries = S3FS_RETRIES  # an instance attribute: s3fs takes no option for it
     return Location(url=url, store=CountingStore(inner), fs=inner.fs, root=inner.path.rstrip("/"))
 
 
+def run(url: str, work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` on zarr's event loop; its storage failures raise as zstore errors for
+    ``url`` (every read and delete goes through here, saves through ``storage_errors``)."""
+    with storage_errors(url):
+        return sync(work)
+
+
 @contextmanager
-def storage_errors(url: str) -> Iterator[None]:
+def storage_errors(url: str, *, saving: bool = False) -> Iterator[None]:
     """Turn the backend's missing-bucket, permission and other failures (retries spent) into
     zstore errors for ``url``."""
     try:
@@ -245,10 +255,7 @@ def storage_errors(url: str) -> Iterator[None]:
             f"cannot reach {url!r}: {e} (does the bucket or parent folder exist?)"
         ) from None
     except (OSError, TimeoutError) as e:
-        raise StorageFailedError(
-            f"storage failed while working on {url!r}, after retries ({type(e).__name__}: {e}); "
-            "a save stopped by it commits nothing"
-        ) from e
+        raise storage_failed(url, e, saving) from e
     except TypeError as e:
         if "unexpected keyword argument" not in str(e):
             raise
@@ -257,12 +264,38 @@ def storage_errors(url: str) -> Iterator[None]:
     except Exception as e:
         if type(e).__name__.endswith(("CredentialsError", "CredentialRetrievalError")):
             raise access_error(url, e) from None  # botocore: no usable credentials found
+        if is_storage_failure(e):
+            raise storage_failed(url, e, saving) from e
         raise
+
+
+def is_storage_failure(error: BaseException) -> bool:
+    """Whether ``error`` is the storage failing (not the data being bad). botocore raises its
+    connection errors (ConnectionClosedError, ReadTimeoutError...) as they are once its
+    retries are spent, not as ``OSError``."""
+    return isinstance(error, (OSError, TimeoutError)) or type(error).__module__.split(".")[0] in (
+        "botocore", "aiobotocore", "aiohttp", "urllib3")
+
+
+def storage_failed(url: str, error: BaseException, saving: bool) -> StorageFailedError:
+    return StorageFailedError(
+        f"storage failed while working on {url!r}, after retries ({type(error).__name__}: "
+        f"{error}){'; ' + _QUOTA_HINT if _is_quota(error) else ''}"
+        f"{'; a save stopped by it commits nothing' if saving else ''}")
+
+
+_QUOTA_HINT = "the bucket's quota is used up: free space or raise the quota"
+
+
+def _is_quota(error: BaseException) -> bool:
+    """S3-compatible stores answer a full bucket with QuotaExceeded (403, or 507 storage full)."""
+    return "quota" in str(error).lower() or "StorageFull" in str(error)
 
 
 def access_error(url: str, error: BaseException) -> StorageAccessError:
     """A ``StorageAccessError`` for ``url`` that carries the backend's reason, never a secret."""
+    hint = _QUOTA_HINT if _is_quota(error) else (
+        "check the credentials (storage_options or the AWS_* environment variables) and "
+        "permissions")
     return StorageAccessError(
-        f"storage refused access to {url!r} ({type(error).__name__}: {error}); check the "
-        "credentials (storage_options or the AWS_* environment variables) and permissions"
-    )
+        f"storage refused access to {url!r} ({type(error).__name__}: {error}); {hint}")

@@ -56,15 +56,17 @@ _ERROR_BODY = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>
                "<Message>{message}</Message><RequestId>zstore-fault</RequestId></Error>")
 _ERRORS = {"503": ("503 Slow Down", "SlowDown", "Please reduce your request rate."),
            "500": ("500 Internal Server Error", "InternalError", "We encountered an internal error."),
-           "403": ("403 Forbidden", "AccessDenied", "Access Denied")}
+           "403": ("403 Forbidden", "AccessDenied", "Access Denied"),
+           "quota": ("403 Forbidden", "QuotaExceeded", "Quota exceeded for this bucket")}
 
 
 @dataclass
 class Faults:
     """Faults the server injects into a fraction (``rate``) of the requests it receives.
 
-    Kinds: ``"503"`` (SlowDown), ``"500"`` (InternalError) and ``"403"`` (AccessDenied: wrong
-    credentials, or with ``methods=("PUT", "POST", "DELETE")`` a read-only bucket) answered
+    Kinds: ``"503"`` (SlowDown), ``"500"`` (InternalError), ``"403"`` (AccessDenied: wrong
+    credentials, or with ``methods=("PUT", "POST", "DELETE")`` a read-only bucket) and
+    ``"quota"`` (QuotaExceeded, as S3-compatible stores answer a full bucket) answered
     before the request is applied; ``"reset"``: the connection closed before it is applied; ``"lost"``: applied,
     then the connection closed (the client never learns it succeeded); ``"slow"``: applied,
     answered after ``delay`` seconds; ``"hang"``: the same, meant with a ``delay`` longer

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from zarr.core.sync import sync
-
 from zstore.errors import CorruptCheckpointError
 from zstore.incremental import HASHES, box_hash, decode_hashes, object_boxes, object_shape
-from zstore.manifest import ROOT
+from zstore.manifest import ROOT, parse_json
 from zstore.reader import Checkpoint, LazyTensor
 from zstore.reader import open as open_checkpoint
+from zstore.storage import is_storage_failure, run
 
 
 @dataclass
@@ -41,7 +39,7 @@ def verify(url: str, *, storage_options: dict[str, Any] | None = None,
       committed, consolidated metadata says.
     """
     ckpt = open_checkpoint(url, storage_options=storage_options)
-    return sync(_verify(ckpt, max_concurrency))
+    return run(ckpt.url, _verify(ckpt, max_concurrency))
 
 
 async def _verify(ckpt: Checkpoint, max_concurrency: int) -> VerifyReport:
@@ -65,6 +63,8 @@ async def _verify(ckpt: Checkpoint, max_concurrency: int) -> VerifyReport:
                 report.problems.append(f"{key}: damaged (fails its crc32c check)")
                 return
             except Exception as e:  # any decode failure is a finding, not a crash
+                if is_storage_failure(e):  # the storage failed, not the object: no finding
+                    raise
                 report.problems.append(f"{key}: damaged ({type(e).__name__}: {e})")
                 return
             finally:
@@ -75,7 +75,7 @@ async def _verify(ckpt: Checkpoint, max_concurrency: int) -> VerifyReport:
     async def check_document(path: str, expected: dict[str, Any]) -> None:
         raw = await location.get(f"{path}/{ROOT}")
         try:
-            same = raw is not None and json.loads(raw) == expected
+            same = raw is not None and parse_json(raw) == expected
         except ValueError:
             same = False
         if not same:

@@ -181,7 +181,7 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
     work = _save(location, flat.arrays, manifest, overwrite, max_concurrency,
                  lambda path: shown.update(plan.arrays[path].nbytes), source,
                  base is not None if hashes is None else hashes)
-    with storage_errors(url):
+    with storage_errors(url, saving=True):
         try:
             outcome = sync(work if timeout is None else asyncio.wait_for(work, timeout))
         except TimeoutError:
@@ -308,14 +308,14 @@ class _NewObjectsStore(WrapperStore[Any]):
     it here saves one GET per shard, and rules out read-modify-write for good.
     """
 
-    fence: Callable[[], None] = staticmethod(lambda: None)  # the save's lease fence
+    location: Location  # whose gate every shard write passes
 
     async def get(self, key: str, prototype: Any, byte_range: Any = None) -> None:
         return None
 
     async def set(self, key: str, value: Any) -> None:
-        self.fence()
-        await self._store.set(key, value)
+        async with self.location.writing():
+            await self._store.set(key, value)
 
     async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list[None]:
         return [None for _ in key_ranges]
@@ -325,7 +325,7 @@ async def _write_array(location: Location, path: str, document: dict[str, Any],
                        host: np.ndarray, boxes: list[Any]) -> None:
     """Write these boxes of the array (each a whole object, or ``...`` for all of it)."""
     store = _NewObjectsStore(location.store)
-    store.fence = location.check_fence
+    store.location = location
     array = AsyncArray(
         metadata=ArrayV3Metadata.from_dict(dict(document)),
         store_path=StorePath(store, path),
