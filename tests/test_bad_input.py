@@ -34,6 +34,8 @@ def assert_nothing_written(url: str) -> None:
     ("__reserved", "Zarr reserves"),
     ("zarr.json", "metadata"),
     ("zstore.commit.json", "commit marker"),
+    ("zstore.lease.json", "reserved"),
+    ("zstore.hashes.json/w", "reserved"),
 ])
 def test_path_like_keys_are_rejected_before_writing(url, key, problem):
     with pytest.raises(zstore.InvalidKeyError, match=problem):
@@ -245,3 +247,17 @@ def test_a_meta_tensor_is_refused_before_writing(url):
     with pytest.raises(zstore.UnsupportedTypeError, match="meta device"):
         zstore.save({"ok": torch.ones(2), "w": torch.empty(3, device="meta")}, url)
     assert_nothing_written(url)
+
+
+def test_a_checkpoint_nested_in_another_is_never_deleted_with_it(tmp_path):
+    from zstore.catalog import delete
+
+    outer, inner = str(tmp_path / "a"), str(tmp_path / "a" / "inner")
+    zstore.save({"w": np.ones(3)}, outer)
+    zstore.save({"w": np.full(3, 2.0)}, inner)
+    with pytest.raises(zstore.CheckpointExistsError, match="inside it, at 'inner"):
+        zstore.save({"w": np.zeros(3)}, outer, overwrite=True)
+    with pytest.raises(zstore.CheckpointExistsError, match="nested"):
+        delete(outer)
+    assert np.array_equal(zstore.load(outer)["w"], np.ones(3))
+    assert np.array_equal(zstore.load(inner)["w"], np.full(3, 2.0))

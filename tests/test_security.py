@@ -16,8 +16,11 @@ from hypothesis import strategies as st
 from zarr.core.sync import sync
 
 import zstore
+from zstore.incremental import HASHES
+from zstore.lease import LEASE
 from zstore.manifest import COMMIT_MARKER, ROOT
 from zstore.storage import resolve
+from zstore.verify import verify
 
 PACKAGE = Path(zstore.__file__).parent
 
@@ -151,3 +154,38 @@ def test_arbitrary_bytes_as_metadata_raise_only_zstore_errors(raw):
         _open_committed(raw)
     except zstore.ZStoreError:
         pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(marker=json_values.map(lambda v: json.dumps(v).encode()) | st.binary(max_size=200))
+def test_fuzzed_commit_markers_raise_only_zstore_errors(marker):
+    location = resolve("memory://fuzz/marker")
+    sync(location.put(ROOT, json.dumps(TEMPLATE).encode()))
+    sync(location.put(COMMIT_MARKER, marker))
+    with pytest.raises(zstore.ZStoreError):
+        zstore.open("memory://fuzz/marker")
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000  # past Python's recursion limit when parsed
+
+
+@pytest.mark.parametrize("key", [ROOT, COMMIT_MARKER, HASHES, LEASE])
+def test_json_nested_too_deeply_in_any_stored_object_raises_only_zstore_errors(tmp_path, key):
+    tree = {"w": np.arange(6.0)}
+    mgr = zstore.CheckpointManager(str(tmp_path / "run"))
+    mgr.save(1, tree)
+    mgr.save(2, tree)
+    damaged = tmp_path / "run" / "step-2"
+    (damaged / key).write_bytes(DEEP)
+    if key == ROOT:  # a marker that vouches for it: only parsing stands in the way
+        (damaged / COMMIT_MARKER).write_text(json.dumps(
+            {"format": 1, "committed": 0.0, "zarr_json_sha256": hashlib.sha256(DEEP).hexdigest()}))
+    url = mgr.url(2)
+    for next_step in (lambda: zstore.load(url), lambda: verify(url), mgr.steps, mgr.restore,
+                      lambda: zstore.save(tree, str(tmp_path / "next"), base=url),
+                      lambda: zstore.save(tree, url, overwrite=True)):
+        try:
+            next_step()
+        except zstore.ZStoreError:
+            pass
+    assert 1 in zstore.CheckpointManager(str(tmp_path / "run")).steps()

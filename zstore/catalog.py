@@ -4,16 +4,14 @@ and deleting one so that no crash midway leaves it looking complete."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from zarr.core.sync import sync
-
-from zstore.errors import CheckpointNotFoundError, ZStoreError
-from zstore.manifest import COMMIT_MARKER, ROOT, is_zstore_root, read_manifest
-from zstore.storage import Location, resolve
+from zstore.errors import CheckpointExistsError, CheckpointNotFoundError, ZStoreError
+from zstore.lease import LEASE
+from zstore.manifest import COMMIT_MARKER, ROOT, is_zstore_root, parse_json, read_manifest
+from zstore.storage import Location, resolve, run
 
 
 @dataclass(frozen=True)
@@ -36,7 +34,7 @@ def find_checkpoints(url: str, *, storage_options: dict[str, Any] | None = None
     zstore; it is complete only when its commit marker vouches for that root.
     """
     location = resolve(url, storage_options)
-    return sync(_find(location))
+    return run(url, _find(location))
 
 
 async def _find(location: Location) -> list[CheckpointEntry] | None:
@@ -76,10 +74,10 @@ async def _entry(location: Location, name: str) -> CheckpointEntry | None:
         complete = True
     except ZStoreError:
         complete = False
-    info = json.loads(root)["attributes"]["zstore"]
+    info = parse_json(root)["attributes"]["zstore"]
     try:  # sizes and times are for people; an odd value must not hide the checkpoint
         stored = int(sum(info.get("stored_bytes", {}).values()))
-        modified = float(json.loads(commit)["committed"] if complete else info.get("created", 0))
+        modified = float(parse_json(commit)["committed"] if complete else info.get("created", 0))
     except (ValueError, TypeError, KeyError, AttributeError):
         stored, modified = 0, 0.0
     return CheckpointEntry(name, url, complete, stored, modified)
@@ -88,10 +86,10 @@ async def _entry(location: Location, name: str) -> CheckpointEntry | None:
 def delete(url: str, *, storage_options: dict[str, Any] | None = None) -> int:
     """Delete the zstore checkpoint at ``url`` (complete or not); refuse anything else."""
     location = resolve(url, storage_options)
-    if not is_zstore_root(sync(location.get(ROOT))):
+    if not is_zstore_root(run(url, location.get(ROOT))):
         raise CheckpointNotFoundError(
             f"no zstore checkpoint at {url!r}; zstore deletes only its own checkpoints")
-    removed = sync(delete_checkpoint(location))
+    removed = run(url, delete_checkpoint(location))
     location.prune_folders()
     return removed
 
@@ -106,6 +104,13 @@ async def delete_checkpoint(location: Location, existing: dict[str, int] | None 
     """
     if existing is None:
         existing = await location.sizes()
+    nested = sorted(key.rsplit("/", 1)[0] for key in existing
+                    if "/" in key and key.rsplit("/", 1)[1] in (COMMIT_MARKER, LEASE))
+    if nested:
+        raise CheckpointExistsError(
+            f"{location.url!r} holds another checkpoint inside it, at {nested[0]!r}; zstore "
+            "never deletes a checkpoint nested in the one it replaces or removes: move or "
+            "delete that one first")
     if COMMIT_MARKER in existing:
         await location.remove_all([COMMIT_MARKER])
     await location.remove_all([key for key in existing if key not in (COMMIT_MARKER, ROOT)])

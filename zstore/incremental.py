@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from zstore.manifest import parse_json
+
 HASHES = "zstore.hashes.json"
 ALGORITHM = "sha256"  # ~1.8 GB/s a core with SHA extensions, and no collisions to fear
 
@@ -97,7 +99,7 @@ def decode_hashes(raw: bytes | None) -> dict[str, str]:
     if raw is None:
         return {}
     try:
-        doc = json.loads(raw)
+        doc = parse_json(raw)
         objects = doc["objects"] if doc.get("algorithm") == ALGORITHM else {}
     except (ValueError, KeyError, TypeError, AttributeError):
         return {}

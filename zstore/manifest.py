@@ -136,10 +136,20 @@ def commit_document(root_bytes: bytes) -> bytes:
     })
 
 
+def parse_json(raw: bytes | str) -> Any:
+    """JSON read from storage, where a damaged or hostile object may hold anything: JSON
+    nested deeper than Python's recursion limit is malformed too (``ValueError``), not a
+    ``RecursionError`` escaping as a crash."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def is_zstore_root(raw: bytes | None) -> bool:
     """Whether a root ``zarr.json`` was written by zstore (complete or not)."""
     try:
-        return isinstance(json.loads(raw)["attributes"]["zstore"], dict)  # type: ignore[arg-type]
+        return isinstance(parse_json(raw)["attributes"]["zstore"], dict)  # type: ignore[arg-type]
     except (ValueError, TypeError, KeyError):
         return False
 
@@ -156,7 +166,7 @@ def read_manifest(root: bytes | None, commit: bytes | None, url: str) -> Manifes
     if root is None:
         raise CorruptCheckpointError(f"{url!r} has a commit marker but no {ROOT}")
     try:
-        marker = json.loads(commit)
+        marker = parse_json(commit)
         expected = marker["zarr_json_sha256"]
         version = marker["format"]
     except (ValueError, KeyError, TypeError) as e:
@@ -172,7 +182,7 @@ def read_manifest(root: bytes | None, commit: bytes | None, url: str) -> Manifes
             "the save committed"
         )
     try:
-        doc = json.loads(root)
+        doc = parse_json(root)
         info = doc["attributes"]["zstore"]
         nodes = doc["consolidated_metadata"]["metadata"]
         return Manifest(

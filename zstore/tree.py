@@ -143,8 +143,10 @@ def _claim_name(keys: tuple[Any, ...], owners: dict[str, tuple[Any, ...]]) -> st
     name = "/".join(segments)
     for segment in segments:
         _check_segment(segment, name, keys)
-    if segments[0] == COMMIT_MARKER:
-        raise InvalidKeyError(f"key {name!r} is reserved for zstore's commit marker; rename it")
+    if segments[0].startswith("zstore."):  # the commit marker, lease, hashes and any to come
+        raise InvalidKeyError(
+            f"key {name!r} is reserved: top-level names starting with 'zstore.' hold zstore's "
+            "own objects (commit marker, lease, hashes); rename it")
     if name in owners:
         raise InvalidKeyError(
             f"keys {_show(owners[name])} and {_show(keys)} both map to the array name "
