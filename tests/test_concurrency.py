@@ -237,8 +237,11 @@ def test_readers_in_threads_always_get_correct_slices(s3):
         pick = random.Random(seed)
         while time.monotonic() < deadline:
             index = _random_slice(pick)
-            if not np.array_equal(ckpt["w"][index], data[index]):
-                failures.append(str(index))
+            try:
+                if not np.array_equal(ckpt["w"][index], data[index]):
+                    failures.append(f"wrong data at {index}")
+            except Exception as e:  # noqa: BLE001 - an error is a failure, not a dead thread
+                failures.append(f"{index}: {e!r}")
             reads[0] += 1
 
     threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]

@@ -4,8 +4,9 @@ without mixing old and new objects.
 
 Saves run in processes forked from a forkserver that has zstore imported, so each kill point
 costs a fork, not an interpreter start. Kill points are (a) before each storage mutation of a
-save in turn (every object write, delete and conditional create: data, metadata, commit), by a
-child that kills itself there, and (b) at random moments, by the parent.
+save in turn (every object write, delete, conditional create and server-side copy: data,
+metadata, commit; of plain saves, overwrites and incremental steps of a series), by a child that
+kills itself there, and (b) at random moments, by the parent. Local disk and S3 on moto.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from zstore.storage import Location
 CTX = multiprocessing.get_context("forkserver")
 CTX.set_forkserver_preload(["zstore", "numpy", "zarr", "fsspec"])
 KILLS = {"points": 0, "torn": 0}
+# every way a save changes storage: object writes, deletes, conditional creates, server copies
+MUTATIONS = [(CountingStore, "set"), (CountingStore, "delete"), (Location, "put"),
+             (Location, "put_new"), (Location, "copy_from")]
 
 
 def _tree(seed: int) -> dict:
@@ -48,10 +52,8 @@ def _kill_before_mutation(n: int) -> None:
             return await method(*args, **kwargs)
         return wrapper
 
-    CountingStore.set = counted(CountingStore.set)
-    CountingStore.delete = counted(CountingStore.delete)
-    Location.put = counted(Location.put)
-    Location.put_new = counted(Location.put_new)
+    for owner, name in MUTATIONS:
+        setattr(owner, name, counted(getattr(owner, name)))
 
 
 def _child(url: str, options: dict, seed: int, overwrite: bool, kill_at: int, ready) -> None:
@@ -96,9 +98,10 @@ def _check(url: str, options: dict, allowed_seeds: tuple[int, ...]) -> str:
     raise AssertionError(f"{url} opened as complete but holds neither of {allowed_seeds}")
 
 
-def _mutations_of_a_save(tmp_path) -> int:
+def _mutations_of(save) -> int:
+    """How many storage mutations ``save()`` makes."""
     count = [0]
-    real = (CountingStore.set, CountingStore.delete, Location.put, Location.put_new)
+    real = [getattr(owner, name) for owner, name in MUTATIONS]
 
     def counted(method):
         async def wrapper(*args, **kwargs):
@@ -107,12 +110,19 @@ def _mutations_of_a_save(tmp_path) -> int:
         return wrapper
 
     try:
-        CountingStore.set, CountingStore.delete, Location.put, Location.put_new = map(counted, real)
-        zstore.save(_tree(0), str(tmp_path / "count"))
-        zstore.save(_tree(1), str(tmp_path / "count"), overwrite=True)
+        for (owner, name), method in zip(MUTATIONS, real):
+            setattr(owner, name, counted(method))
+        save()
     finally:
-        CountingStore.set, CountingStore.delete, Location.put, Location.put_new = real
-    return count[0]  # an overwrite: deletes, lease, placeholder, metadata, data, root, marker
+        for (owner, name), method in zip(MUTATIONS, real):
+            setattr(owner, name, method)
+    return count[0]
+
+
+def _mutations_of_a_save(tmp_path) -> int:
+    """Of an overwrite: deletes, lease, placeholder, metadata, data, root, marker."""
+    zstore.save(_tree(0), str(tmp_path / "count"))
+    return _mutations_of(lambda: zstore.save(_tree(1), str(tmp_path / "count"), overwrite=True))
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -197,6 +207,43 @@ def test_a_crashed_step_never_becomes_the_step_a_run_resumes_from(tmp_path):
             break
     mgr.save(3, _tree(3))  # the series goes on; leftovers of step 2 do not block it
     assert mgr.latest_step() == 3 and _same(mgr.restore()[1], 3)
+
+
+def _next_step() -> dict:
+    """Step 2 of a fine-tune: two arrays trained, the rest as in step 1 (copied, not uploaded)."""
+    tree = _tree(1)
+    tree.update({k: v for k, v in _tree(2).items() if k in ("w0", "big")})
+    return tree
+
+
+def _series_child(root: str, kill_at: int) -> None:
+    _kill_before_mutation(kill_at)
+    zstore.CheckpointManager(root).save(2, _next_step())
+
+
+def test_a_kill_at_any_mutation_of_an_incremental_step_keeps_the_series(tmp_path):
+    zstore.CheckpointManager(str(tmp_path / "count")).save(1, _tree(1))
+    mutations = _mutations_of(lambda: zstore.CheckpointManager(str(tmp_path / "count")).save(
+        2, _next_step()))
+    for kill_at in range(1, mutations + 2):
+        root = str(tmp_path / f"run{kill_at}")
+        mgr = zstore.CheckpointManager(root)
+        mgr.save(1, _tree(1))
+        proc = CTX.Process(target=_series_child, args=(root, kill_at))
+        proc.start()
+        proc.join(60)
+        assert proc.exitcode in (0, -signal.SIGKILL), proc.exitcode
+        KILLS["points"] += proc.exitcode == -signal.SIGKILL
+        step, state = mgr.restore()
+        assert step == 2 or proc.exitcode != 0
+        expected = _next_step() if step == 2 else _tree(1)
+        complete = state.keys() == expected.keys() and all(
+            np.array_equal(state[k], v) for k, v in expected.items())
+        KILLS["torn"] += not complete
+        assert complete, f"step {step} opened torn after a kill before mutation {kill_at}"
+        assert _same(mgr.restore(1)[1], 1)
+        mgr.save(3, _next_step())  # the series goes on, copying from the newest complete step
+        assert all(np.array_equal(mgr.restore(3)[1][k], v) for k, v in _next_step().items())
 
 
 def test_zz_report_kill_points():

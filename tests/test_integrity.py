@@ -2,8 +2,9 @@
 
 Every stored object of a checkpoint (sharded and unsharded chunks, shard indexes, array and
 root metadata, the commit marker, the hashes) gets a bit flipped at its start, middle and end,
-one at a time. Each flip must be reported: by ``load`` (data, shard index, root metadata and
-commit marker: with an error naming the array and object) or by ``verify`` (what ``load`` never
+one at a time, with and without compression. Each flip must be reported: by ``load`` (data and
+shard indexes always, with an error naming the array and object; root metadata and commit
+marker) or by ``verify`` (what ``load`` never
 reads: the per-array ``zarr.json`` plain zarr readers use, and the recorded hashes).
 """
 
@@ -25,12 +26,12 @@ def _tree() -> dict:
             "small": np.arange(10.0), "bf": rng.standard_normal((8, 8)).astype(np.float16)}
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", params=["none", "blosc"])
+def saved(tmp_path_factory, request) -> Path:
     base = tmp_path_factory.mktemp("integrity")
-    zstore.save(_tree(), str(base / "first"))
+    zstore.save(_tree(), str(base / "first"), codec=request.param)
     zstore.save(_tree(), str(base / "ckpt"), base=str(base / "first"),  # records hashes
-                access={"rows": "rows"})
+                access={"rows": "rows"}, codec=request.param)
     return base / "ckpt"
 
 
@@ -55,6 +56,8 @@ def test_every_flipped_byte_is_detected_by_load_or_verify(saved):
                     assert name in str(e), (name, str(e))
                 flips += 1
             else:
+                assert "/c/" not in path.relative_to(saved).as_posix(), (
+                    f"a flip at byte {position} of data object {path} was read without an error")
                 assert all(np.array_equal(loaded[k], v) for k, v in expected.items()), path
                 problems = verify(str(saved)).problems
                 assert problems, f"a flip at byte {position} of {path.name} went unnoticed"
