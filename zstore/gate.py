@@ -12,8 +12,8 @@ starts, and the gate knows which tasks are in the middle of a write. Closing the
 gate (when the save ends, however it ends, or when its lease lapses) refuses any
 further write and waits until none is in flight. On object stores it first
 cancels them (a request still retrying could otherwise go on for minutes); local
-writes run in threads, which a cancel would not stop, and take milliseconds, so
-there it only waits.
+disk and memory:// write in threads, which a cancel would not stop, in
+milliseconds, so there it only waits.
 """
 
 from __future__ import annotations

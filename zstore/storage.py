@@ -72,6 +72,12 @@ class Location:
         return None if value is None else value.to_bytes()
 
     @property
+    def writes_in_threads(self) -> bool:
+        """Whether writes run in worker threads (a synchronous filesystem under zarr's async
+        wrapper: local disk, memory://), which cancelling their task would not stop."""
+        return hasattr(self.fs, "sync_fs")
+
+    @property
     def is_local(self) -> bool:
         return isinstance(getattr(self.fs, "sync_fs", self.fs), LocalFileSystem)
 
