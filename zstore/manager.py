@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-
 from zstore.access import Access
 from zstore.catalog import delete_checkpoint
 from zstore.errors import CheckpointNotFoundError, ZStoreError
