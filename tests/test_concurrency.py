@@ -284,3 +284,79 @@ def test_readers_in_processes_always_get_correct_slices_and_rows(s3):
     for p in procs:
         p.join(60)
     assert all(bad == 0 and reads >= 10 for reads, bad in outcomes), outcomes
+
+
+def test_a_deadline_during_cleanup_still_stops_every_write_and_frees_the_url(monkeypatch):
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    real = MemoryFileSystem.pipe_file
+
+    def storage(self, path, value, *args, **kwargs):  # one shard write fails, one is slow
+        if "/a/c" in path:
+            raise OSError(5, "injected failure")
+        if "/b/c" in path:
+            time.sleep(1.0)
+        return real(self, path, value, *args, **kwargs)
+
+    monkeypatch.setattr(MemoryFileSystem, "pipe_file", storage)
+    url = "memory://deadline/ckpt"
+    with pytest.raises((zstore.SaveTimeoutError, zstore.StorageFailedError)):
+        zstore.save({"a": np.ones(1000, "f4"), "b": np.ones(1000, "f4")}, url, timeout=0.3)
+    monkeypatch.undo()
+    assert sync(resolve(url).get(LEASE)) is None  # released, not renewed on forever
+    zstore.save({"a": np.zeros(1000, "f4"), "b": np.zeros(1000, "f4")}, url)
+    time.sleep(1.0)  # the slow write of the failed save, had it outlived it, would land now
+    loaded = zstore.load(url)
+    assert not loaded["a"].any() and not loaded["b"].any()
+
+
+def test_release_removes_its_own_lease_at_a_version_it_never_learnt(backend):
+    location = resolve(backend.url(), backend.storage_options)
+    lease = Lease(location)
+    sync(lease.acquire())
+    renewed = json.loads(sync(location.get(LEASE)))  # a renewal applied, its answer lost
+    renewed["expires"] += 5
+    sync(location.put(LEASE, json.dumps(renewed).encode()))
+    sync(lease.release())
+    assert sync(location.get(LEASE)) is None
+
+
+def test_renewals_work_where_the_filesystem_refuses_flock(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    import zstore.lease as lease_module
+
+    def refused(*args):
+        raise OSError(errno.EBADF, "Bad file descriptor")  # NFS, on a folder
+
+    monkeypatch.setattr(fcntl, "flock", refused)
+    monkeypatch.setattr(lease_module, "TTL", 0.4)  # renewals every 0.1 s, fence at 0.3 s
+    location = resolve(str(tmp_path / "c"))
+    lease = Lease(location)
+    sync(lease.acquire())
+    for _ in range(3):
+        sync(lease.renew())
+        lease.fence()
+    sync(lease.release())
+    assert sync(location.get(LEASE)) is None
+
+
+def test_a_commit_refused_by_the_fence_says_the_lease_lapsed(monkeypatch):
+    import zstore.lease as lease_module
+
+    monkeypatch.setattr(lease_module, "TTL", 1.0)
+
+    async def renewal_fails(*args, **kwargs):
+        raise OSError(5, "renewal failed")
+
+    real = lease_module.get_versioned
+
+    async def slow_check(*args, **kwargs):  # the check before the commit outlasts the fence
+        await asyncio.sleep(1.0)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(lease_module, "replace", renewal_fails)
+    monkeypatch.setattr(lease_module, "get_versioned", slow_check)
+    with pytest.raises(LeaseLostError, match="not renewed"):
+        zstore.save({"a": np.ones(10, "f4")}, "memory://fence/commit")

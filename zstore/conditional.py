@@ -9,11 +9,12 @@ shards. So each step is conditional on the object's version:
 - S3: on the server, ``If-Match: <ETag>`` for a replace or a delete (S3 and
   moto support both), the version being the ETag the server answered;
 - local disk: compare and replace under an ``flock`` of the checkpoint's folder,
-  atomic among processes of every host that shares the lock (POSIX);
-- other filesystems (``memory://``, wrappers of synchronous ones): compare and
-  replace under a lock of this process, which is all ``memory://`` needs; a
-  remote filesystem with no conditional writes gets only that, and says so in
-  docs/reliability.md.
+  atomic among processes of every host that shares the lock; where the
+  filesystem refuses ``flock`` on a folder (NFS), under this process's lock only;
+- memory:// and other synchronous filesystems: under this process's lock, which
+  is all memory:// needs;
+- other asynchronous filesystems (gcs, azure): compare, then write, atomic
+  nowhere; docs/reliability.md says so.
 
 A request answered late and retried by the client can find the object already
 replaced by its own first attempt; a replace that fails its condition therefore
@@ -30,20 +31,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from zstore.accounting import record
-from zstore.storage import Location, version_of, write_atomically
+from zstore.storage import Location, is_precondition_failure, version_of, write_atomically
 
 _process_lock = threading.Lock()
 
 
 def _on_s3(location: Location) -> bool:
     return hasattr(location.fs, "_call_s3")
-
-
-def _precondition_failed(error: BaseException) -> bool:
-    cause = error.__cause__ if error.__cause__ is not None else error
-    code = getattr(cause, "response", {}).get("Error", {}).get("Code", "")
-    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409") or (
-        "PreconditionFailed" in str(error) or "pre-conditions" in str(error))
 
 
 async def get_versioned(location: Location, key: str) -> tuple[bytes, str] | None:
@@ -68,14 +62,21 @@ async def get_versioned(location: Location, key: str) -> tuple[bytes, str] | Non
 async def replace(location: Location, key: str, data: bytes, version: str) -> str | None:
     """Replace ``key`` with ``data`` if it is still at ``version``; the new version, or
     ``None`` when the object changed or vanished meanwhile (nothing was written)."""
-    if not _on_s3(location):
+    if location.writes_in_threads:
         return await asyncio.to_thread(_replace_here, location, key, data, version)
+    if not _on_s3(location):
+        current = await location.get(key)
+        if current is None or version_of(current) != version:
+            return None
+        await location.fs._pipe_file(location.path(key), data)
+        record("puts", len(data))
+        return version_of(data)
     try:
         answer = await location.fs._pipe_file(location.path(key), data, IfMatch=version)
     except FileNotFoundError:
         return None
     except OSError as e:
-        if not _precondition_failed(e):
+        if not is_precondition_failure(e):
             raise
         current = await get_versioned(location, key)  # our own retried write, perhaps
         return current[1] if current is not None and current[0] == data else None
@@ -86,15 +87,21 @@ async def replace(location: Location, key: str, data: bytes, version: str) -> st
 async def remove(location: Location, key: str, version: str) -> bool:
     """Delete ``key`` if it is still at ``version``; whether it is gone because of this call
     (or was already gone)."""
-    if not _on_s3(location):
+    if location.writes_in_threads:
         return await asyncio.to_thread(_remove_here, location, key, version)
+    if not _on_s3(location):
+        current = await location.get(key)
+        if current is not None and version_of(current) != version:
+            return False
+        await location.remove_all([key])
+        return True
     bucket, path, _ = location.fs.split_path(location.path(key))
     try:
         await location.fs._call_s3("delete_object", Bucket=bucket, Key=path, IfMatch=version)
     except FileNotFoundError:
         return True
     except OSError as e:
-        if not _precondition_failed(e):
+        if not is_precondition_failure(e):
             raise
         return False
     record("deletes")
@@ -103,24 +110,28 @@ async def remove(location: Location, key: str, version: str) -> bool:
 
 @contextmanager
 def _exclusive(location: Location) -> Iterator[None]:
-    """This process's lock, and on local disk an ``flock`` of the checkpoint's folder too."""
+    """This process's lock, and on local disk an ``flock`` of the checkpoint's folder too
+    where the filesystem grants one (NFS does not, on a folder: EBADF or ENOLCK)."""
     with _process_lock:
         if not location.is_local:
             yield
             return
-        import fcntl  # POSIX only; imported here so the module loads everywhere
-
         os.makedirs(location.root, exist_ok=True)
         folder = os.open(location.root, os.O_RDONLY)
         try:
-            fcntl.flock(folder, fcntl.LOCK_EX)
+            try:
+                import fcntl  # POSIX only; imported here so the module loads everywhere
+
+                fcntl.flock(folder, fcntl.LOCK_EX)
+            except (ImportError, OSError):
+                pass  # no cross-process lock here: this process's lock alone
             yield
         finally:
             os.close(folder)  # releases the flock
 
 
 def _sync_fs(location: Location) -> Any:
-    return getattr(location.fs, "sync_fs", location.fs)
+    return location.fs.sync_fs
 
 
 def _current(location: Location, key: str) -> bytes | None:

@@ -196,13 +196,26 @@ class Lease:
         at once (elsewhere once it expires)."""
         released = False
         try:
-            released = await asyncio.wait_for(remove(self.location, LEASE, self._version),
-                                              RELEASE_SECONDS)
+            released = await asyncio.wait_for(self._remove_own(), RELEASE_SECONDS)
         except Exception:
             pass
         finally:
             if not released:
                 _given_up.add(self.token)
+
+    async def _remove_own(self) -> bool:
+        """Delete the lease while it is this save's, whatever version: a renewal cancelled
+        as the save ended may still have been applied, leaving a version this save never
+        learnt."""
+        version = self._version
+        for _ in range(3):
+            if await remove(self.location, LEASE, version):
+                return True
+            current = await get_versioned(self.location, LEASE)
+            if current is None or _parse(current[0]).get("token") != self.token:
+                return True  # gone, or another save's now: nothing of ours is left
+            version = current[1]
+        return False
 
     @asynccontextmanager
     async def held(self) -> AsyncIterator[Lease]:
@@ -216,11 +229,18 @@ class Lease:
         try:
             yield self
         finally:
-            await gate.close(f"the save to {self.location.url!r} has ended; no write of it "
-                             "may start now")
-            for helper in helpers:
-                helper.cancel()
-            await self.release()
+            closing = asyncio.ensure_future(gate.close(
+                f"the save to {self.location.url!r} has ended; no write of it may start now"))
+            try:
+                await asyncio.shield(closing)
+            except asyncio.CancelledError:  # a deadline: still, no write may outlive the save
+                await closing
+                raise
+            finally:
+                for helper in helpers:
+                    helper.cancel()
+                await asyncio.gather(*helpers, return_exceptions=True)
+                await self.release()
 
 
 def _parse(raw: bytes) -> dict[str, Any]:

@@ -110,8 +110,8 @@ class Location:
                 answer = await self.fs._pipe_file(path, data, mode="create")
             except FileExistsError:
                 raise
-            except OSError as e:
-                if "PreconditionFailed" in str(e) or "412" in str(e):
+            except OSError as e:  # 412, or 409 ConditionalRequestConflict from a racing create
+                if is_precondition_failure(e):
                     raise FileExistsError(path) from e
                 raise
         record("puts", len(data))
@@ -273,6 +273,15 @@ def storage_errors(url: str, *, saving: bool = False) -> Iterator[None]:
         if is_storage_failure(e):
             raise storage_failed(url, e, saving) from e
         raise
+
+
+def is_precondition_failure(error: BaseException) -> bool:
+    """Whether S3 refused a conditional request because its condition did not hold (412), or
+    because another conditional write to the key was in progress (409)."""
+    cause = error.__cause__ if error.__cause__ is not None else error
+    code = getattr(cause, "response", {}).get("Error", {}).get("Code", "")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409") or (
+        "PreconditionFailed" in str(error) or "pre-conditions" in str(error))
 
 
 def is_storage_failure(error: BaseException) -> bool:

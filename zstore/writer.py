@@ -37,7 +37,7 @@ from zstore import __version__
 from zstore.dtypes import check_supported
 from zstore.access import Access
 from zstore.catalog import delete_checkpoint
-from zstore.errors import CheckpointExistsError, SaveTimeoutError
+from zstore.errors import CheckpointExistsError, LeaseLostError, SaveTimeoutError
 from zstore.incremental import HASHES, Baseline, decode_hashes, encode_hashes, plan_array
 from zstore.layout import array_metadata
 from zstore.lease import LEASE, Lease
@@ -282,6 +282,8 @@ async def _save_leased(location: Location, arrays: dict[str, Any], manifest: Man
     marker = commit_document(root)
     try:
         await location.put_new(COMMIT_MARKER, marker)
+    except LeaseLostError:  # refused by the gate: a FileExistsError too, but not a race lost
+        raise
     except FileExistsError:
         if await location.get(COMMIT_MARKER) != marker:  # not our own retried create
             raise CheckpointExistsError(
