@@ -223,7 +223,8 @@ class Lease:
         fence guards; at the end close the gate (no write of this save outlives it), then
         release."""
         await self.acquire()
-        gate = self.location.gate = WriteGate(self.fence, cancel=not self.location.writes_in_threads)
+        gate = WriteGate(self.fence, cancel=not self.location.writes_in_threads)
+        self.location.gate = gate
         helpers = [asyncio.create_task(self._renew_forever(gate)),
                    asyncio.create_task(self._watch(gate))]
         try:
