@@ -22,6 +22,22 @@ def _tree(value: int) -> dict:
     return {"a": np.full((512, 512), value, np.float32), "b": np.full(1000, value, np.int64)}
 
 
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def _in_processes(target, arguments: list[tuple]) -> list:
+    """Run ``target(*args, results)`` in one spawned process per ``args``; what each put on
+    ``results``, in the order they finished."""
+    results = SPAWN.Queue()
+    procs = [SPAWN.Process(target=target, args=(*args, results)) for args in arguments]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+    return outcomes
+
+
 def _save_in_process(url: str, options: dict, value: int, barrier, results) -> None:
     barrier.wait()
     try:
@@ -32,18 +48,11 @@ def _save_in_process(url: str, options: dict, value: int, barrier, results) -> N
 
 
 def test_two_processes_saving_to_one_url_exactly_one_commits(s3):
-    ctx = multiprocessing.get_context("spawn")
     for round_ in range(3):
         url = s3.url(f"race-{round_}")
-        barrier, results = ctx.Barrier(2), ctx.Queue()
-        procs = [ctx.Process(target=_save_in_process,
-                             args=(url, s3.storage_options, value, barrier, results))
-                 for value in (1, 2)]
-        for p in procs:
-            p.start()
-        outcomes = dict(results.get(timeout=120) for _ in procs)
-        for p in procs:
-            p.join(60)
+        barrier = SPAWN.Barrier(2)
+        outcomes = dict(_in_processes(
+            _save_in_process, [(url, s3.storage_options, value, barrier) for value in (1, 2)]))
         winners = [v for v, outcome in outcomes.items() if outcome == "committed"]
         assert len(winners) == 1, outcomes
         loser = next(o for o in outcomes.values() if o != "committed")
@@ -106,20 +115,13 @@ def _take_over_in_process(url: str, options: dict, barrier, results) -> None:
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_of_three_processes_taking_over_an_abandoned_lease_exactly_one_holds_it(
         where, tmp_path, moto_s3):
-    ctx = multiprocessing.get_context("spawn")
     options = moto_s3.storage_options if where == "s3" else {}
     base = f"s3://{moto_s3.new_bucket()}" if where == "s3" else str(tmp_path)
     for round_ in range(3):
         url = f"{base}/c{round_}"
         _stale_lease(resolve(url, options))
-        barrier, results = ctx.Barrier(3), ctx.Queue()
-        procs = [ctx.Process(target=_take_over_in_process, args=(url, options, barrier, results))
-                 for _ in range(3)]
-        for p in procs:
-            p.start()
-        outcomes = [results.get(timeout=120) for _ in procs]
-        for p in procs:
-            p.join(60)
+        barrier = SPAWN.Barrier(3)
+        outcomes = _in_processes(_take_over_in_process, [(url, options, barrier)] * 3)
         holders = [detail for outcome, detail in outcomes if outcome == "holds"]
         assert len(holders) == 1, outcomes
         assert all("another save is writing" in detail
@@ -273,16 +275,8 @@ def _read_in_process(url: str, options: dict, seed: int, seconds: float, results
 def test_readers_in_processes_always_get_correct_slices_and_rows(s3):
     data = np.random.default_rng(0).standard_normal((2048, 256)).astype(np.float32)
     zstore.save({"w": data}, s3.url(), storage_options=s3.storage_options, access={"w": "rows"})
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_read_in_process,
-                         args=(s3.url(), s3.storage_options, i, 3.0, results))
-             for i in range(3)]
-    for p in procs:
-        p.start()
-    outcomes = [results.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(60)
+    outcomes = _in_processes(_read_in_process,
+                             [(s3.url(), s3.storage_options, i, 3.0) for i in range(3)])
     assert all(bad == 0 and reads >= 10 for reads, bad in outcomes), outcomes
 
 
