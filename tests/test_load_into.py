@@ -86,3 +86,98 @@ def test_into_takes_only_modules_and_state_dicts(tmp_path):
     zstore.save({"w": np.ones(2)}, str(tmp_path / "c"))
     with pytest.raises(TypeError, match="torch.nn.Module or a state dict"):
         zstore.load(str(tmp_path / "c"), into=[1, 2])
+
+
+def _mixed_model(dtype: torch.dtype, seed: int) -> torch.nn.Module:
+    """A few dozen tensors of very different sizes, so staging buffers of several sizes
+    are in flight and reused at once."""
+    torch.manual_seed(seed)
+    widths = [3, 96, 7, 64, 1, 48, 128, 5, 32, 17, 80, 2]
+    layers = [torch.nn.Linear(a, b) for a, b in zip(widths, widths[1:] + widths[:1])]
+    layers += [torch.nn.LayerNorm(w) for w in widths]
+    return torch.nn.Sequential(*layers).to(dtype)
+
+
+@pytest.mark.parametrize("saved, target", [(torch.float32, torch.bfloat16),
+                                           (torch.float32, torch.float16),
+                                           (torch.bfloat16, torch.float32)])
+def test_another_dtype_loads_the_values_load_state_dict_gives(tmp_path, saved, target):
+    state = _mixed_model(saved, seed=1).state_dict()
+    assert len(state) >= 30
+    zstore.save(state, str(tmp_path / "c"))
+    expected = _mixed_model(target, seed=2)
+    expected.load_state_dict(state)  # torch's own cast
+    model = _mixed_model(target, seed=2)
+    report = zstore.load(str(tmp_path / "c"), into=model)
+    assert sorted(report.loaded) == sorted(state)
+    for key, value in expected.state_dict().items():
+        got = model.state_dict()[key]
+        assert got.dtype == target and torch.equal(got, value), key
+
+
+def _damaged_checkpoint(tmp_path) -> tuple[str, dict[str, torch.Tensor], str]:
+    """A checkpoint of 24 tensors, one of whose objects was deleted after it committed."""
+    state = {f"t{i:02d}": torch.full((64, 64), float(i)) for i in range(24)}
+    url = str(tmp_path / "c")
+    zstore.save(state, url)
+    lost = "t13"
+    for chunk in (tmp_path / "c" / lost / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.unlink()
+    return url, state, lost
+
+
+def test_a_failure_midway_names_what_was_and_was_not_filled(tmp_path):
+    url, state, lost = _damaged_checkpoint(tmp_path)
+    target = {k: torch.full((64, 64), -1.0) for k in state}
+    with pytest.raises(zstore.PartialLoadError) as caught:
+        zstore.load(url, into=target, max_concurrency=2)
+    error = caught.value
+    assert isinstance(error.__cause__, zstore.CorruptCheckpointError)
+    assert lost in error.partial and lost in str(error)
+    assert sorted(error.loaded + error.partial + error.untouched) == sorted(state)
+    assert error.loaded and error.untouched  # it stopped midway, and said where
+    for key in error.loaded:
+        assert torch.equal(target[key], state[key]), key
+    for key in error.untouched:
+        assert torch.equal(target[key], torch.full((64, 64), -1.0)), key
+
+
+def test_a_staged_tensor_is_untouched_until_its_whole_read_succeeded(tmp_path):
+    url, state, lost = _damaged_checkpoint(tmp_path)
+    target = {k: torch.full((64, 64), -1.0, dtype=torch.float64) for k in state}  # cast: staged
+    with pytest.raises(zstore.PartialLoadError) as caught:
+        zstore.load(url, into=target, max_concurrency=2)
+    assert lost in caught.value.untouched and not caught.value.partial
+    assert torch.equal(target[lost], torch.full((64, 64), -1.0, dtype=torch.float64))
+
+
+def test_a_failure_before_any_write_raises_the_cause_itself(tmp_path):
+    url, state, lost = _damaged_checkpoint(tmp_path)
+    target = {lost: torch.zeros(64, 64, dtype=torch.float64)}  # staged: nothing written yet
+    with pytest.raises(zstore.CorruptCheckpointError):
+        zstore.load(url, into=target, strict=False)
+
+
+def test_a_failed_load_leaves_no_task_running(tmp_path, caplog):
+    import gc
+
+    url, state, _ = _damaged_checkpoint(tmp_path)
+    target = {k: torch.zeros(64, 64) for k in state}
+    with pytest.raises(zstore.PartialLoadError):
+        zstore.load(url, into=target, max_concurrency=4)
+    gc.collect()
+    assert "Task was destroyed" not in caplog.text
+
+
+def test_the_report_prints_as_counts_and_keeps_the_lists(tmp_path):
+    source = _model(1)
+    state = {k: v for k, v in source.state_dict().items() if k != "2.bias"}
+    state["extra"] = torch.ones(2)
+    zstore.save(state, str(tmp_path / "c"))
+    report = zstore.load(str(tmp_path / "c"), into=_model(2), strict=False)
+    assert repr(report) == ("<LoadReport: 5 loaded, 1 missing ('2.bias'), "
+                            "1 unexpected ('extra')>")
+    assert report.missing_keys == ["2.bias"] and len(report.loaded) == 5
+    full = zstore.load(str(tmp_path / "c"), into={k: v.clone() for k, v in state.items()})
+    assert repr(full) == f"<All keys matched successfully: {len(state)} loaded>"

@@ -134,3 +134,45 @@ def test_load_into_a_cuda_model_copies_in_place(ckpt, tmp_path):
     zstore.load(str(tmp_path / "lin"), into=model)
     assert model.weight.data_ptr() == pointer
     assert torch.equal(model.weight.cpu(), source.weight)
+
+
+def test_buffers_of_many_sizes_in_flight_are_reused_by_identity(tmp_path):
+    sizes = [(96, 3), (7, 64), (1,), (48, 128), (5, 32), (17, 80), (2, 2), (64, 64)] * 3
+    tree = {f"t{i}": np.full(shape, i, dtype="float32") for i, shape in enumerate(sizes)}
+    zstore.save(tree, str(tmp_path / "c"))
+    opened = zstore.open(str(tmp_path / "c"))
+    stager = DeviceStager("cpu")
+
+    async def all_at_once():
+        targets = {k: torch.zeros(v.shape, dtype=torch.bfloat16) for k, v in tree.items()}
+        await asyncio.gather(*(stager.copy_into(opened[k], t) for k, t in targets.items()))
+        return targets
+
+    for _ in range(2):  # the second round draws every buffer from the free list
+        targets = sync(all_at_once())
+        assert all(torch.equal(targets[k], torch.from_numpy(v).to(torch.bfloat16))
+                   for k, v in tree.items())
+
+
+def test_a_device_that_does_not_exist_is_a_clear_error_before_any_read(ckpt):
+    opened, _ = ckpt
+    missing = "cuda:64" if torch.cuda.is_available() else "cuda"
+    with zstore.io_stats() as stats:
+        with pytest.raises(zstore.DeviceUnavailableError, match="CUDA") as caught:
+            zstore.load(opened.url, device=missing)
+    assert isinstance(caught.value, RuntimeError)
+    assert stats.gets <= 2  # the open's metadata only: no array was read
+    with pytest.raises(zstore.DeviceUnavailableError, match="not a torch device"):
+        opened["w"].torch(device="gpu-please")
+
+
+@needs_cuda
+def test_another_dtype_loads_into_a_cuda_model_as_load_state_dict_would(tmp_path):
+    source = torch.nn.Sequential(torch.nn.Linear(48, 96), torch.nn.Linear(96, 7))
+    zstore.save(source.state_dict(), str(tmp_path / "c"))
+    model = torch.nn.Sequential(torch.nn.Linear(48, 96), torch.nn.Linear(96, 7)).cuda().half()
+    expected = torch.nn.Sequential(torch.nn.Linear(48, 96), torch.nn.Linear(96, 7)).cuda().half()
+    expected.load_state_dict(source.state_dict())
+    zstore.load(str(tmp_path / "c"), into=model)
+    for key, value in expected.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key

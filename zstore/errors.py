@@ -16,7 +16,9 @@ Every error is a ``ZStoreError``; where a built-in error fits, it is that too, s
     ├── StorageAccessError        (PermissionError)    the backend refused the request
     ├── StorageFailedError        (OSError)            the backend kept failing, retries spent
     ├── SaveTimeoutError          (TimeoutError)       a save ran past its deadline
-    └── StateMismatchError        (RuntimeError)       load(into=...) keys or shapes disagree
+    ├── StateMismatchError        (RuntimeError)       load(into=...) keys or shapes disagree
+    ├── PartialLoadError          (RuntimeError)       load(into=...) failed after changing the target
+    └── DeviceUnavailableError    (RuntimeError)       the torch device asked for does not exist here
 
 Messages name the offending value and say how to fix it; they never contain
 credentials.
@@ -79,3 +81,23 @@ class SaveTimeoutError(ZStoreError, TimeoutError):
 
 class StateMismatchError(ZStoreError, RuntimeError):
     """``load(into=...)``: the checkpoint and the target disagree on keys or shapes."""
+
+
+class PartialLoadError(ZStoreError, RuntimeError):
+    """``load(into=...)`` failed after it began writing into the target.
+
+    Every check that can be made before writing (keys, shapes, devices) is made
+    first, so this is a storage or data failure midway. The attributes say exactly
+    what the target holds: ``loaded`` (filled from the checkpoint), ``partial``
+    (being filled when the load stopped: contents undefined) and ``untouched``
+    (as before the call).
+    """
+
+    def __init__(self, message: str, *, loaded: list[str], partial: list[str],
+                 untouched: list[str]) -> None:
+        super().__init__(message)
+        self.loaded, self.partial, self.untouched = loaded, partial, untouched
+
+
+class DeviceUnavailableError(ZStoreError, RuntimeError):
+    """The torch device a load asked for (``device="cuda:1"``) is not available here."""

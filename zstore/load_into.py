@@ -19,20 +19,39 @@ from typing import Any
 import numpy as np
 
 from zstore.budget import ByteBudget
-from zstore.errors import StateMismatchError
+from zstore.errors import PartialLoadError, StateMismatchError
 from zstore.progress import bar
 from zstore.staging import DEFAULT_BUDGET, DeviceStager
 from zstore.storage import run
+from zstore.tasks import gather_all
 from zstore.tensors import require_torch, torch_to_numpy
 
 
 @dataclass
 class LoadReport:
-    """What ``load(into=...)`` matched, like torch's ``load_state_dict`` result."""
+    """What ``load(into=...)`` matched, like torch's ``load_state_dict`` result.
+
+    Its repr is one line of counts (``<All keys matched successfully: 40 loaded>``);
+    the lists are attributes.
+    """
 
     loaded: list[str] = field(default_factory=list)
     missing_keys: list[str] = field(default_factory=list)
     unexpected_keys: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        if not self.missing_keys and not self.unexpected_keys:
+            return f"<All keys matched successfully: {len(self.loaded)} loaded>"
+        return (f"<LoadReport: {len(self.loaded)} loaded, "
+                f"{_counted(self.missing_keys, 'missing')}, "
+                f"{_counted(self.unexpected_keys, 'unexpected')}>")
+
+
+def _counted(keys: list[str], what: str, shown: int = 3) -> str:
+    if not keys:
+        return f"0 {what}"
+    more = ", ..." if len(keys) > shown else ""
+    return f"{len(keys)} {what} ({', '.join(map(repr, keys[:shown]))}{more})"
 
 
 def _targets(into: Any) -> Mapping[str, Any]:
@@ -46,7 +65,7 @@ def _targets(into: Any) -> Mapping[str, Any]:
 
 def load_into(ckpt: Any, into: Any, *, strict: bool = True, prefix: str = "",
               progress: bool | None = None, budget: int = DEFAULT_BUDGET,
-              max_concurrency: int = 8) -> LoadReport:
+              max_concurrency: int = 32) -> LoadReport:
     """Copy the checkpoint's arrays named ``prefix + key`` into ``into``'s tensors, in place."""
     targets = _targets(into)
     stored = {n[len(prefix):]: n for n in ckpt if n.startswith(prefix)}
@@ -67,16 +86,40 @@ def load_into(ckpt: Any, into: Any, *, strict: bool = True, prefix: str = "",
                                      "; shape mismatches fail even with strict=False"))
     keys = [k for k in targets if k in stored]
     shown = bar(sum(ckpt[stored[k]].nbytes for k in keys), f"loading {ckpt.url}", progress)
+    written: dict[str, bool] = {}  # key -> whether its copy finished; absent: not begun
     try:
-        run(ckpt.url, _copy_all(ckpt, targets, stored, keys, budget, max_concurrency, shown))
+        run(ckpt.url, _copy_all(ckpt, targets, stored, keys, budget, max_concurrency, shown,
+                                written))
+    except Exception as e:
+        if not written:
+            raise  # nothing was written: the target is as it was
+        raise _partial(ckpt.url, into, keys, written, e) from e
     finally:
         shown.close()
     report.loaded = keys
     return report
 
 
+def _partial(url: str, into: Any, keys: list[str], written: dict[str, bool],
+             cause: Exception) -> PartialLoadError:
+    loaded = [k for k in keys if written.get(k)]
+    partial = [k for k in keys if written.get(k) is False]
+    untouched = [k for k in keys if k not in written]
+    return PartialLoadError(
+        f"loading {url!r} into {type(into).__name__} failed midway ({cause}): "
+        f"{len(loaded)} of {len(keys)} tensors were filled, {len(partial)} were being filled "
+        f"(contents undefined: {partial[:5]}{' ...' if len(partial) > 5 else ''}) and "
+        f"{len(untouched)} are unchanged. The lists are this error's .loaded, .partial and "
+        ".untouched; load again once the cause is fixed",
+        loaded=loaded, partial=partial, untouched=untouched)
+
+
 async def _copy_all(ckpt: Any, targets: Mapping[str, Any], stored: dict[str, str],
-                    keys: list[str], budget: int, max_concurrency: int, shown: Any) -> None:
+                    keys: list[str], budget: int, max_concurrency: int, shown: Any,
+                    written: dict[str, bool]) -> None:
+    """Fill every target, recording in ``written`` when each one's memory is first touched
+    and when it is complete. The first failure cancels the rest and waits for them, so
+    ``written`` is final once this returns or raises (no task is left running)."""
     shared = ByteBudget(budget)
     stagers: dict[Any, DeviceStager] = {}
     limit = asyncio.Semaphore(max_concurrency)
@@ -86,14 +129,17 @@ async def _copy_all(ckpt: Any, targets: Mapping[str, Any], stored: dict[str, str
         direct = _host_view(tensor, source.dtype, key)
         async with limit:
             if direct is not None:  # decode into the parameter's own memory
+                written[key] = False
                 await source.read_async(out=direct)
             else:
                 if tensor.device not in stagers:
                     stagers[tensor.device] = DeviceStager(tensor.device, shared)
-                await stagers[tensor.device].copy_into(source, tensor)
+                await stagers[tensor.device].copy_into(
+                    source, tensor, before_write=lambda: written.setdefault(key, False))
+        written[key] = True
         shown.update(source.nbytes)
 
-    await asyncio.gather(*(one(k) for k in keys))
+    await gather_all(one(k) for k in keys)
     for stager in stagers.values():
         stager.finish()
 

@@ -31,6 +31,7 @@ from zstore.manifest import COMMIT_MARKER, ROOT, Manifest, read_manifest
 from zstore.progress import bar
 from zstore.staging import DeviceStager
 from zstore.storage import Location, resolve, run
+from zstore.tasks import gather_all
 from zstore.tensors import numpy_to_torch
 from zstore.tree import as_framework, check_skeleton, iter_leaves, scalar_value, unflatten
 
@@ -374,7 +375,8 @@ class Checkpoint(Mapping[str, LazyTensor]):
         See ``zstore.load`` for the rest.
         """
         if into is not None:
-            return load_into(self, into, strict=strict, prefix=prefix, progress=progress)
+            return load_into(self, into, strict=strict, prefix=prefix, progress=progress,
+                             max_concurrency=max_concurrency)
         if framework not in (None, "numpy", "torch"):
             raise ValueError(f"framework must be None, 'numpy' or 'torch', got {framework!r}")
         if device is not None:
@@ -434,7 +436,7 @@ async def _gather(reads: dict[str, tuple[LazyTensor, Any]], max_concurrency: int
             shown.update(result.nbytes)
         return key, result
 
-    return dict(await asyncio.gather(*(one(k, t, i) for k, (t, i) in reads.items())))
+    return dict(await gather_all(one(k, t, i) for k, (t, i) in reads.items()))
 
 
 async def _to_device(reads: dict[str, tuple[LazyTensor, Any]], device: Any,
@@ -450,7 +452,7 @@ async def _to_device(reads: dict[str, tuple[LazyTensor, Any]], device: Any,
             shown.update(tensor.nbytes)
         return key, result
 
-    done = dict(await asyncio.gather(*(one(k, t, i) for k, (t, i) in reads.items())))
+    done = dict(await gather_all(one(k, t, i) for k, (t, i) in reads.items()))
     stager.finish()
     return done
 
@@ -490,7 +492,7 @@ async def _fetch_metadata(location: Location) -> tuple[bytes | None, bytes | Non
 def load(url: str, *, storage_options: dict[str, Any] | None = None,
          keys: Sequence[str] | None = None, framework: str | None = None,
          device: Any = None, into: Any = None, strict: bool = True, prefix: str = "",
-         progress: bool | None = None) -> Any:
+         progress: bool | None = None, max_concurrency: int = 32) -> Any:
     """Load the whole tree saved at ``url``, only the arrays named by ``keys``, or into a model.
 
     Args:
@@ -510,6 +512,13 @@ def load(url: str, *, storage_options: dict[str, Any] | None = None,
             ``load_state_dict``; shape mismatches always are, before any change.
         progress: a progress bar on stderr (tqdm); default: only on a terminal,
             for loads over 256 MiB.
+        max_concurrency: arrays read at once (bytes in flight stay bounded).
+
+    Raises:
+        StateMismatchError: with ``into``, keys or shapes disagree (nothing changed).
+        PartialLoadError: with ``into``, a read failed after the target began to
+            change; it lists what was filled, what is undefined and what is unchanged.
+        DeviceUnavailableError: ``device`` does not exist here (no CUDA, say).
 
     Example:
         >>> import numpy as np, zstore
@@ -519,4 +528,4 @@ def load(url: str, *, storage_options: dict[str, Any] | None = None,
     """
     return open(url, storage_options=storage_options).load(
         keys=keys, framework=framework, device=device, into=into, strict=strict,
-        prefix=prefix, progress=progress)
+        prefix=prefix, progress=progress, max_concurrency=max_concurrency)

@@ -14,11 +14,13 @@ buffers and synchronous copies: one code path, tested on every machine.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from zstore.budget import ByteBudget
+from zstore.errors import DeviceUnavailableError
 from zstore.indexing import normalize
 from zstore.tensors import require_torch, torch_dtype_of, torch_to_numpy
 
@@ -30,22 +32,28 @@ class DeviceStager:
 
     def __init__(self, device: Any, budget: ByteBudget | None = None) -> None:
         self.torch = torch = require_torch()
-        self.device = torch.device(device)
+        self.device = usable_device(torch, device)
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
         self._budget = budget or ByteBudget(DEFAULT_BUDGET)  # may be shared by several stagers
         self._free: list[Any] = []  # uint8 host buffers whose copies have finished
 
     def _buffer(self, nbytes: int) -> Any:
-        fitting = [b for b in self._free if b.numel() >= nbytes]
+        """The smallest free buffer that fits, else a new one. Found by position: tensors
+        compare elementwise, so ``list.remove`` would broadcast them against each other."""
+        fitting = [i for i, b in enumerate(self._free) if b.numel() >= nbytes]
         if fitting:
-            chosen = min(fitting, key=lambda b: b.numel())
-            self._free.remove(chosen)
-            return chosen
+            return self._free.pop(min(fitting, key=lambda i: self._free[i].numel()))
         return self.torch.empty(nbytes, dtype=self.torch.uint8, pin_memory=self.cuda)
 
-    async def copy_into(self, source: Any, target: Any, index: Any = Ellipsis) -> None:
-        """Decode ``source[index]`` and copy it into ``target`` (any device, any dtype)."""
+    async def copy_into(self, source: Any, target: Any, index: Any = Ellipsis, *,
+                        before_write: Callable[[], object] | None = None) -> None:
+        """Decode ``source[index]`` and copy it into ``target`` (any device, any dtype: a
+        different dtype is cast, as ``Tensor.copy_`` and ``load_state_dict`` cast).
+
+        ``target`` is untouched until the whole selection is decoded; ``before_write``
+        is called just before the copy into it begins.
+        """
         shape, dtype = _selection(source, index)
         nbytes = int(np.prod(shape)) * dtype.itemsize
         async with self._budget.hold(nbytes):
@@ -53,6 +61,8 @@ class DeviceStager:
             try:
                 staged = raw[:nbytes].view(torch_dtype_of(dtype)).view(shape)
                 await source.read_async(index, out=torch_to_numpy(staged, source.name))
+                if before_write is not None:
+                    before_write()
                 done = self._copy(staged, target)
                 if done is not None:  # the buffer is free once the device has read it
                     await asyncio.to_thread(done.synchronize)
@@ -88,3 +98,33 @@ def _selection(source: Any, index: Any) -> tuple[tuple[int, ...], np.dtype]:
         return tuple(source.shape), source.dtype
     return tuple(normalize(index, source.shape, source.name).shape), source.dtype
 
+
+
+def usable_device(torch: Any, device: Any) -> Any:
+    """``device`` as a ``torch.device`` that exists on this machine, checked before any
+    data moves: without the check a CPU-only torch fails deep inside stream creation
+    (``invalid argument to exchangeDevice``)."""
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceUnavailableError(f"{device!r} is not a torch device: {e}") from None
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU-only build" if torch.version.cuda is None else (
+                "no GPU is visible (CUDA_VISIBLE_DEVICES, driver)")
+            raise DeviceUnavailableError(
+                f"device {str(device)!r}: CUDA is not available here ({why}); load onto the "
+                "CPU (leave device unset) and move tensors later, or run where a GPU is")
+        count = torch.cuda.device_count()
+        if chosen.index is not None and chosen.index >= count:
+            raise DeviceUnavailableError(
+                f"device {str(device)!r}: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}")
+        return chosen
+    try:
+        torch.empty(0, device=chosen)
+    except (RuntimeError, AssertionError) as e:  # torch asserts for backends not built in
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DeviceUnavailableError(
+            f"device {str(device)!r} is not available here: {first_line}") from None
+    return chosen
