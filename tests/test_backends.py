@@ -53,6 +53,28 @@ def test_save_then_load_gives_back_the_tree(backend):
     assert ckpt.metadata == {"step": 1000, "config": {"lr": 0.1}}
 
 
+def test_metadata_with_int_keys_and_numpy_scalars_round_trips(backend):
+    config = {"id2label": {0: "NEGATIVE", 1: "POSITIVE"}, "label2id": {"NEGATIVE": 0},
+              "hidden_size": np.int64(384), "layer_norm_eps": np.float32(1e-12),
+              "tie_word_embeddings": np.bool_(True), "stages": [{3: "x"}, (1, 2)]}
+    zstore.save({"w": np.ones(2)}, backend.url(), storage_options=backend.storage_options,
+                metadata={"config": config})
+    back = zstore.open(backend.url(), storage_options=backend.storage_options).metadata["config"]
+    assert back["id2label"] == {0: "NEGATIVE", 1: "POSITIVE"}
+    assert list(back["id2label"]) == [0, 1] and back["label2id"] == {"NEGATIVE": 0}
+    assert back["hidden_size"] == 384 and type(back["hidden_size"]) is int
+    assert back["layer_norm_eps"] == float(np.float32(1e-12))
+    assert back["tie_word_embeddings"] is True
+    assert back["stages"] == [{3: "x"}, [1, 2]]
+
+
+def test_metadata_is_stored_as_plain_json_readable_without_zstore(tmp_path):
+    zstore.save({"w": np.ones(2)}, str(tmp_path / "c"), metadata={"id2label": {0: "A"}})
+    stored = json.loads((tmp_path / "c" / ROOT).read_text())["attributes"]["zstore"]
+    assert stored["metadata"] == {"id2label": {"0": "A"}}  # as config.json holds it
+    assert stored["metadata_int_keys"] == [["id2label", "0"]]
+
+
 def test_bf16_weights_compress_with_blosc(backend):
     info = zstore.save(model_tree(), backend.url(), storage_options=backend.storage_options,
                        codec="blosc")

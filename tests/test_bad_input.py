@@ -91,7 +91,10 @@ def test_a_bare_array_is_not_a_tree(url):
 @pytest.mark.parametrize("metadata, match", [
     ({"x": object()}, "JSON values only"),
     ({"x": float("nan")}, "JSON cannot hold"),
-    ({1: "int key"}, "must be a str"),
+    ({(1, 2): "tuple key"}, "must be str or int"),
+    ({"labels": {1: "a", "1": "b"}}, "cannot tell apart"),
+    ({"x": np.ones(2)}, "put it in the tree"),
+    ({"x": np.float32("inf")}, "JSON cannot hold"),
     ("not a dict", "must be a dict"),
 ])
 def test_metadata_must_be_json(url, metadata, match):

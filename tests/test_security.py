@@ -94,7 +94,7 @@ json_values = st.recursive(
 def _valid_root() -> dict:
     url = "memory://fuzz/template"
     zstore.save({"a": np.arange(6.0).reshape(2, 3), "n": {"s": np.int64(3), "x": [1, "t"]}},
-                url, overwrite=True)
+                url, overwrite=True, metadata={"labels": {0: "a"}, "runs": [{1: 2}]})
     return json.loads(sync(resolve(url).get(ROOT)))
 
 

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from zstore.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -53,36 +55,100 @@ def encode(document: Any) -> bytes:
 
 
 def check_metadata(metadata: Any) -> dict[str, Any]:
-    """Return user metadata if it is a JSON object, else raise naming the bad entry."""
+    """User metadata as the JSON values it will be stored as, else raise naming the bad entry.
+
+    What users pass as it is: dicts with int keys (a Hugging Face config's
+    ``id2label``) come back with int keys (see ``metadata_document``); numpy scalars
+    become JSON numbers and bools (``np.float32(0.1)`` comes back as the float
+    ``0.10000000149011612``, the value it held); tuples become lists, as in any JSON.
+    """
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
         raise UnsupportedTypeError(f"metadata must be a dict of JSON values, got {type(metadata).__name__}")
-
-    def visit(value: Any, where: str) -> None:
-        if isinstance(value, dict):
-            for key, child in value.items():
-                if not isinstance(key, str):
-                    raise UnsupportedTypeError(f"metadata key {key!r} at {where} must be a str")
-                visit(child, f"{where}[{key!r}]")
-        elif isinstance(value, (list, tuple)):
-            for i, child in enumerate(value):
-                visit(child, f"{where}[{i}]")
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise UnsupportedTypeError(f"metadata{where} is {value!r}, which JSON cannot hold")
-        elif value is not None and not isinstance(value, (str, int, float, bool)):
-            raise UnsupportedTypeError(
-                f"metadata{where} is a {type(value).__name__}; metadata holds JSON values only "
-                "(str, int, float, bool, None, lists and dicts)"
-            )
-
-    visit(metadata, "")
-    size = len(encode(metadata))
+    checked = _json_value(metadata, "")
+    size = len(encode(metadata_document(checked)[0]))
     if size > MAX_METADATA_BYTES:
         raise UnsupportedTypeError(
             f"metadata is {size} bytes of JSON; the limit is {MAX_METADATA_BYTES} because every "
             "open reads it: keep large values in the tree as arrays instead")
-    return metadata
+    return checked  # type: ignore[no-any-return]
+
+
+def _json_value(value: Any, where: str) -> Any:
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        as_text: set[str] = set()
+        for key, child in value.items():
+            if isinstance(key, np.integer):
+                key = int(key)
+            if isinstance(key, bool) or not isinstance(key, (str, int)):
+                raise UnsupportedTypeError(
+                    f"metadata key {key!r} at {where or 'the top'} is a {type(key).__name__}; "
+                    "metadata keys must be str or int")
+            if str(key) in as_text:
+                raise UnsupportedTypeError(
+                    f"metadata at {where or 'the top'} has both {key!r} and {str(key)!r} as "
+                    "keys, which JSON cannot tell apart: rename one")
+            as_text.add(str(key))
+            out[key] = _json_value(child, f"{where}[{key!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_json_value(child, f"{where}[{i}]") for i, child in enumerate(value)]
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        value = value.item()  # the exact Python bool, int or float it holds
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UnsupportedTypeError(f"metadata{where} is {value!r}, which JSON cannot hold")
+    if value is not None and not isinstance(value, (str, int, float, bool)):
+        hint = (" (an array: put it in the tree instead)"
+                if isinstance(value, np.ndarray) or type(value).__name__ == "Tensor" else "")
+        raise UnsupportedTypeError(
+            f"metadata{where} is a {type(value).__name__}{hint}; metadata holds JSON values "
+            "only (str, int, float, bool, None, numpy scalars, lists, dicts with str or int keys)"
+        )
+    return value
+
+
+def metadata_document(metadata: dict[str, Any]) -> tuple[dict[str, Any], list[list[Any]]]:
+    """Checked metadata as plain JSON (every key a str, readable by any JSON tool) plus the
+    path of each key that was an int: ``[["config", "id2label", "0"], ...]``, each step a
+    dict key (str) or a list position (int), so ``metadata_from_document`` restores it."""
+    int_keys: list[list[Any]] = []
+
+    def visit(value: Any, path: list[Any]) -> Any:
+        if isinstance(value, dict):
+            for key in value:
+                if isinstance(key, int):
+                    int_keys.append([*path, str(key)])
+            return {str(k): visit(v, [*path, str(k)]) for k, v in value.items()}
+        if isinstance(value, list):
+            return [visit(v, [*path, i]) for i, v in enumerate(value)]
+        return value
+
+    return visit(metadata, []), int_keys
+
+
+def metadata_from_document(document: dict[str, Any], int_keys: list[list[Any]]) -> dict[str, Any]:
+    """The inverse of ``metadata_document``: the same keys, ints where they were ints, in
+    their saved order. A path that leads nowhere is malformed (``KeyError``/``TypeError``)."""
+    marked: set[tuple[Any, ...]] = {tuple(p) for p in int_keys}
+    if any(not p for p in marked):
+        raise ValueError("an empty int-key path")
+
+    def visit(value: Any, path: tuple[Any, ...]) -> Any:
+        if isinstance(value, dict):
+            return {(int(k) if (*path, k) in marked else k): visit(v, (*path, k))
+                    for k, v in value.items()}
+        if isinstance(value, list):
+            return [visit(v, (*path, i)) for i, v in enumerate(value)]
+        return value
+
+    restored = visit(document, ())
+    for p in marked:  # every recorded key must exist, or the manifest was tampered with
+        node: Any = document
+        for step in p:
+            node = node[step]
+    return restored  # type: ignore[no-any-return]
 
 
 def _group(consolidated: bool) -> dict[str, Any]:
@@ -119,9 +185,12 @@ def root_document(manifest: Manifest) -> dict[str, Any]:
         "zstore_version": manifest.zstore_version,
         "created": manifest.created,
         "tree": manifest.tree,
-        "metadata": manifest.metadata,
         "stored_bytes": manifest.stored_bytes,
     }}
+    metadata, int_keys = metadata_document(manifest.metadata)
+    doc["attributes"]["zstore"]["metadata"] = metadata
+    if int_keys:  # absent unless needed: older readers see the same JSON, keys as str
+        doc["attributes"]["zstore"]["metadata_int_keys"] = int_keys
     nodes: dict[str, Any] = {g: _group(consolidated=True) for g in group_paths(list(manifest.arrays))}
     nodes.update(manifest.arrays)
     doc["consolidated_metadata"]["metadata"] = nodes
@@ -187,11 +256,11 @@ def read_manifest(root: bytes | None, commit: bytes | None, url: str) -> Manifes
         nodes = doc["consolidated_metadata"]["metadata"]
         return Manifest(
             tree=info["tree"],
-            metadata=info["metadata"],
+            metadata=metadata_from_document(info["metadata"], info.get("metadata_int_keys", [])),
             arrays={k: v for k, v in nodes.items() if v.get("node_type") == "array"},
             stored_bytes=info.get("stored_bytes", {}),
             created=info.get("created", 0.0),
             zstore_version=info.get("zstore_version", ""),
         )
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
         raise CorruptCheckpointError(f"{url}/{ROOT} is not a zstore manifest: {e!r}") from None
