@@ -88,6 +88,18 @@ def test_a_bare_array_is_not_a_tree(url):
         zstore.save(np.ones(3), url)
 
 
+def test_a_module_or_optimizer_points_to_its_state_dict(url):
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(zstore.UnsupportedTypeError, match=r"model\.state_dict\(\)"):
+        zstore.save(model, url)
+    with pytest.raises(zstore.UnsupportedTypeError, match=r"'model'.*model\.state_dict\(\)"):
+        zstore.save({"model": model, "step": 1}, url)
+    with pytest.raises(zstore.UnsupportedTypeError, match=r"optimizer\.state_dict\(\)"):
+        zstore.save({"optim": torch.optim.SGD(model.parameters(), lr=0.1)}, url)
+    assert_nothing_written(url)
+
+
 @pytest.mark.parametrize("metadata, match", [
     ({"x": object()}, "JSON values only"),
     ({"x": float("nan")}, "JSON cannot hold"),

@@ -20,6 +20,7 @@ at one array path.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +54,7 @@ def flatten(tree: Any) -> FlatTree:
     if not isinstance(tree, (dict, list, tuple)):
         raise UnsupportedTypeError(
             f"the tree to save must be a dict, list or tuple, got {type(tree).__name__}; "
-            "wrap a single array as {'name': array}"
+            + (_stateful_hint(tree) or "wrap a single array as {'name': array}")
         )
     flat = FlatTree(skeleton={})
     seen: dict[Any, str] = {}  # identity of a tensor's memory -> its array path
@@ -110,14 +111,27 @@ def _leaf(value: Any, name: str, flat: FlatTree, seen: dict[Any, str]) -> dict[s
     else:
         raise UnsupportedTypeError(
             f"leaf {name!r} is a {type(value).__module__}.{type(value).__qualname__}, which "
-            "zstore does not store (no pickle): use arrays, tensors, int, float, bool, str or "
-            "None, and put other objects into metadata as JSON"
+            "zstore does not store (no pickle): "
+            + (_stateful_hint(value) or "use arrays, tensors, int, float, bool, str or None, "
+               "and put other objects into metadata as JSON")
         )
     if identity in seen:  # the same memory twice: tied weights, stored once
         return {"array": seen[identity], "kind": kind}
     seen[identity] = name
     flat.arrays[name] = value
     return {"array": name, "kind": kind}
+
+
+def _stateful_hint(value: Any) -> str | None:
+    """How to save a torch module or optimizer, the objects people pass most by mistake."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    if isinstance(value, torch.nn.Module):
+        return "save its tensors with model.state_dict() (load them back with into=model)"
+    if isinstance(value, torch.optim.Optimizer):
+        return "save its state with optimizer.state_dict()"
+    return None
 
 
 def _scalar(array: np.ndarray, kind: str) -> dict[str, Any]:
