@@ -13,6 +13,9 @@ PY312 := $(shell for p in python3.12 $$(ls -d $$HOME/.pyenv/versions/3.12*/bin/p
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	# torch alone first: it takes the CPU build on this disk. Asked for beside '.[dev]', pip's
+	# resolver picks the CUDA build from the index instead (5 GB, minutes of download).
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install -q -e '.[dev]' torch==$(TORCH_VERSION)
 	touch $@
 
