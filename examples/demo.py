@@ -58,17 +58,16 @@ def main() -> None:
 
     # The embedding is looked up by rows at inference: plan for it, and show the plan.
     access = {"model/0.weight": "rows"}
-    plan = zstore.plan(state, access=access, backend=url)
+    # plan() takes a URL for its backend only with a protocol: a local path is "local"
+    plan = zstore.plan(state, access=access, backend=url if "://" in url else "local")
     print("\n" + "\n".join(str(plan).splitlines()[:5]) + "\n...\n" + str(plan).splitlines()[-1])
     info = zstore.save(state, url, storage_options=options, metadata={"step": 100},
                        overwrite=True, access=access)
-    print(f"\nsaved {info.arrays} arrays, {info.logical_bytes / 2**20:.1f} MiB -> "
-          f"{info.stored_bytes / 2**20:.1f} MiB in {info.objects} objects to {url} "
-          f"({info.seconds:.2f} s)\n")
+    print(f"\nsaved {info}\n")  # the same counts as `zstore info` below
 
-    flags = [f"-o{key}={value}" for key, value in dotted(options)]
-    print(f"$ zstore {' '.join(flags)} info {url}")
-    zstore_cli([*flags, "info", url])
+    flags = [arg for key, value in dotted(options) for arg in ("-o", f"{key}={value}")]
+    print(f"$ zstore info {url} {' '.join(flags)}".rstrip())
+    zstore_cli(["info", url, *flags])
 
     with zstore.io_stats() as io_open:
         ckpt = zstore.open(url, storage_options=options)

@@ -1,13 +1,21 @@
-"""The zstore command: ls, info and verify, with storage options from flags or AWS_* vars."""
+"""The zstore command: ls, info and verify, with storage options from flags or AWS_* vars;
+how it is started, its options and help, and how it ends when its reader goes away."""
 
 from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from typing import Any
 
 import numpy as np
 import pytest
 from zarr.core.sync import sync
 
 import zstore
-from zstore.cli import main
+from zstore.cli import build_parser, main
 from zstore.manifest import COMMIT_MARKER
 from zstore.storage import resolve
 
@@ -36,14 +44,17 @@ def saved(backend):
 def test_ls_lists_checkpoints_with_their_state(saved, capsys):
     assert main([*cli_flags(saved.storage_options), "ls", saved.base]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["checkpoint", "state", "stored", "age"]
-    assert lines[1].split()[:2] == ["step-1", "complete"]
-    assert lines[2].split()[:2] == ["step-2", "INCOMPLETE"]
+    assert lines[0].split() == ["name", "state", "stored", "age"]
+    assert lines[1].split()[:2] == ["step-1", "committed"]
+    assert lines[2].split()[:3] == ["step-2", "uncommitted:", "no"]
 
 
 def test_ls_of_one_checkpoint_lists_its_arrays(saved, capsys):
     assert main([*cli_flags(saved.storage_options), "ls", saved.url("step-1")]) == 0
-    assert capsys.readouterr().out.split() == ["model/w", "(20,", "30)", "float32"]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "shape", "dtype", "stored"]
+    assert lines[1].split()[:4] == ["model/w", "(20,", "30)", "float32"]
+    assert lines[-1].startswith("1 arrays + 0 inline values, 2.3 KiB logical")
 
 
 def test_info_describes_every_array_and_totals(saved, capsys):
@@ -51,7 +62,7 @@ def test_info_describes_every_array_and_totals(saved, capsys):
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("model/w"))
     assert "(20, 30)" in row and "float32" in row and "2.3 KiB" in row
-    assert '{"step": 1}' in out and "1 arrays, 2.3 KiB logical" in out
+    assert '{"step": 1}' in out and "1 arrays + 0 inline values, 2.3 KiB logical" in out
 
 
 def test_info_of_an_incomplete_checkpoint_fails_with_the_reason(saved, capsys):
@@ -88,7 +99,7 @@ def test_storage_options_come_from_aws_environment_variables(s3, monkeypatch, ca
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3.storage_options["endpoint_url"])
     assert main(["ls", s3.url()]) == 0
-    assert capsys.readouterr().out.split() == ["w", "(3,)", "float64"]
+    assert capsys.readouterr().out.splitlines()[1].split()[:3] == ["w", "(3,)", "float64"]
 
 
 def test_malformed_storage_option_is_a_usage_error():
@@ -147,3 +158,104 @@ def test_rm_deletes_only_zstore_checkpoints(tmp_path, capsys):
     assert main(["rm", str(tmp_path / "plain")]) == 0
     with pytest.raises(zstore.CheckpointNotFoundError):
         zstore.open(str(tmp_path / "plain"))
+
+
+def run_cli(*args: str, stdout: Any = subprocess.PIPE) -> subprocess.CompletedProcess:
+    """``python -m zstore ARGS`` in a fresh process, as a shell would start it."""
+    return subprocess.run([sys.executable, "-m", "zstore", *args], stdout=stdout,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+
+
+def test_python_dash_m_zstore_runs_the_command(tmp_path):
+    zstore.save({"w": np.ones(3)}, str(tmp_path / "ckpt"))
+    done = run_cli("ls", str(tmp_path / "ckpt"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1].split()[:3] == ["w", "(3,)", "float64"]
+
+
+def test_version_prints_the_package_version():
+    done = run_cli("--version")
+    assert (done.returncode, done.stdout.strip()) == (0, f"zstore {zstore.__version__}")
+
+
+def test_storage_options_work_after_the_command(saved, capsys):
+    assert main(["info", saved.url("step-1"), *cli_flags(saved.storage_options)]) == 0
+    assert "1 arrays + 0 inline values" in capsys.readouterr().out
+
+
+def test_storage_options_before_and_after_the_command_add_up(s3, capsys):
+    zstore.save({"w": np.ones(3)}, s3.url(), storage_options=s3.storage_options)
+    flags = cli_flags(s3.storage_options)
+    assert main([*flags[:1], "info", s3.url(), *flags[1:]]) == 0
+    assert "(3,)" in capsys.readouterr().out
+
+
+def test_version_works_after_the_command_too(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["ls", "--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"zstore {zstore.__version__}"
+
+
+def all_actions(parser: argparse.ArgumentParser, path: str = "zstore"):
+    for action in parser._actions:
+        yield path, action
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from all_actions(sub, f"{path} {name}")
+
+
+def test_every_option_and_argument_has_help():
+    missing = [f"{path} {action.option_strings or action.dest}"
+               for path, action in all_actions(build_parser()) if not action.help]
+    assert missing == []
+
+
+@pytest.fixture
+def listing(tmp_path):
+    """A run of one checkpoint with a few dozen arrays: output of many lines."""
+    zstore.save({f"layer.{i}.weight": np.ones(2, np.float32) for i in range(40)},
+                str(tmp_path / "run" / "step-1"))
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("command", [["ls", "{run}"], ["info", "{run}/step-1"]])
+def test_output_into_a_closed_pipe_ends_quietly(listing, command):
+    """``zstore ls ... | head -1``: a reader that stopped reading is no error worth a
+    traceback. The pipe's reading end is closed before zstore writes, so every run sees it."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = run_cli(*[c.format(run=listing) for c in command], stdout=write)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+@pytest.mark.parametrize("command", ["ls {run}", "info {run}/step-1"])
+def test_piping_into_head_prints_the_first_line_and_no_traceback(listing, command):
+    done = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m zstore {command.format(run=listing)} | head -1",
+        shell=True, capture_output=True, text=True, timeout=120)
+    assert done.stderr == ""
+    assert len(done.stdout.splitlines()) == 1
+
+
+def test_arrays_and_inline_values_are_counted_alike_everywhere(tmp_path, capsys):
+    """A save, the checkpoint it opens as, and `zstore info`/`ls` name the same counts:
+    stored arrays (a tied tensor once) and inline values (0-d tensors, numpy scalars)."""
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()  # AdamW state: exp_avg, exp_avg_sq per parameter, and a 0-d `step` tensor
+    tree = {"model": model.state_dict(), "tied": model.weight, "optim": opt.state_dict(),
+            "epoch": 3, "scale": np.float32(0.5)}
+    url = str(tmp_path / "ckpt")
+    counts = "6 arrays + 3 inline values"
+    info = zstore.save(tree, url)
+    assert (info.arrays, info.inline_values) == (6, 3)
+    assert str(info).startswith(counts) and "inline_values=3" in repr(info)
+    for command in ("info", "ls"):
+        assert main([command, url]) == 0
+        assert capsys.readouterr().out.splitlines()[-1].startswith(f"{counts}, ")

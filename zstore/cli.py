@@ -1,7 +1,9 @@
 """The ``zstore`` command: a thin layer over the public API.
 
-    zstore ls URL        checkpoints under a prefix (a series' steps in order, with size,
-                         age and completeness), or the arrays of one checkpoint
+    zstore ls URL        what lies under a prefix, a few folders deep: checkpoints (a series'
+                         steps in order, committed or not, with size and age) and anything
+                         else; or the arrays and inline values of one checkpoint.
+                         ``--verify`` also reads every object of each committed checkpoint
     zstore rm URL        delete a checkpoint, commit marker first; the newest committed
                          step of a series only with --force
     zstore rm ROOT --keep-last N [--keep-every M]
@@ -13,22 +15,29 @@
     zstore calibrate URL measure a backend's latency, bandwidth and concurrency, and keep
                          the profile for ``plan`` and ``save`` (``--backend NAME``)
 
-``--storage-option key=value`` (repeatable; values parsed as JSON when they can
-be, dotted keys nest: ``client_kwargs.region_name=eu-west-1``) goes to fsspec;
-the usual ``AWS_*`` environment variables work as they do for s3fs.
+``-o``/``--storage-option key=value`` (repeatable, before or after the command;
+values parsed as JSON when they can be, dotted keys nest:
+``client_kwargs.region_name=eu-west-1``) goes to fsspec; the usual ``AWS_*``
+environment variables work as they do for s3fs.
+
+Counts use one vocabulary everywhere (``SaveInfo``, ``Checkpoint``, the demo):
+*arrays* are stored zarr arrays, *inline values* the 0-d tensors and numpy scalars
+kept in the manifest; plain Python values in the tree are counted in neither.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from zstore import __version__
 from zstore.calibrate import calibrate
-from zstore.catalog import delete, find_checkpoints
+from zstore.catalog import DEFAULT_DEPTH, CheckpointEntry, delete, survey
 from zstore.errors import ZStoreError
 from zstore.manager import CheckpointManager
 from zstore.planner import plan, plan_specs
@@ -59,16 +68,13 @@ def _storage_options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-def _print_arrays(ckpt: Checkpoint) -> None:
-    rows = []
-    for name, t in ckpt.items():
-        ratio = f"{t.nbytes / t.stored_nbytes:.2f}" if t.stored_nbytes else "-"
-        rows.append([name, str(t.shape), str(t.dtype), size(t.nbytes), size(t.stored_nbytes),
-                     ratio, str(t.chunk_shape or "inline"), str(t.shard_shape or "-")])
-    print(table(rows, ["name", "shape", "dtype", "bytes", "stored", "ratio", "chunk", "shard"]))
+def _contents(ckpt: Checkpoint) -> str:
+    """``15 arrays + 5 inline values, 48.1 MiB logical, 48.1 MiB stored (1.00x)``."""
+    inline = sum(t.chunk_shape is None for t in ckpt.values())
     total, stored = ckpt.nbytes, ckpt.stored_nbytes
     ratio = f"{total / stored:.2f}x" if stored else "-"
-    print(f"\n{len(ckpt)} arrays, {size(total)} logical, {size(stored)} stored ({ratio})")
+    return (f"{len(ckpt.array_documents())} arrays + {inline} inline values, {size(total)} "
+            f"logical, {size(stored)} stored ({ratio})")
 
 
 def _cmd_info(args: argparse.Namespace, options: dict[str, Any]) -> int:
@@ -76,25 +82,60 @@ def _cmd_info(args: argparse.Namespace, options: dict[str, Any]) -> int:
     print(f"checkpoint {ckpt.url}  created {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ckpt.created))}")
     if ckpt.metadata:
         print(f"metadata {json.dumps(ckpt.metadata)}")
-    _print_arrays(ckpt)
+    rows = []
+    for name, t in ckpt.items():
+        ratio = f"{t.nbytes / t.stored_nbytes:.2f}" if t.stored_nbytes else "-"
+        rows.append([name, str(t.shape), str(t.dtype), size(t.nbytes), size(t.stored_nbytes),
+                     ratio, str(t.chunk_shape or "inline"), str(t.shard_shape or "-")])
+    print(table(rows, ["name", "shape", "dtype", "bytes", "stored", "ratio", "chunk", "shard"]))
+    print(f"\n{_contents(ckpt)}")
     return 0
 
 
 def _cmd_ls(args: argparse.Namespace, options: dict[str, Any]) -> int:
-    found = find_checkpoints(args.url, storage_options=options)
+    found = survey(args.url, storage_options=options, depth=args.depth)
     if found is None:  # the URL is itself a checkpoint
-        ckpt = open_checkpoint(args.url, storage_options=options)
-        for name, t in ckpt.items():
-            print(f"{name}  {t.shape}  {t.dtype}")
-        return 0
-    if not found:
-        print(f"no checkpoints under {args.url}")
-        return 0
+        return _ls_checkpoint(args, options)
+    rows, damaged = [], 0
     now = time.time()
-    rows = [[c.name, "complete" if c.complete else "INCOMPLETE", size(c.stored_bytes),
-             age(now - c.modified) if c.modified else "-"] for c in found]
-    print(table(rows, ["checkpoint", "state", "stored", "age"]))
-    return 0
+    for entry in found.rows():
+        committed = isinstance(entry, CheckpointEntry)
+        row = [entry.name, entry.state if committed else entry.what,
+               size(entry.stored_bytes) if entry.stored_bytes else "-",
+               age(now - entry.modified) if committed and entry.modified else "-"]
+        if args.verify:
+            check = _check(entry.url, options) if committed and entry.complete else "-"
+            damaged += check.startswith("damaged")
+            row.append(check)
+        rows.append(row)
+    header = ["name", "state", "stored", "age", *(["verify"] if args.verify else [])]
+    print(table(rows, header) if rows else f"no checkpoints under {args.url}")
+    if found.unsearched:
+        shown = ", ".join(found.unsearched[:3]) + (", ..." if len(found.unsearched) > 3 else "")
+        print(f"\nsearch stopped {found.depth} folder level(s) down; {len(found.unsearched)} "
+              f"folder(s) not searched: {shown} (--depth {found.depth + 1} looks further)")
+    return 1 if damaged else 0
+
+
+def _ls_checkpoint(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    ckpt = open_checkpoint(args.url, storage_options=options)
+    rows = [[name, str(t.shape), str(t.dtype),
+             "inline" if t.chunk_shape is None else size(t.stored_nbytes)]
+            for name, t in ckpt.items()]
+    print(table(rows, ["name", "shape", "dtype", "stored"]))
+    print(f"\n{_contents(ckpt)}")
+    if not args.verify:
+        return 0
+    check = _check(args.url, options)
+    print(check)
+    return 1 if check.startswith("damaged") else 0
+
+
+def _check(url: str, options: dict[str, Any]) -> str:
+    """``intact`` or ``damaged: N problems``: ``verify`` read every object."""
+    report = verify(url, storage_options=options)
+    count = len(report.problems)
+    return "intact" if report.ok else f"damaged: {count} problem{'s' * (count != 1)}"
 
 
 def _cmd_rm(args: argparse.Namespace, options: dict[str, Any]) -> int:
@@ -158,45 +199,86 @@ def _cmd_calibrate(args: argparse.Namespace, options: dict[str, Any]) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``zstore`` command line; every option has help (a test walks it)."""
     parser = argparse.ArgumentParser(prog="zstore", description="Inspect and plan zstore checkpoints.")
-    parser.add_argument("--storage-option", "-o", action="append", default=[], metavar="K=V",
-                        help="fsspec storage option (repeatable)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, handler, text in (
-        ("ls", _cmd_ls, "list checkpoints under a prefix, or the arrays of one checkpoint"),
-        ("info", _cmd_info, "describe every array of a checkpoint"),
-        ("verify", _cmd_verify, "read every chunk and check it; exit 1 on any problem"),
-    ):
+    _global_options(parser, dest="storage_option", default=[])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="what to do (zstore COMMAND --help for more)")
+
+    def command(name: str, handler: Any, text: str, url: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
-        sub.add_argument("url")
+        sub.add_argument("url", help=url)
+        # the global options again, where people type them: `zstore info URL -o k=v`
+        _global_options(sub, dest="storage_option_after", default=argparse.SUPPRESS)
         sub.set_defaults(handler=handler)
-    text = "delete a checkpoint (commit marker first), or apply retention to a series"
-    sub = commands.add_parser("rm", help=text, description=text)
-    sub.add_argument("url", help="a checkpoint (e.g. ROOT/step-100), or a series root")
+        return sub
+
+    sub = command("ls", _cmd_ls, "list what lies under a prefix (checkpoints committed or not, "
+                  "and anything else), or the arrays of one checkpoint",
+                  "a prefix (bucket, run folder) or one checkpoint")
+    sub.add_argument("--verify", action="store_true",
+                     help="also read every object of each committed checkpoint: intact or "
+                          "damaged (exit 1 if any is damaged)")
+    sub.add_argument("--depth", type=int, default=DEFAULT_DEPTH, metavar="N",
+                     help=f"how many folder levels below URL to search (default {DEFAULT_DEPTH})")
+    command("info", _cmd_info, "describe every array of a checkpoint", "a checkpoint")
+    command("verify", _cmd_verify, "read every chunk and check it; exit 1 on any problem",
+            "a checkpoint")
+    sub = command("rm", _cmd_rm,
+                  "delete a checkpoint (commit marker first), or apply retention to a series",
+                  "a checkpoint (e.g. ROOT/step-100), or a series root")
     sub.add_argument("--force", action="store_true",
                      help="allow deleting the newest committed step of a series")
     sub.add_argument("--keep-last", type=int, metavar="N", help="keep the N newest steps")
     sub.add_argument("--keep-every", type=int, metavar="M", help="also keep steps divisible by M")
-    sub.set_defaults(handler=_cmd_rm)
-    text = "explain a checkpoint's layout, or plan a .safetensors file's, with predicted costs"
-    sub = commands.add_parser("plan", help=text, description=text)
-    sub.add_argument("url", help="a checkpoint, or a .safetensors file")
+    sub = command("plan", _cmd_plan, "explain a checkpoint's layout, or plan a .safetensors "
+                  "file's, with predicted costs", "a checkpoint, or a .safetensors file")
     sub.add_argument("--access", "-a", action="append", default=[], metavar="GLOB=PATTERN",
                      help="access pattern per name glob: full, rows, tensor, split(DIM,PARTS)")
     sub.add_argument("--backend", "-b", help="backend profile name (default: from the URL)")
     sub.add_argument("--target", help="where a .safetensors file would be saved (sets backend)")
-    sub.add_argument("--codec", default="auto", choices=["auto", "blosc", "zstd", "none"])
-    sub.set_defaults(handler=_cmd_plan)
-    text = "measure a backend and keep its profile for planning"
-    sub = commands.add_parser("calibrate", help=text, description=text)
-    sub.add_argument("url", help="a prefix where scratch objects may be written")
+    sub.add_argument("--codec", default="auto", choices=["auto", "blosc", "zstd", "none"],
+                     help="codec a .safetensors file's arrays would be saved with (default "
+                          "auto: compress only where the backend is slower than compressing)")
+    sub = command("calibrate", _cmd_calibrate,
+                  "measure a backend and keep its profile for planning",
+                  "a prefix where scratch objects may be written")
     sub.add_argument("--name", help="profile name (default: the built-in it refines, e.g. s3)")
     sub.add_argument("--size", type=int, default=16 << 20, help="bytes per timed object")
-    sub.set_defaults(handler=_cmd_calibrate)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, dest: str, default: Any) -> None:
+    """Options every command takes, before the command or after it: each place parses into
+    its own ``dest``, so ``-o`` given in both places adds up instead of one replacing the other."""
+    parser.add_argument("--storage-option", "-o", action="append", dest=dest, default=default,
+                        metavar="KEY=VALUE",
+                        help="fsspec storage option, repeatable; values parsed as JSON when they "
+                             "can be, dotted keys nest (-o client_kwargs.region_name=eu-west-1)")
+    parser.add_argument("--version", action="version", version=f"zstore {__version__}",
+                        help="print zstore's version and exit")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 a finding, 2 an error)."""
     try:
-        return args.handler(args, _storage_options(args.storage_option))
+        try:
+            return _run(build_parser().parse_args(argv))
+        finally:
+            sys.stdout.flush()  # here, not at exit, so a closed pipe is seen below
+    except BrokenPipeError:
+        # The reader stopped reading (`zstore ls | head -1`): end quietly, as a tool killed by
+        # SIGPIPE does (status 128 + 13), with stdout pointed at /dev/null so that Python's
+        # own flush at exit does not print a traceback either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _run(args: argparse.Namespace) -> int:
+    pairs = [*args.storage_option, *getattr(args, "storage_option_after", [])]
+    try:
+        return args.handler(args, _storage_options(pairs))
     except (ZStoreError, ValueError, KeyError) as e:
         print(f"zstore: {e}", file=sys.stderr)
         return 2

@@ -60,12 +60,18 @@ from zstore.profiles import BackendProfile, profile_for
 from zstore.progress import bar
 from zstore.storage import Location, is_temporary, resolve, storage_errors
 from zstore.tensors import host_array, is_torch_tensor, torch_numpy_dtype
-from zstore.tree import FlatTree, flatten
+from zstore.text import size
+from zstore.tree import FlatTree, flatten, iter_leaves
 
 
 @dataclass(frozen=True)
 class SaveInfo:
-    """What a save wrote: arrays, bytes before and after compression, objects, time."""
+    """What a save wrote: arrays, bytes before and after compression, objects, time.
+
+    ``arrays`` counts stored zarr arrays (tied tensors once), ``inline_values`` the 0-d
+    tensors and numpy scalars kept in the manifest instead: the two counts ``Checkpoint``
+    and ``zstore info`` show. Plain Python values in the tree are in neither.
+    """
 
     url: str
     arrays: int
@@ -75,6 +81,13 @@ class SaveInfo:
     seconds: float
     copied_objects: int = 0  # copied on the server from ``base``, not uploaded
     copied_bytes: int = 0
+    inline_values: int = 0
+
+    def __str__(self) -> str:
+        copied = f", {self.copied_objects} copied on the server" if self.copied_objects else ""
+        return (f"{self.arrays} arrays + {self.inline_values} inline values, "
+                f"{size(self.logical_bytes)} -> {size(self.stored_bytes)} in {self.objects} "
+                f"objects{copied} at {self.url} ({self.seconds:.2f} s)")
 
     @property
     def uploaded_bytes(self) -> int:
@@ -200,6 +213,7 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
         seconds=time.perf_counter() - started,
         copied_objects=len(outcome.copied),
         copied_bytes=outcome.copied_bytes,
+        inline_values=sum("scalar" in node for _, node in iter_leaves(flat.skeleton)),
     )
 
 
