@@ -256,6 +256,7 @@ def test_arrays_and_inline_values_are_counted_alike_everywhere(tmp_path, capsys)
     info = zstore.save(tree, url)
     assert (info.arrays, info.inline_values) == (6, 3)
     assert str(info).startswith(counts) and "inline_values=3" in repr(info)
+    assert f"{counts}, " in repr(zstore.open(url))
     for command in ("info", "ls"):
         assert main([command, url]) == 0
         assert capsys.readouterr().out.splitlines()[-1].startswith(f"{counts}, ")

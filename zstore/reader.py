@@ -301,7 +301,9 @@ class Checkpoint(Mapping[str, LazyTensor]):
         return len(self._tensors)
 
     def __repr__(self) -> str:
-        return f"Checkpoint({self.url!r}, {len(self)} arrays, {self.nbytes / 2**20:.1f} MiB)"
+        inline = sum(t._path is None for t in self._tensors.values())
+        return (f"Checkpoint({self.url!r}, {len(self._unique_arrays())} arrays + {inline} "
+                f"inline values, {self.nbytes / 2**20:.1f} MiB)")
 
     @property
     def nbytes(self) -> int:
