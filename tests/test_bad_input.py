@@ -276,3 +276,33 @@ def test_a_checkpoint_nested_in_another_is_never_deleted_with_it(tmp_path):
         delete(outer)
     assert np.array_equal(zstore.load(outer)["w"], np.ones(3))
     assert np.array_equal(zstore.load(inner)["w"], np.full(3, 2.0))
+
+
+# --- opening something that is not a checkpoint says what it is -----------------------------
+
+def test_opening_a_run_root_lists_its_steps_and_how_to_open_one(backend):
+    root = backend.url("run")
+    mgr = zstore.CheckpointManager(root, storage_options=backend.storage_options)
+    for step in (100, 200):
+        mgr.save(step, {"w": np.ones(3)})
+    with pytest.raises(zstore.CheckpointNotFoundError) as caught:
+        zstore.open(root, storage_options=backend.storage_options)
+    message = str(caught.value)
+    assert "CheckpointManager run" in message and "100, 200" in message
+    assert f"zstore.open({root + '/step-200'!r})" in message
+
+
+def test_opening_a_folder_of_checkpoints_names_them(tmp_path):
+    for name in ("a", "b"):
+        zstore.save({"w": np.ones(3)}, str(tmp_path / "ckpts" / name))
+    with pytest.raises(zstore.CheckpointNotFoundError, match="2 below it: a, b"):
+        zstore.open(str(tmp_path / "ckpts"))
+
+
+def test_opening_a_safetensors_file_says_so_and_how_to_convert_it(tmp_path):
+    safetensors = pytest.importorskip("safetensors.numpy")
+    path = str(tmp_path / "model.safetensors")
+    safetensors.save_file({"w": np.zeros(4, np.float32)}, path)
+    with pytest.raises(zstore.CheckpointNotFoundError,
+                       match=r"is a safetensors file.*zstore\.save\(safetensors\.torch\.load_file"):
+        zstore.open(path)

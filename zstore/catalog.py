@@ -94,7 +94,7 @@ def survey(url: str, *, storage_options: dict[str, Any] | None = None,
     if depth < 1:
         raise ValueError(f"depth must be at least 1, got {depth}")
     location = resolve(url, storage_options)
-    return run(url, _survey(location, depth))
+    return run(url, survey_at(location, depth))
 
 
 def find_checkpoints(url: str, *, storage_options: dict[str, Any] | None = None
@@ -105,7 +105,8 @@ def find_checkpoints(url: str, *, storage_options: dict[str, Any] | None = None
     return None if found is None else sorted(found.checkpoints, key=lambda e: natural(e.name))
 
 
-async def _survey(location: Location, depth: int) -> Survey | None:
+async def survey_at(location: Location, depth: int) -> Survey | None:
+    """``survey`` of a resolved location, in the caller's event loop."""
     root, commit = await asyncio.gather(location.get(ROOT), location.get(COMMIT_MARKER))
     if root is not None or commit is not None:
         return None
@@ -119,7 +120,8 @@ async def _survey(location: Location, depth: int) -> Survey | None:
 
 
 def _file_message(url: str) -> str:
-    hint = (f"; `zstore plan {url} --target URL` plans converting it"
+    hint = (f"; convert it with zstore.save(safetensors.torch.load_file({url!r}), URL) "
+            f"(`zstore plan {url} --target URL` shows the layout first)"
             if url.endswith(".safetensors") else
             f" (a checkpoint is a folder holding {ROOT} and {COMMIT_MARKER})")
     return f"{url!r} is {_file_kind(url)}, not a zstore checkpoint{hint}"

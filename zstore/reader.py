@@ -23,12 +23,14 @@ from zarr.storage import StorePath, WrapperStore
 
 from zstore.budget import ByteBudget
 from zstore.dtypes import dtype_from_name
-from zstore.errors import CorruptCheckpointError, ZStoreError
+from zstore.catalog import natural, survey_at
+from zstore.errors import CheckpointNotFoundError, CorruptCheckpointError, ZStoreError
 from zstore.index_cache import ShardIndexCache
 from zstore.indexing import Selection, finish, normalize
 from zstore.load_into import load_into
 from zstore.manifest import COMMIT_MARKER, ROOT, Manifest, read_manifest
 from zstore.progress import bar
+from zstore.series import step_name, step_of
 from zstore.staging import DeviceStager
 from zstore.storage import Location, resolve, run
 from zstore.tasks import gather_all
@@ -476,7 +478,10 @@ def open(url: str, *, storage_options: dict[str, Any] | None = None) -> Checkpoi
     """
     location = resolve(url, storage_options)
     root, commit = run(url, _fetch_metadata(location))
-    manifest = read_manifest(root, commit, url)
+    try:
+        manifest = read_manifest(root, commit, url)
+    except CheckpointNotFoundError as e:
+        raise _not_a_checkpoint(location, e) from None
     try:
         check_skeleton(manifest.tree)
         return Checkpoint(location, manifest)
@@ -484,6 +489,36 @@ def open(url: str, *, storage_options: dict[str, Any] | None = None) -> Checkpoi
         raise CorruptCheckpointError(
             f"the manifest of {url!r} is committed but malformed ({type(e).__name__}: {e}); "
             "it was not written by this zstore") from None
+
+
+def _not_a_checkpoint(location: Location, error: CheckpointNotFoundError
+                      ) -> CheckpointNotFoundError:
+    """The error for a URL that holds no checkpoint, saying what it holds instead and what
+    to open: a ``CheckpointManager`` run's steps, checkpoints further down, a file of
+    another format. Only on this error path: it costs a listing or two."""
+    url = location.url
+    try:
+        found = run(url, survey_at(location, depth=2))
+    except CheckpointNotFoundError as absent:  # a file, or nothing at all
+        return absent
+    if found is None or not found.checkpoints:
+        return error
+    steps = sorted((s, e) for e in found.checkpoints if (s := step_of(e.name)) is not None)
+    if steps:
+        committed = [s for s, e in steps if e.complete]
+        shown = ", ".join(f"{s}" + ("" if e.complete else " (not committed)")
+                          for s, e in steps[-8:])
+        newest = committed[-1] if committed else steps[-1][0]
+        return CheckpointNotFoundError(
+            f"{url!r} is the root of a CheckpointManager run, not a checkpoint: it holds "
+            f"{len(steps)} step(s) ({'..., ' if len(steps) > 8 else ''}{shown}). Open one "
+            f"with zstore.open({url.rstrip('/') + '/' + step_name(newest)!r}), or "
+            f"zstore.CheckpointManager({url!r}).open() for the newest committed step")
+    names = sorted((e.name for e in found.checkpoints), key=natural)
+    return CheckpointNotFoundError(
+        f"no checkpoint at {url!r}, but {len(names)} below it: "
+        f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}; open one of those "
+        f"(`zstore ls {url}` lists them)")
 
 
 async def _fetch_metadata(location: Location) -> tuple[bytes | None, bytes | None]:
