@@ -209,3 +209,38 @@ def test_a_full_load_is_priced_only_where_the_profile_has_prices():
     expected = (2 + s3.data_objects) * 4e-7 + s3.stored_bytes / 1e9 * 0.09
     assert s3.load_price == pytest.approx(expected) and local.load_price == 0
     assert "$" in str(s3) and "$" not in str(local)
+
+
+MINILM_LIKE = {"embeddings.word_embeddings.weight": np.zeros((30522, 384), np.float32),
+               "embeddings.LayerNorm.weight": np.zeros(384, np.float32),
+               "encoder.layer.0.attention.self.query.weight": np.zeros((384, 384), np.float32)}
+
+
+def test_an_access_glob_that_matches_nothing_names_the_closest_arrays():
+    with pytest.raises(zstore.InvalidKeyError, match="'\\*embd\\*' matches no array") as e:
+        zstore.plan(MINILM_LIKE, access={"*embd*": "rows"})
+    assert "'embeddings.word_embeddings.weight'" in str(e.value)
+    assert isinstance(e.value, ValueError)
+
+
+def test_save_refuses_an_access_glob_that_matches_nothing_before_writing(tmp_path):
+    url = str(tmp_path / "ckpt")
+    with pytest.raises(zstore.InvalidKeyError, match="close names: .*query"):
+        zstore.save(MINILM_LIKE, url, access={"*.quary.weight": zstore.split(0, 2)})
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_a_pattern_for_every_array_needs_no_match():
+    assert zstore.plan({}, access={"*embed*": "rows"}).arrays == {}
+    assert "rows" in zstore.plan(MINILM_LIKE, access="rows").arrays[
+        "embeddings.word_embeddings.weight"].costs
+
+
+def test_rows_of_a_1d_array_are_skipped_with_a_note():
+    p = zstore.plan(MINILM_LIKE, access={"*embed*": "rows"}, backend="s3")
+    norm = p.arrays["embeddings.LayerNorm.weight"]
+    assert list(norm.costs) == ["full"] and norm.patterns == ("full",)
+    assert "rows" in p.arrays["embeddings.word_embeddings.weight"].costs
+    assert len(p.notes) == 1 and "'embeddings.LayerNorm.weight' (384,)" in p.notes[0]
+    assert "note: rows skipped for 1-D arrays" in str(p)
+    assert max(c.amplification for a in p.arrays.values() for c in a.costs.values()) < 384

@@ -7,7 +7,8 @@
 - ``"tensor"``: one whole tensor at a time (a layer, a LoRA base).
 
 ``access`` maps name globs to a pattern or a list of them; every glob that
-matches a name adds its patterns, and names no glob matches are ``full``:
+matches a name adds its patterns, and names no glob matches are ``full``. A
+glob that matches no name at all is a typo, and an error (``check_globs``):
 
 >>> from zstore.access import patterns_for, split
 >>> patterns_for("layers.0.q_proj.weight", {"*embed*": "rows", "*.q_proj.weight": split(0, 8)})
@@ -16,12 +17,15 @@ matches a name adds its patterns, and names no glob matches are ``full``:
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Union
+
+from zstore.errors import InvalidKeyError
 
 NAMED = ("full", "rows", "tensor")
 
@@ -114,3 +118,41 @@ def check_split(pattern: Split, shape: tuple[int, ...], name: str) -> Split:
             f"{pattern} does not fit {name!r} of shape {shape}: dim must be in [{-ndim}, {ndim})"
         )
     return Split(pattern.dim % ndim, pattern.parts)
+
+
+def _close_names(glob: str, names: Sequence[str], limit: int = 5) -> list[str]:
+    """Names holding a stretch most like ``glob``'s literal text (``*embd*`` finds
+    ``embeddings.LayerNorm.weight``, ``*.quary.weight`` finds ``...self.query.weight``)."""
+    text = re.sub(r"[*?\[\]]", "", glob)
+    if not text:
+        return []
+    matcher = difflib.SequenceMatcher(a=text)
+
+    def likeness(name: str) -> float:
+        best = 0.0
+        for width in (len(text), len(text) + 1):
+            for start in range(max(1, len(name) - width + 1)):
+                matcher.set_seq2(name[start:start + width])
+                best = max(best, matcher.ratio())
+        return best
+
+    scored = sorted(((likeness(n), n) for n in names), key=lambda s: -s[0])
+    return [n for score, n in scored[:limit] if score >= 0.7]
+
+
+def check_globs(access: Access, names: Sequence[str]) -> None:
+    """Raise ``InvalidKeyError`` for a glob of ``access`` that matches none of ``names``.
+
+    A pattern given for every array (no glob) always applies; so does any glob
+    when there are no arrays at all.
+    """
+    if not isinstance(access, Mapping) or not names:
+        return
+    for glob in normalize_access(access):
+        if not any(fnmatch.fnmatchcase(name, glob) for name in names):
+            close = _close_names(glob, names)
+            hint = (f"close names: {', '.join(map(repr, close))}" if close
+                    else f"names look like {', '.join(map(repr, list(names)[:3]))}")
+            raise InvalidKeyError(
+                f"access glob {glob!r} matches no array ({hint}); globs match whole names "
+                "case-sensitively (fnmatch), so use '*part*' to match a part of a name")

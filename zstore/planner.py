@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from zstore.access import Access, Pattern, Split, check_split, patterns_for
+from zstore.access import Access, Pattern, Split, check_globs, check_split, patterns_for
 from zstore.chunking import choose_layout
 from zstore.costs import Cost, codec_seconds, pattern_cost, resolve_codec, stored_ratio
 from zstore.dtypes import check_supported, dtype_from_name
@@ -55,13 +55,15 @@ class Plan:
     """Layouts and predicted costs of a checkpoint; ``str(plan)`` is a readable table.
 
     ``measured`` is True when stored sizes come from a saved checkpoint rather
-    than from the compression estimates.
+    than from the compression estimates; ``notes`` are access patterns the plan
+    left out, each with the reason.
     """
 
     arrays: dict[str, ArrayPlan]
     profile: BackendProfile
     cores: int
     measured: bool = False
+    notes: tuple[str, ...] = ()
 
     @property
     def layouts(self) -> dict[str, Layout]:
@@ -149,6 +151,7 @@ class Plan:
             f"{duration(self.save_seconds)}, full load {duration(self.load_seconds)}"
             + (f"; a full load costs ~${self.load_price:.4f} at {p.name} prices"
                if self.load_price else ""))
+        lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
 
 
@@ -167,9 +170,26 @@ def _array_plan(name: str, shape: tuple[int, ...], dtype: np.dtype, layout: Layo
                      full.bytes if stored is None else stored, ratio)
 
 
-def _patterns(name: str, shape: tuple[int, ...], access: Access) -> tuple[Pattern, ...]:
-    return tuple(check_split(p, shape, name) if isinstance(p, Split) else p
-                 for p in patterns_for(name, access))
+def _patterns(name: str, shape: tuple[int, ...], access: Access, skipped: list[str]
+              ) -> tuple[Pattern, ...]:
+    """The patterns ``name`` serves; ``rows`` of a 1-D array is left out (added to ``skipped``).
+
+    A 1-D array's rows are single elements: gathering one would read a whole
+    chunk per element (amplification of the chunk length), and a glob such as
+    ``*embed*`` also catches an embedding's 1-D LayerNorm weights.
+    """
+    patterns = patterns_for(name, access)
+    if len(shape) == 1 and "rows" in patterns:
+        patterns = tuple(p for p in patterns if p != "rows")
+        skipped.append(f"{name!r} {shape}")
+    return tuple(check_split(p, shape, name) if isinstance(p, Split) else p for p in patterns)
+
+
+def _notes(skipped: list[str]) -> tuple[str, ...]:
+    if not skipped:
+        return ()
+    return (f"rows skipped for 1-D arrays (their rows are single elements; they are read "
+            f"whole): {', '.join(skipped)}",)
 
 
 def plan_specs(specs: Mapping[str, Spec], *, access: Access, profile: BackendProfile,
@@ -177,14 +197,15 @@ def plan_specs(specs: Mapping[str, Spec], *, access: Access, profile: BackendPro
     """The plan of arrays given as {name: (shape, dtype)}; what ``save`` and ``plan`` share."""
     if codec not in (*CODECS, "auto"):
         raise ValueError(f"unknown codec {codec!r}; choose one of auto, {', '.join(CODECS)}")
+    check_globs(access, list(specs))
     cores = cores or os.cpu_count() or 1
     chosen = resolve_codec(codec, profile, cores)
-    arrays = {}
+    arrays, skipped = {}, []
     for name, (shape, dtype) in specs.items():
-        patterns = _patterns(name, shape, access)
+        patterns = _patterns(name, shape, access, skipped)
         layout = choose_layout(shape, dtype, patterns, profile, chosen)
         arrays[name] = _array_plan(name, shape, dtype, layout, patterns, profile)
-    return Plan(arrays, profile, cores)
+    return Plan(arrays, profile, cores, notes=_notes(skipped))
 
 
 def plan(tree_or_specs: Any, *, access: Access = None,
@@ -199,7 +220,8 @@ def plan(tree_or_specs: Any, *, access: Access = None,
             whose saved layouts are explained with their measured sizes.
         access: how arrays will be read: a pattern for all, or {name glob:
             pattern or list}: ``"full"``, ``"rows"``, ``"tensor"``,
-            ``zstore.split(dim, parts)``. Every array also serves ``"full"``.
+            ``zstore.split(dim, parts)``. Every array also serves ``"full"``;
+            ``rows`` of a 1-D array is left out (see ``Plan.notes``).
         backend: a profile name (``"local"``, ``"memory"``, ``"s3"`` or one
             stored by ``zstore calibrate``), a ``BackendProfile``, or the URL to
             be saved to. Default ``"s3"``.
@@ -210,6 +232,10 @@ def plan(tree_or_specs: Any, *, access: Access = None,
     Returns:
         A ``Plan``: per array a ``Layout`` and, per access pattern, predicted
         requests, bytes fetched, read amplification and seconds; totals.
+
+    Raises:
+        InvalidKeyError: a glob of ``access`` matches no array; the message
+            lists the names closest to it.
 
     Example:
         >>> import numpy as np, zstore
@@ -231,12 +257,15 @@ def plan(tree_or_specs: Any, *, access: Access = None,
 
 
 def _explain(ckpt: Any, access: Access, profile: BackendProfile, cores: int | None) -> Plan:
-    arrays = {}
-    for path, (document, stored) in ckpt.array_documents().items():
+    documents = ckpt.array_documents()
+    check_globs(access, list(documents))
+    arrays, skipped = {}, []
+    for path, (document, stored) in documents.items():
         shape, dtype = tuple(document["shape"]), dtype_from_name(document["data_type"])
         arrays[path] = _array_plan(path, shape, dtype, layout_from_metadata(document),
-                                   _patterns(path, shape, access), profile, stored)
-    return Plan(arrays, profile, cores or os.cpu_count() or 1, measured=True)
+                                   _patterns(path, shape, access, skipped), profile, stored)
+    return Plan(arrays, profile, cores or os.cpu_count() or 1, measured=True,
+                notes=_notes(skipped))
 
 
 def _dtype_of(value: Any, name: str) -> np.dtype:
