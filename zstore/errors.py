@@ -14,7 +14,7 @@ Every error is a ``ZStoreError``; where a built-in error fits, it is that too, s
     ├── UnsupportedTypeError      (TypeError)          a leaf or dtype zstore cannot store
     ├── InvalidURLError           (ValueError)         the URL or storage options are unusable
     ├── StorageAccessError        (PermissionError)    the backend refused the request
-    ├── StorageFailedError        (OSError)            the backend kept failing, retries spent
+    ├── StorageFailedError        (OSError)            unreachable, or kept failing after retries
     ├── SaveTimeoutError          (TimeoutError)       a save ran past its deadline
     ├── StateMismatchError        (RuntimeError)       load(into=...) keys or shapes disagree
     ├── PartialLoadError          (RuntimeError)       load(into=...) failed after changing the target
@@ -72,7 +72,8 @@ class StorageAccessError(ZStoreError, PermissionError):
 
 
 class StorageFailedError(ZStoreError, OSError):
-    """The backend kept failing (errors, resets, timeouts) after every retry."""
+    """The backend cannot be reached (connection refused, unknown host: at once, not retried)
+    or kept failing (errors, resets, timeouts) after every retry."""
 
 
 class SaveTimeoutError(ZStoreError, TimeoutError):

@@ -9,23 +9,33 @@ to the same fsspec filesystem here, counted the same way.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import loop as zarr_loop
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore
 
 from zstore.accounting import CountingStore, record
-from zstore.errors import InvalidURLError, StorageAccessError, StorageFailedError, ZStoreError
+from zstore.errors import (
+    CheckpointNotFoundError,
+    InvalidURLError,
+    StorageAccessError,
+    StorageFailedError,
+    ZStoreError,
+)
 from zstore.gate import WriteGate
 
 # Every S3 request has a deadline and is retried with backoff (botocore's "standard" mode:
@@ -41,6 +51,13 @@ S3_CONFIG: dict[str, Any] = {
 # its own keep its one distinct use, a body read cut off midway, and bound a request by
 # 2 x 2 x max_attempts x (connect_timeout + read_timeout) plus backoff.
 S3FS_RETRIES = 2
+# A refused connection or an unknown host is no transient fault, yet botocore retries it like
+# one (37 s against a closed port, measured). Before the first request to an endpoint the
+# caller named, one TCP connect (connect_timeout at most) tells them apart in milliseconds;
+# an endpoint that accepted one is not probed again in this process, and anything but a
+# refusal or an unknown host (a timeout, no route) is left to the retries.
+_REACHED: set[tuple[str, int]] = set()
+_UNKNOWN_HOST = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
 T = TypeVar("T")
 _CREDENTIAL_OPTIONS = {"key", "secret", "token", "password", "aws_secret_access_key"}
@@ -132,6 +149,22 @@ class Location:
             if path.startswith(prefix) and info.get("type", "file") == "file"
         }
 
+    async def require_bucket(self) -> None:
+        """Called once nothing was found at the URL: raise ``CheckpointNotFoundError`` saying
+        the bucket does not exist, if it does not (one listing request on S3; nothing on
+        other filesystems, or where listing is not permitted)."""
+        if not hasattr(self.fs, "_call_s3"):
+            return
+        bucket, key, _ = self.fs.split_path(self.root)
+        record("lists")
+        try:
+            await self.fs._call_s3("list_objects_v2", Bucket=bucket, Prefix=key, MaxKeys=1)
+        except FileNotFoundError as e:
+            raise CheckpointNotFoundError(
+                f"no checkpoint at {self.url!r}: {_not_found_reason(e)}") from None
+        except PermissionError:
+            pass
+
     async def copy_from(self, source: Location, key: str) -> None:
         """Copy ``source``'s object ``key`` to the same key here, on the server.
 
@@ -222,6 +255,10 @@ def resolve(url: str, storage_options: dict[str, Any] | None = None) -> Location
         for key, value in S3_CONFIG.items():
             config.setdefault(key, value)
         options["config_kwargs"] = config
+        endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get(
+            "endpoint_url")
+        if isinstance(endpoint, str):
+            _probe(url, endpoint, config)
     if protocol in ("file", "local"):
         options.setdefault("auto_mkdir", True)
     try:
@@ -237,6 +274,66 @@ def resolve(url: str, storage_options: dict[str, Any] | None = None) -> Location
     if protocol in ("s3", "s3a"):
         inner.fs.retries = S3FS_RETRIES  # an instance attribute: s3fs takes no option for it
     return Location(url=url, store=CountingStore(inner), fs=inner.fs, root=inner.path.rstrip("/"))
+
+
+def _probe(url: str, endpoint: str, config: dict[str, Any]) -> None:
+    """Raise ``StorageFailedError`` at once if ``endpoint`` refuses connections or names an
+    unknown host (see ``_REACHED``). Requests through a proxy are not probed: the proxy,
+    not this machine, reaches the endpoint."""
+    parts = urlsplit(endpoint)
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a malformed port: botocore's own error says so at the first request
+        return
+    if not host or (host, port) in _REACHED or _proxied(endpoint, parts.scheme, config):
+        return
+    timeout = config.get("connect_timeout") or S3_CONFIG["connect_timeout"]
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        reason = _why_unreachable(e)
+        if reason is not None:
+            raise endpoint_unreachable(url, endpoint, reason) from None
+        return
+    _REACHED.add((host, port))
+
+
+def _proxied(endpoint: str, scheme: str, config: dict[str, Any]) -> bool:
+    from botocore.utils import get_environ_proxies  # s3fs's dependency; botocore's own rule
+
+    return bool((config.get("proxies") or get_environ_proxies(endpoint)).get(scheme))
+
+
+def _why_unreachable(error: BaseException | None) -> str | None:
+    """What no retry can change about connecting: a refused connection or an unknown host."""
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, socket.gaierror) and error.errno in _UNKNOWN_HOST:
+        return "unknown host"
+    return None
+
+
+def endpoint_unreachable(url: str, endpoint: str, reason: str) -> StorageFailedError:
+    """The one line for an S3 endpoint no request can reach, whether the probe or the
+    retries found out."""
+    return StorageFailedError(f"cannot connect to S3 endpoint {endpoint} (for {url!r}): "
+                              f"{reason}; check endpoint_url in storage_options")
+
+
+def _endpoint_failure(error: BaseException) -> tuple[str, str] | None:
+    """The endpoint and the reason when ``error`` (or its cause) is botocore's connection
+    error over a refused connection or an unknown host: an endpoint that went away after
+    its probe, once the retries are spent."""
+    from botocore.exceptions import EndpointConnectionError  # s3fs's dependency
+
+    for e in (error, error.__cause__):
+        if isinstance(e, EndpointConnectionError):
+            inner = e.kwargs.get("error")  # aiohttp's error; its os_error is the socket's
+            reason = _why_unreachable(getattr(inner, "os_error", inner))
+            if reason is not None:
+                parts = urlsplit(str(e.kwargs.get("endpoint_url", "")))
+                return f"{parts.scheme}://{parts.netloc}", reason
+    return None
 
 
 def run(url: str, work: Coroutine[Any, Any, T]) -> T:
@@ -257,9 +354,7 @@ def storage_errors(url: str, *, saving: bool = False) -> Iterator[None]:
     except PermissionError as e:
         raise access_error(url, e) from None
     except FileNotFoundError as e:
-        raise InvalidURLError(
-            f"cannot reach {url!r}: {e} (does the bucket or parent folder exist?)"
-        ) from None
+        raise InvalidURLError(f"cannot reach {url!r}: {_not_found_reason(e)}") from None
     except (OSError, TimeoutError) as e:
         raise storage_failed(url, e, saving) from e
     except TypeError as e:
@@ -270,9 +365,18 @@ def storage_errors(url: str, *, saving: bool = False) -> Iterator[None]:
     except Exception as e:
         if type(e).__name__.endswith(("CredentialsError", "CredentialRetrievalError")):
             raise access_error(url, e) from None  # botocore: no usable credentials found
+        unreachable = _endpoint_failure(e)
+        if unreachable is not None:
+            raise endpoint_unreachable(url, *unreachable) from None
         if is_storage_failure(e):
             raise storage_failed(url, e, saving) from e
         raise
+
+
+def _not_found_reason(error: FileNotFoundError) -> str:
+    """Why a URL's bucket or parent folder cannot be reached (S3: "The specified bucket does
+    not exist"), and what to check: what a save and an open both say."""
+    return f"{error} (does the bucket or parent folder exist?)"
 
 
 def is_precondition_failure(error: BaseException) -> bool:
@@ -314,3 +418,35 @@ def access_error(url: str, error: BaseException) -> StorageAccessError:
         "permissions")
     return StorageAccessError(
         f"storage refused access to {url!r} ({type(error).__name__}: {error}); {hint}")
+
+
+EXIT_GRACE = 5.0  # seconds the requests still running at interpreter exit may take to unwind
+
+
+def _cancel_leftovers() -> None:
+    """At interpreter exit, cancel the tasks still running on zarr's event loop (requests of
+    a call that already failed, left by zarr's own fan-outs) and let them unwind there.
+
+    Otherwise zarr stops its loop with them pending and the garbage collector closes their
+    coroutines outside their context and loop: a traceback per request on stderr (``Exception
+    ignored in: <coroutine ...>``, ``... was created in a different Context``). Registered
+    after zarr's own exit handler, so it runs first, while the loop still runs.
+    """
+    running = zarr_loop[0]
+    if running is None or not running.is_running():
+        return
+
+    async def cancel_all() -> None:
+        leftovers = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=EXIT_GRACE)
+
+    try:
+        asyncio.run_coroutine_threadsafe(cancel_all(), running).result(EXIT_GRACE + 1)
+    except Exception:  # the loop stopped meanwhile, or a task would not unwind: nothing to do
+        pass
+
+
+atexit.register(_cancel_leftovers)

@@ -1,0 +1,126 @@
+"""Endpoints that cannot be reached fail at once with one line that names them, and nothing is
+printed at interpreter exit.
+
+A refused connection or an unknown host is no transient fault: retrying it only delays the
+error (37 s before the endpoint was probed). Each process check runs in a fresh interpreter,
+so its stderr shows what the user would see, exit included.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import zstore
+from zstore.storage import resolve
+
+BOUND = 10  # seconds: retrying a refused connection took 37 s (API) and 53 s (CLI)
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: connecting to it is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_python(script: str, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args],
+                          capture_output=True, text=True, timeout=120)
+    return done, time.perf_counter() - started
+
+
+CALLS = """
+    import sys, numpy as np, zstore
+    options = {"endpoint_url": sys.argv[1], "key": "x", "secret": "y"}
+    for call in (lambda: zstore.save({"w": np.ones(3)}, "s3://b/x", storage_options=options),
+                 lambda: zstore.open("s3://b/x", storage_options=options),
+                 lambda: zstore.load("s3://b/x", storage_options=options)):
+        try:
+            call()
+        except zstore.StorageFailedError as e:
+            print(e)
+"""
+
+
+def test_a_refused_connection_fails_at_once_naming_the_endpoint_and_exits_quietly():
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    done, seconds = run_python(CALLS, endpoint)
+    assert seconds < BOUND
+    assert done.stdout.splitlines() == [
+        f"cannot connect to S3 endpoint {endpoint} (for 's3://b/x'): connection refused; "
+        "check endpoint_url in storage_options"] * 3
+    assert done.stderr == ""
+
+
+def test_an_unknown_host_fails_at_once_naming_the_endpoint_and_exits_quietly():
+    endpoint = "http://no-such-host.invalid:9000"  # .invalid never resolves (RFC 6761)
+    done, seconds = run_python(CALLS, endpoint)
+    assert seconds < BOUND
+    assert done.stdout.splitlines() == [
+        f"cannot connect to S3 endpoint {endpoint} (for 's3://b/x'): unknown host; "
+        "check endpoint_url in storage_options"] * 3
+    assert done.stderr == ""
+
+
+def test_the_cli_reports_a_refused_connection_in_one_line_at_once():
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    done, seconds = run_python(
+        "import sys; from zstore.cli import main; sys.exit(main(sys.argv[1:]))",
+        f"-oendpoint_url={endpoint}", "-okey=x", "-osecret=y", "info", "s3://b/x")
+    assert seconds < BOUND
+    assert done.returncode != 0
+    [line] = done.stderr.splitlines()
+    assert line.endswith(f"cannot connect to S3 endpoint {endpoint} (for 's3://b/x'): "
+                         "connection refused; check endpoint_url in storage_options")
+
+
+def test_an_endpoint_that_stops_listening_is_named_once_the_retries_are_spent():
+    # It accepted the first connection, so requests go out and are retried; the error that
+    # ends them names the endpoint, and the requests still retrying end quietly at exit.
+    done, _ = run_python("""
+        import socket, zstore
+        listener = socket.create_server(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        options = {"endpoint_url": endpoint, "key": "x", "secret": "y",
+                   "config_kwargs": {"retries": {"max_attempts": 3, "mode": "standard"}}}
+        zstore.storage.resolve("s3://b/x", options)
+        listener.close()
+        try:
+            zstore.open("s3://b/x", storage_options=options)
+        except zstore.StorageFailedError as e:
+            print(str(e).replace(endpoint, "ENDPOINT"))
+    """)
+    assert done.stdout.splitlines() == [
+        "cannot connect to S3 endpoint ENDPOINT (for 's3://b/x'): connection refused; "
+        "check endpoint_url in storage_options"]
+    assert done.stderr == ""
+
+
+def test_a_save_and_load_on_s3_exit_quietly():
+    done, _ = run_python("""
+        import numpy as np, zstore
+        from zstore.testing import MotoS3
+        server = MotoS3()
+        url = f"s3://{server.new_bucket()}/x"
+        zstore.save({"w": np.ones(3)}, url, storage_options=server.storage_options)
+        print(zstore.load(url, storage_options=server.storage_options)["w"].sum())
+    """)
+    assert done.stdout == "3.0\n"
+    assert done.stderr == ""
+
+
+def test_an_endpoint_behind_a_proxy_is_not_probed_from_here(monkeypatch):
+    # The proxy reaches the endpoint, not this machine: a direct connect proves nothing.
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    options = {"endpoint_url": endpoint, "key": "x", "secret": "y"}
+    with pytest.raises(zstore.StorageFailedError, match="connection refused"):
+        resolve("s3://b/x", options)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    resolve("s3://b/x", options)
