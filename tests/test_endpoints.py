@@ -1,5 +1,5 @@
-"""Endpoints that cannot be reached fail at once with one line that names them, and nothing is
-printed at interpreter exit.
+"""Endpoints that cannot be reached, and buckets that do not exist: each fails at once with one
+line that names it, and nothing is printed at interpreter exit.
 
 A refused connection or an unknown host is no transient fault: retrying it only delays the
 error (37 s before the endpoint was probed). Each process check runs in a fresh interpreter,
@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
 import zstore
@@ -124,3 +125,21 @@ def test_an_endpoint_behind_a_proxy_is_not_probed_from_here(monkeypatch):
         resolve("s3://b/x", options)
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
     resolve("s3://b/x", options)
+
+
+@pytest.mark.parametrize("call", ["open", "load"])
+def test_reading_from_a_missing_bucket_says_the_bucket_does_not_exist_as_a_save_does(s3, call):
+    url = "s3://no-such-bucket-zstore/run/step-1"
+    with pytest.raises(zstore.InvalidURLError) as saving:
+        zstore.save({"w": np.ones(2)}, url, storage_options=s3.storage_options)
+    with pytest.raises(zstore.CheckpointNotFoundError) as reading:
+        getattr(zstore, call)(url, storage_options=s3.storage_options)
+    reason = str(saving.value).split(": ", 1)[1]
+    assert "bucket does not exist" in reason
+    assert str(reading.value) == f"no checkpoint at {url!r}: {reason}"
+
+
+def test_a_missing_checkpoint_in_an_existing_bucket_does_not_blame_the_bucket(s3):
+    with pytest.raises(zstore.CheckpointNotFoundError) as reading:
+        zstore.open(s3.url("never-saved"), storage_options=s3.storage_options)
+    assert "bucket does not exist" not in str(reading.value)
