@@ -135,7 +135,7 @@ def test_ls_of_any_other_file_says_it_is_not_a_checkpoint(backend, capsys):
 
 def test_ls_of_a_place_that_does_not_exist_fails(tmp_path, capsys):
     assert main(["ls", str(tmp_path / "nowhere")]) == 2
-    assert "nothing at" in capsys.readouterr().err
+    assert "nothing is there" in capsys.readouterr().err
 
 
 def test_ls_of_an_empty_folder_says_so(tmp_path, capsys):

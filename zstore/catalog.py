@@ -115,7 +115,8 @@ async def survey_at(location: Location, depth: int) -> Survey | None:
     found = Survey(depth)
     if not await _walk(location, "", depth, found):
         raise CheckpointNotFoundError(
-            f"nothing at {location.url!r} (no such folder, prefix or bucket)")
+            f"no checkpoint at {location.url!r}: nothing is there (no such folder, prefix "
+            "or bucket)")
     return found
 
 
