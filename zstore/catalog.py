@@ -8,7 +8,6 @@ for the root ``zarr.json``, not that every shard is still there (``zstore.verify
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from zstore.errors import (
 from zstore.lease import LEASE
 from zstore.manifest import COMMIT_MARKER, ROOT, is_zstore_root, parse_json, read_manifest
 from zstore.storage import Location, resolve, run
+from zstore.tasks import gather_all
 
 # How deep ``survey`` looks by default: bucket/run/step-n is 2, bucket/project/run/step-n 3.
 # Each level costs one listing per folder plus two small GETs per subfolder.
@@ -107,7 +107,7 @@ def find_checkpoints(url: str, *, storage_options: dict[str, Any] | None = None
 
 async def survey_at(location: Location, depth: int) -> Survey | None:
     """``survey`` of a resolved location, in the caller's event loop."""
-    root, commit = await asyncio.gather(location.get(ROOT), location.get(COMMIT_MARKER))
+    root, commit = await gather_all([location.get(ROOT), location.get(COMMIT_MARKER)])
     if root is not None or commit is not None:
         return None
     if await location.fs._isfile(location.root):
@@ -159,7 +159,7 @@ async def _walk(location: Location, prefix: str, depth: int, found: Survey) -> b
                                            f"{_file_kind(name)}, not a checkpoint",
                                            int(info.get("size") or 0)))
     names = [f"{prefix}/{name}" if prefix else name for name in folders]
-    kinds = await asyncio.gather(*(_classify(location, name) for name in names))
+    kinds = await gather_all(_classify(location, name) for name in names)
     deeper = []
     for name, kind in zip(names, kinds):
         if isinstance(kind, CheckpointEntry):
@@ -170,7 +170,7 @@ async def _walk(location: Location, prefix: str, depth: int, found: Survey) -> b
             deeper.append(name)
         else:
             found.unsearched.append(name)
-    await asyncio.gather(*(_walk(location, name, depth, found) for name in deeper))
+    await gather_all(_walk(location, name, depth, found) for name in deeper)
     return True
 
 
@@ -198,15 +198,15 @@ def natural(name: str) -> list[Any]:
 
 async def entries(location: Location, names: list[str]) -> list[CheckpointEntry]:
     """The zstore checkpoints among these children of ``location`` (2 GETs each, concurrent)."""
-    found = await asyncio.gather(*(_classify(location, name) for name in names))
+    found = await gather_all(_classify(location, name) for name in names)
     return [entry for entry in found if isinstance(entry, CheckpointEntry)]
 
 
 async def _classify(location: Location, name: str) -> CheckpointEntry | OtherEntry | None:
     """What the folder ``name`` is, from its root ``zarr.json`` and commit marker (2 GETs):
     None when it has neither (a plain folder, perhaps holding checkpoints further down)."""
-    root, commit = await asyncio.gather(location.get(f"{name}/{ROOT}"),
-                                        location.get(f"{name}/{COMMIT_MARKER}"))
+    root, commit = await gather_all([location.get(f"{name}/{ROOT}"),
+                                     location.get(f"{name}/{COMMIT_MARKER}")])
     url = _url(location, name)
     if root is None:
         if commit is None:

@@ -522,7 +522,7 @@ def _not_a_checkpoint(location: Location, error: CheckpointNotFoundError
 
 
 async def _fetch_metadata(location: Location) -> tuple[bytes | None, bytes | None]:
-    root, commit = await asyncio.gather(location.get(ROOT), location.get(COMMIT_MARKER))
+    root, commit = await gather_all([location.get(ROOT), location.get(COMMIT_MARKER)])
     if root is None and commit is None:
         await location.require_bucket()  # a missing bucket says so, as a save's error does
     return root, commit
