@@ -13,15 +13,21 @@ Stored bytes are estimated from the compression ratios measured on trained
 weights (``RATIO``); other dtypes are assumed incompressible. Read
 amplification compares decoded bytes (plus index bytes) with bytes asked for,
 so it means the same with or without compression.
+
+A whole save or load also costs memory and CPU; ``load_memory``,
+``save_memory`` and ``whole_seconds`` model them from what zstore and zarr
+hold at once (see each for the model and the measurements behind it).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import zarr
 
 from zstore.access import Pattern, Split
 from zstore.chunking import INDEX_ENTRY
@@ -144,3 +150,156 @@ def pattern_cost(shape: tuple[int, ...], dtype: np.dtype, layout: Layout, patter
     costs = [region_cost(shape, dtype, layout, r, profile, ratio)
              for r in pattern_regions(shape, pattern)]
     return max(costs, key=lambda c: (c.bytes, c.requests))
+
+
+# ---- A whole save or load: memory and time -------------------------------------------
+
+# What zstore runs at once, as its defaults are (tests/test_plan_figures.py checks that
+# they still are): reads of at most READ_ARRAYS arrays and READ_BUDGET decoded bytes
+# (reader._gather; a larger array runs alone), writes of WRITE_ARRAYS arrays (save's
+# max_concurrency); zarr moves up to ``async.concurrency`` objects of each array at once.
+READ_BUDGET = 64 << 20
+READ_ARRAYS = 32
+WRITE_ARRAYS = 8
+# glibc's malloc returns a freed buffer to the system at once only when it was mmapped:
+# buffers above its mmap threshold, which grows with every such free up to 32 MiB.
+MMAP_CEILING = 32 << 20
+# Writers in flight reach their peak (three copies of an object) at different moments;
+# together they hold this share of the sum of their peaks (0.5-0.7 measured on trees of
+# mixed sizes; a tree of equal large arrays reaches 1.0, see save_memory).
+SAVE_OVERLAP = 0.6
+# Blosc's per-thread block buffers while zarr compresses in its worker threads: a save of
+# 200 arrays of 256 KiB takes 24 MiB with Blosc, 8 MiB without.
+CODEC_SCRATCH = 16 << 20
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What one array moves through memory in a full save or load."""
+
+    nbytes: int  # decoded
+    stored: int  # every object's stored bytes
+    objects: int
+    object_nbytes: int  # decoded bytes of one object (of the array, if it is smaller)
+    codec: str
+
+    @property
+    def compressed(self) -> bool:
+        return self.codec != "none"
+
+    @property
+    def in_flight(self) -> int:
+        """Objects of this array zarr reads or writes at once."""
+        return max(1, min(self.objects, int(zarr.config.get("async.concurrency"))))
+
+    @property
+    def stored_object(self) -> float:
+        return self.stored / max(1, self.objects)
+
+
+def _peak(arrays: Sequence[Footprint], slots: int, budget: int,
+          held: Callable[[list[Footprint]], float]) -> float:
+    """The most ``held`` of the arrays in flight reaches when they run in order, at most
+    ``slots`` at once and ``budget`` decoded bytes together (one larger runs alone), each
+    for a time proportional to its bytes (plus 128 KiB's worth, for its fixed costs)."""
+    running: list[tuple[float, int, Footprint]] = []
+    clock, used, peak, following = 0.0, 0, 0.0, 0
+    while following < len(arrays) or running:
+        while following < len(arrays) and len(running) < slots:
+            a = arrays[following]
+            if running and used + a.nbytes > budget:
+                break
+            heapq.heappush(running, (clock + a.nbytes + (128 << 10), following, a))
+            used, following = used + a.nbytes, following + 1
+        peak = max(peak, held([a for *_, a in running]))
+        clock, _, done = heapq.heappop(running)
+        used -= done.nbytes
+    return peak
+
+
+def load_memory(arrays: Sequence[Footprint], profile: BackendProfile) -> int:
+    """Peak extra resident memory of a full ``load``: the arrays, plus what reads hold.
+
+    The arrays in flight each hold, per object in flight, the bytes its GET returned.
+    With compression, every chunk is decompressed in a worker thread and each of those
+    arrays also holds its decoded objects (zarr's sharding codec decodes a shard into a
+    buffer of its own before copying it into the output). Without it, decoding runs on
+    the event loop without yielding: one object at a time, whose buffer stands in for the
+    outputs of the arrays in flight, counted whole here but not yet written. A process
+    that freed large buffers before (on ``memory://``, the save that made the checkpoint)
+    has raised glibc's mmap threshold: GET buffers under ``MMAP_CEILING`` are then kept
+    for reuse once freed, so they count twice; so do they where the client library
+    copies a download (``profile.get_copies``: s3fs joins the chunks it read).
+
+    Measured (peak RSS over the baseline in a fresh process, median of 3, 2-core machine; the
+    34-array, 95.7 MiB tree of tests/test_plan_figures.py): local 146-162 MiB (predicted 159),
+    with Blosc 204-208 (208); memory:// 213-221 (223), with Blosc 248-254 (257); moto S3 215-220
+    (223), with Blosc 246-258 (257). Five other trees of 1-200 arrays and 50-200 MiB: within
+    25%, but for one array of 200 MiB with Blosc (+33%: its four decoded shards do not all exist
+    at once). Before this model, the plan said (the arrays plus the largest object per stream of
+    the profile) 221 MiB locally and 111 MiB on memory:// for that tree.
+    """
+    def held(window: list[Footprint]) -> float:
+        gets = (1 + profile.get_copies) * sum(a.in_flight * a.stored_object for a in window)
+        kept = sum(a.in_flight * a.stored_object for a in window
+                   if a.stored_object < MMAP_CEILING) if profile.in_process else 0
+        decoded = sum(a.in_flight * a.object_nbytes for a in window if a.compressed)
+        return gets + kept + decoded
+
+    return sum(a.nbytes for a in arrays) + round(_peak(arrays, READ_ARRAYS, READ_BUDGET, held))
+
+
+def save_memory(arrays: Sequence[Footprint], profile: BackendProfile) -> int:
+    """Peak extra resident memory of a ``save`` of arrays already in memory.
+
+    Each object in flight is, at its peak, three copies of its stored bytes: the encoded
+    chunks, the shard zarr joins them into, and the ``bytes`` it hands to fsspec (a store
+    in this process keeps that last one: two copies, plus every stored byte kept), and
+    the client library's own (``profile.put_copies``: about four more in s3fs). With
+    compression, add the codec's output buffers, allocated at the decoded size before they
+    shrink to the compressed one. ``SAVE_OVERLAP`` of what the writers in flight hold at
+    their peaks is held at once, plus Blosc's scratch.
+
+    Measured (as for ``load_memory``, the tree already in memory): local 77 MiB (predicted 93),
+    with Blosc 112-135 (118); memory:// 152-156 (158), with Blosc 157-178 (165); moto S3 208-220
+    (217), with Blosc 192-202 (212); two other trees of mixed sizes (38 and 50 arrays) within
+    16%. Known limit: where every writer in flight peaks at once, as with equal arrays of
+    several MiB without compression, a save takes up to 1.8x this (20 arrays of 8 MiB: 201 MiB,
+    predicted 115).
+    """
+    copies = (2 if profile.in_process else 3) + profile.put_copies
+
+    def held(window: list[Footprint]) -> float:
+        return sum(a.in_flight * (copies * a.stored_object
+                                  + (a.object_nbytes if a.compressed else 0)) for a in window)
+
+    kept = sum(a.stored for a in arrays) if profile.in_process else 0
+    scratch = CODEC_SCRATCH if any(a.compressed for a in arrays) else 0
+    return kept + round(SAVE_OVERLAP * _peak(arrays, WRITE_ARRAYS, 1 << 62, held)) + scratch
+
+
+# zarr's pipeline beyond the codec (crc32c, copies into fresh memory, Python per array), on
+# the 2-core reference machine: bytes of arrays per second, and seconds per array.
+PIPELINE_RATE = {"save": 500e6, "load": 1000e6}
+PER_ARRAY = 4e-4
+# Page faults on fresh memory, and whatever else runs on the cores, move a save or load on
+# that machine by up to 3x either way of this estimate (a process whose allocator holds
+# freed memory to reuse loads 96 MiB in 49 ms; a fresh one takes up to 376), so the time is
+# a range: each of 48 medians of 3-5 runs (6 trees of 1-200 arrays and 50-200 MiB, local
+# and memory://, with and without Blosc) fell inside it, and 141 of 144 first runs in a
+# fresh process (the others up to 1.2x over its top: imports and thread pools starting).
+SPREAD = 3.0
+
+
+def whole_seconds(arrays: Sequence[Footprint], io: float, cores: int, *, save: bool
+                  ) -> tuple[float, float]:
+    """(low, high) seconds of a whole save or load: the profile's I/O time ``io``, zarr's
+    pipeline and the codec on ``cores``, all overlapping (low) or one after another (high).
+
+    The CPU rates are this project's reference machine's (2 idle cores): on a much faster
+    or slower machine, or on cores busy with other work, the time falls outside the range.
+    """
+    rate = PIPELINE_RATE["save" if save else "load"]
+    pipeline = sum(PER_ARRAY + a.nbytes / rate for a in arrays)
+    codec = sum(codec_seconds(a.codec, a.nbytes, cores, encode=save) for a in arrays)
+    return max(io, pipeline / SPREAD, codec / SPREAD), io + (pipeline + codec) * SPREAD

@@ -19,14 +19,23 @@ import numpy as np
 
 from zstore.access import Access, Pattern, Split, check_globs, check_split, patterns_for
 from zstore.chunking import choose_layout
-from zstore.costs import Cost, codec_seconds, pattern_cost, resolve_codec, stored_ratio
+from zstore.costs import (
+    Cost,
+    Footprint,
+    load_memory,
+    pattern_cost,
+    resolve_codec,
+    save_memory,
+    stored_ratio,
+    whole_seconds,
+)
 from zstore.dtypes import check_supported, dtype_from_name
 from zstore.errors import UnsupportedTypeError
 from zstore.layout import CODECS, Layout, layout_from_metadata
 from zstore.manifest import group_paths
 from zstore.profiles import BackendProfile, profile_for
 from zstore.tensors import is_torch_tensor, numpy_dtype_of
-from zstore.text import duration, shape as show_shape, size, table
+from zstore.text import duration, duration_range, shape as show_shape, size, table
 
 Spec = tuple[tuple[int, ...], np.dtype]
 
@@ -48,6 +57,12 @@ class ArrayPlan:
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
+
+    @property
+    def footprint(self) -> Footprint:
+        object_nbytes = math.prod(self.layout.object_shape) * self.dtype.itemsize
+        return Footprint(self.nbytes, self.stored_bytes, self.objects,
+                         min(self.nbytes, object_nbytes), self.layout.codec)
 
 
 @dataclass(frozen=True)
@@ -98,33 +113,45 @@ class Plan:
         return self.data_objects + len(self.arrays) + len(group_paths(list(self.arrays))) + 3
 
     @property
+    def load_requests(self) -> int:
+        """GETs of a full load, ``open`` included: the root metadata, the commit marker,
+        then one per data object (zarr reads a shard it needs whole in one GET)."""
+        return 2 + self.data_objects
+
+    @property
     def load_memory(self) -> int:
-        """Bytes a full load needs: the arrays, plus stored objects in flight."""
-        largest = max((a.costs["full"].bytes // max(1, a.objects) for a in self.arrays.values()),
-                      default=0)
-        return self.nbytes + largest * min(self.profile.concurrency, self.data_objects)
-
-    def _codec_seconds(self, *, encode: bool) -> float:
-        return sum(codec_seconds(a.layout.codec, a.nbytes, self.cores, encode=encode)
-                   for a in self.arrays.values())
+        """Peak extra resident bytes of a full ``load``: the arrays plus the reads in flight
+        (the model and its measurements: ``costs.load_memory``)."""
+        return load_memory(self._footprints, self.profile)
 
     @property
-    def save_seconds(self) -> float:
-        """Estimated save time: I/O and compression overlap; the commit adds round trips."""
+    def save_memory(self) -> int:
+        """Peak extra resident bytes of ``save`` of arrays already in host memory
+        (``costs.save_memory``); on ``memory://`` the stored bytes stay."""
+        return save_memory(self._footprints, self.profile)
+
+    @property
+    def _footprints(self) -> list[Footprint]:
+        return [a.footprint for a in self.arrays.values()]
+
+    @property
+    def save_seconds(self) -> tuple[float, float]:
+        """(low, high) seconds of a save: I/O (the commit adds round trips) and CPU
+        overlapping or not; CPU at the reference machine's rates (``costs.whole_seconds``)."""
         io = self.profile.seconds(self.objects, self.stored_bytes, serial=4)
-        return max(io, self._codec_seconds(encode=True))
+        return whole_seconds(self._footprints, io, self.cores, save=True)
 
     @property
-    def load_seconds(self) -> float:
-        """Estimated full load, open included: I/O and decompression overlap."""
-        io = self.profile.seconds(2 + self.data_objects, self.stored_bytes, serial=2)
-        return max(io, self._codec_seconds(encode=False))
+    def load_seconds(self) -> tuple[float, float]:
+        """(low, high) seconds of a full load, ``open`` included (``costs.whole_seconds``)."""
+        io = self.profile.seconds(self.load_requests, self.stored_bytes, serial=2)
+        return whole_seconds(self._footprints, io, self.cores, save=False)
 
     @property
     def load_price(self) -> float:
         """USD of one full load at the profile's prices (0 where it has none)."""
         p = self.profile
-        return (2 + self.data_objects) * p.price_per_get + self.stored_bytes / 1e9 * p.price_per_gb
+        return self.load_requests * p.price_per_get + self.stored_bytes / 1e9 * p.price_per_gb
 
     def __str__(self) -> str:
         p = self.profile
@@ -147,10 +174,11 @@ class Plan:
             f"\n{len(self.arrays)} arrays, {self.parameters:,} parameters, {size(self.nbytes)} "
             f"({by_dtype}); stored {'' if self.measured else '~'}{size(self.stored_bytes)} "
             f"({ratio:.2f}x) in {self.objects} objects\n"
-            f"full load needs ~{size(self.load_memory)} of memory; estimated save "
-            f"{duration(self.save_seconds)}, full load {duration(self.load_seconds)}"
-            + (f"; a full load costs ~${self.load_price:.4f} at {p.name} prices"
-               if self.load_price else ""))
+            f"memory (peak extra RSS): save ~{size(self.save_memory)}, full load "
+            f"~{size(self.load_memory)}; a full load is {self.load_requests} GETs"
+            + (f", ~${self.load_price:.4f} at {p.name} prices" if self.load_price else "")
+            + f"\ntime (I/O at profile {p.name!r}, CPU as on a 2-core reference machine): save "
+            f"{duration_range(*self.save_seconds)}, full load {duration_range(*self.load_seconds)}")
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
 

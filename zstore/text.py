@@ -22,6 +22,16 @@ def duration(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
 
+def duration_range(low: float, high: float) -> str:
+    """Two durations in the unit of the larger: ``duration_range(0.05, 0.2) == '50-200 ms'``."""
+    if high < 1e-3:
+        return f"{low * 1e6:.0f}-{high * 1e6:.0f} us"
+    if high < 1:
+        digits = 1 if high < 0.01 else 0
+        return f"{low * 1e3:.{digits}f}-{high * 1e3:.{digits}f} ms"
+    return f"{low:.2f}-{high:.2f} s"
+
+
 def age(seconds: float) -> str:
     """How long ago, in the largest unit that keeps it short: ``age(5400) == '1.5 h'``."""
     for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
