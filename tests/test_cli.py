@@ -54,7 +54,7 @@ def test_ls_of_one_checkpoint_lists_its_arrays(saved, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["name", "shape", "dtype", "stored"]
     assert lines[1].split()[:4] == ["model/w", "(20,", "30)", "float32"]
-    assert lines[-1].startswith("1 arrays + 0 inline values, 2.3 KiB logical")
+    assert lines[-1].startswith("1 array + 0 inline values, 2.3 KiB logical")
 
 
 def test_info_describes_every_array_and_totals(saved, capsys):
@@ -62,7 +62,7 @@ def test_info_describes_every_array_and_totals(saved, capsys):
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("model/w"))
     assert "(20, 30)" in row and "float32" in row and "2.3 KiB" in row
-    assert '{"step": 1}' in out and "1 arrays + 0 inline values, 2.3 KiB logical" in out
+    assert '{"step": 1}' in out and "1 array + 0 inline values, 2.3 KiB logical" in out
 
 
 def test_info_of_an_incomplete_checkpoint_fails_with_the_reason(saved, capsys):
@@ -180,7 +180,7 @@ def test_version_prints_the_package_version():
 
 def test_storage_options_work_after_the_command(saved, capsys):
     assert main(["info", saved.url("step-1"), *cli_flags(saved.storage_options)]) == 0
-    assert "1 arrays + 0 inline values" in capsys.readouterr().out
+    assert "1 array + 0 inline values" in capsys.readouterr().out
 
 
 def test_storage_options_before_and_after_the_command_add_up(s3, capsys):

@@ -46,7 +46,7 @@ from zstore.reader import Checkpoint
 from zstore.reader import open as open_checkpoint
 from zstore.safetensors_specs import safetensors_specs
 from zstore.series import step_of
-from zstore.text import age, duration, size, table
+from zstore.text import age, contents, duration, size, table
 from zstore.verify import verify
 
 
@@ -73,7 +73,7 @@ def _contents(ckpt: Checkpoint) -> str:
     inline = sum(t.chunk_shape is None for t in ckpt.values())
     total, stored = ckpt.nbytes, ckpt.stored_nbytes
     ratio = f"{total / stored:.2f}x" if stored else "-"
-    return (f"{len(ckpt.array_documents())} arrays + {inline} inline values, {size(total)} "
+    return (f"{contents(len(ckpt.array_documents()), inline)}, {size(total)} "
             f"logical, {size(stored)} stored ({ratio})")
 
 

@@ -34,6 +34,7 @@ from zstore.series import step_name, step_of
 from zstore.staging import DeviceStager
 from zstore.storage import Location, resolve, run
 from zstore.tasks import gather_all
+from zstore.text import contents, size
 from zstore.tensors import numpy_to_torch
 from zstore.tree import as_framework, check_skeleton, iter_leaves, scalar_value, unflatten
 
@@ -304,8 +305,8 @@ class Checkpoint(Mapping[str, LazyTensor]):
 
     def __repr__(self) -> str:
         inline = sum(t._path is None for t in self._tensors.values())
-        return (f"Checkpoint({self.url!r}, {len(self._unique_arrays())} arrays + {inline} "
-                f"inline values, {self.nbytes / 2**20:.1f} MiB)")
+        return (f"Checkpoint({self.url!r}, {contents(len(self._unique_arrays()), inline)}, "
+                f"{size(self.nbytes)})")
 
     @property
     def nbytes(self) -> int:

@@ -32,6 +32,14 @@ def duration_range(low: float, high: float) -> str:
     return f"{low:.2f}-{high:.2f} s"
 
 
+def contents(arrays: int, inline: int) -> str:
+    """What a checkpoint holds, in the words every report uses: *arrays* are stored zarr
+    arrays (a tied tensor once), *inline values* the 0-d tensors and numpy scalars kept in
+    the manifest. ``contents(15, 1) == '15 arrays + 1 inline value'``."""
+    return (f"{arrays} array{'s' * (arrays != 1)} + "
+            f"{inline} inline value{'s' * (inline != 1)}")
+
+
 def age(seconds: float) -> str:
     """How long ago, in the largest unit that keeps it short: ``age(5400) == '1.5 h'``."""
     for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):

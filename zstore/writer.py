@@ -60,7 +60,7 @@ from zstore.profiles import BackendProfile, profile_for
 from zstore.progress import bar
 from zstore.storage import Location, is_temporary, resolve, storage_errors
 from zstore.tensors import host_array, is_torch_tensor, torch_numpy_dtype
-from zstore.text import size
+from zstore.text import contents, size
 from zstore.tree import FlatTree, flatten, iter_leaves
 
 
@@ -85,7 +85,7 @@ class SaveInfo:
 
     def __str__(self) -> str:
         copied = f", {self.copied_objects} copied on the server" if self.copied_objects else ""
-        return (f"{self.arrays} arrays + {self.inline_values} inline values, "
+        return (f"{contents(self.arrays, self.inline_values)}, "
                 f"{size(self.logical_bytes)} -> {size(self.stored_bytes)} in {self.objects} "
                 f"objects{copied} at {self.url} ({self.seconds:.2f} s)")
 
