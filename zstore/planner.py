@@ -228,7 +228,8 @@ def plan_specs(specs: Mapping[str, Spec], *, access: Access, profile: BackendPro
     check_globs(access, list(specs))
     cores = cores or os.cpu_count() or 1
     chosen = resolve_codec(codec, profile, cores)
-    arrays, skipped = {}, []
+    arrays: dict[str, ArrayPlan] = {}
+    skipped: list[str] = []
     for name, (shape, dtype) in specs.items():
         patterns = _patterns(name, shape, access, skipped)
         layout = choose_layout(shape, dtype, patterns, profile, chosen)
@@ -287,7 +288,8 @@ def plan(tree_or_specs: Any, *, access: Access = None,
 def _explain(ckpt: Any, access: Access, profile: BackendProfile, cores: int | None) -> Plan:
     documents = ckpt.array_documents()
     check_globs(access, list(documents))
-    arrays, skipped = {}, []
+    arrays: dict[str, ArrayPlan] = {}
+    skipped: list[str] = []
     for path, (document, stored) in documents.items():
         shape, dtype = tuple(document["shape"]), dtype_from_name(document["data_type"])
         arrays[path] = _array_plan(path, shape, dtype, layout_from_metadata(document),
