@@ -16,7 +16,7 @@ import fsspec
 import numpy as np
 
 import zstore
-from zstore.tensors import is_torch_tensor, numpy_to_torch, torch_to_numpy
+from zstore._format.tensors import is_torch_tensor, numpy_to_torch, torch_to_numpy
 
 PART = 8 << 20
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import zstore
-from zstore.lease import LEASE
-from zstore.manifest import COMMIT_MARKER, ROOT
+from zstore._write.lease import LEASE
+from zstore._format.manifest import COMMIT_MARKER, ROOT
 
 
 def model_tree() -> dict:
@@ -190,7 +190,7 @@ def test_a_crashed_save_is_replaced_without_mixing_objects(backend):
 def test_a_changed_root_after_commit_is_detected(backend):
     url, opts = backend.url(), backend.storage_options
     zstore.save({"a": np.ones(3)}, url, storage_options=opts)
-    location = zstore.storage.resolve(url, opts)
+    location = zstore._storage.location.resolve(url, opts)
     from zarr.core.sync import sync
 
     root = json.loads(sync(location.get(ROOT)))
@@ -204,7 +204,7 @@ def test_save_refuses_to_delete_objects_it_did_not_write(backend):
     url, opts = backend.url(), backend.storage_options
     from zarr.core.sync import sync
 
-    location = zstore.storage.resolve(url, opts)
+    location = zstore._storage.location.resolve(url, opts)
     sync(location.put("notes.txt", b"precious"))
     for overwrite in (False, True):
         with pytest.raises(zstore.CheckpointExistsError, match="not written by zstore"):
@@ -220,7 +220,7 @@ def test_plain_zarr_reads_every_array_without_zstore(backend):
     script = f"""
 import json, sys, zarr, numpy as np
 if tuple(int(p) for p in zarr.__version__.split(".")[:2]) < (3, 2):
-    import zstore.dtypes  # zarr 3.1 never loads data-type entry points
+    import zstore._format.dtypes  # zarr 3.1 never loads data-type entry points
 group = zarr.open_group({backend.url()!r}, mode="r", storage_options={backend.storage_options!r} or None)
 out = {{}}
 for path in ["model/embed.weight", "model/layers.0.weight", "optim/state/0/exp_avg"]:
@@ -243,13 +243,13 @@ print(json.dumps(out))
 def _keys(backend) -> list[str]:
     from zarr.core.sync import sync
 
-    return list(sync(zstore.storage.resolve(backend.url(), backend.storage_options).sizes()))
+    return list(sync(zstore._storage.location.resolve(backend.url(), backend.storage_options).sizes()))
 
 
 def _delete(backend, key: str) -> None:
     from zarr.core.sync import sync
 
-    location = zstore.storage.resolve(backend.url(), backend.storage_options)
+    location = zstore._storage.location.resolve(backend.url(), backend.storage_options)
     sync(location.remove_all([key]))
 
 

@@ -34,7 +34,7 @@ def assert_nothing_written(url: str) -> None:
     ("__reserved", "Zarr reserves"),
     ("zarr.json", "metadata"),
     ("zstore.commit.json", "commit marker"),
-    ("zstore.lease.json", "reserved"),
+    ("zstore._write.lease.json", "reserved"),
     ("zstore.hashes.json/w", "reserved"),
 ])
 def test_path_like_keys_are_rejected_before_writing(url, key, problem):
@@ -211,7 +211,7 @@ def test_a_read_only_bucket_refuses_the_save_and_keeps_the_old_checkpoint(denyin
 def test_a_full_disk_midway_fails_cleanly_and_the_next_save_works(tmp_path, monkeypatch):
     import errno
 
-    from zstore.accounting import CountingStore
+    from zstore._storage.accounting import CountingStore
 
     real, writes = CountingStore.set, [0]
 
@@ -265,7 +265,7 @@ def test_a_meta_tensor_is_refused_before_writing(url):
 
 
 def test_a_checkpoint_nested_in_another_is_never_deleted_with_it(tmp_path):
-    from zstore.catalog import delete
+    from zstore._read.catalog import delete
 
     outer, inner = str(tmp_path / "a"), str(tmp_path / "a" / "inner")
     zstore.save({"w": np.ones(3)}, outer)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from zstore.budget import ByteBudget
+from zstore._budget import ByteBudget
 
 
 def _peak(sizes: list[int], limit: int) -> tuple[int, list[int]]:

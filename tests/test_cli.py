@@ -15,9 +15,9 @@ import pytest
 from zarr.core.sync import sync
 
 import zstore
-from zstore.cli import build_parser, main
-from zstore.manifest import COMMIT_MARKER
-from zstore.storage import resolve
+from zstore._cli.main import build_parser, main
+from zstore._format.manifest import COMMIT_MARKER
+from zstore._storage.location import resolve
 
 
 def cli_flags(options: dict) -> list[str]:

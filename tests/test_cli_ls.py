@@ -10,9 +10,9 @@ import pytest
 from zarr.core.sync import sync
 
 import zstore
-from zstore.cli import main
-from zstore.manifest import COMMIT_MARKER, ROOT
-from zstore.storage import resolve
+from zstore._cli.main import main
+from zstore._format.manifest import COMMIT_MARKER, ROOT
+from zstore._storage.location import resolve
 from tests.test_cli import cli_flags
 
 TREE = {"w": np.arange(600, dtype=np.float32).reshape(20, 30), "s": np.float32(2)}

@@ -14,8 +14,8 @@ import pytest
 from zarr.core.sync import sync
 
 import zstore
-from zstore.lease import LEASE, Lease, LeaseLostError
-from zstore.storage import resolve
+from zstore._write.lease import LEASE, Lease, LeaseLostError
+from zstore._storage.location import resolve
 
 
 def _tree(value: int) -> dict:
@@ -81,7 +81,7 @@ def test_an_abandoned_lease_is_taken_over(tmp_path):
 
 
 def test_a_save_whose_lease_was_taken_over_does_not_commit(tmp_path, monkeypatch):
-    import zstore.writer as writer
+    import zstore._write.writer as writer
 
     url = str(tmp_path / "c")
     real = writer._write_array
@@ -146,8 +146,8 @@ def test_a_late_renewal_cannot_overwrite_the_successors_lease(backend):
 
 def test_a_writer_that_cannot_renew_stops_writing_before_its_lease_may_be_taken(
         tmp_path, monkeypatch):
-    import zstore.lease as lease_module
-    import zstore.writer as writer
+    import zstore._write.lease as lease_module
+    import zstore._write.writer as writer
 
     monkeypatch.setattr(lease_module, "TTL", 1.0)  # renewals every 0.25 s, fence at 0.75 s
 
@@ -173,7 +173,7 @@ def test_a_writer_that_cannot_renew_stops_writing_before_its_lease_may_be_taken(
 
 
 def test_no_write_of_a_failed_save_lands_after_it_raised(backend, monkeypatch):
-    import zstore.writer as writer
+    import zstore._write.writer as writer
 
     url, options = backend.url(), backend.storage_options
     real = writer._write_array
@@ -319,7 +319,7 @@ def test_renewals_work_where_the_filesystem_refuses_flock(tmp_path, monkeypatch)
     import errno
     import fcntl
 
-    import zstore.lease as lease_module
+    import zstore._write.lease as lease_module
 
     def refused(*args):
         raise OSError(errno.EBADF, "Bad file descriptor")  # NFS, on a folder
@@ -337,7 +337,7 @@ def test_renewals_work_where_the_filesystem_refuses_flock(tmp_path, monkeypatch)
 
 
 def test_a_commit_refused_by_the_fence_says_the_lease_lapsed(monkeypatch):
-    import zstore.lease as lease_module
+    import zstore._write.lease as lease_module
 
     monkeypatch.setattr(lease_module, "TTL", 1.0)
 

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 import zstore
-from zstore.accounting import CountingStore
-from zstore.storage import Location
+from zstore._storage.accounting import CountingStore
+from zstore._storage.location import Location
 
 CTX = multiprocessing.get_context("forkserver")
 CTX.set_forkserver_preload(["zstore", "numpy", "zarr", "fsspec"])

@@ -100,7 +100,7 @@ def test_a_hung_save_stops_at_its_deadline_without_committing(faulty):
 
 
 def _faults_from_the_first_data_write(monkeypatch, server: MotoS3, faults: Faults) -> None:
-    import zstore.writer as writer
+    import zstore._write.writer as writer
 
     real = writer._write_array
 
@@ -133,7 +133,7 @@ def test_a_quota_error_midway_fails_cleanly_and_keeps_the_previous_checkpoint(
 
 
 def test_writes_stuck_in_flight_are_cancelled_when_the_lease_lapses(faulty, monkeypatch):
-    import zstore.lease as lease_module
+    import zstore._write.lease as lease_module
 
     monkeypatch.setattr(lease_module, "TTL", 1.0)  # the fence lapses 0.75 s after a renewal
     bucket = faulty.new_bucket("stuck")
@@ -151,7 +151,7 @@ def test_writes_stuck_in_flight_are_cancelled_when_the_lease_lapses(faulty, monk
 
 def test_storage_failures_while_reading_are_zstore_errors_naming_the_checkpoint(
         faulty, monkeypatch):
-    import zstore.verify as verify_module
+    import zstore._read.verify as verify_module
 
     bucket = faulty.new_bucket("reads")
     url, options = f"s3://{bucket}/c", _options(faulty, attempts=1)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import zstore
-from zstore.incremental import HASHES, box_hash, decode_hashes, object_boxes
+from zstore._write.incremental import HASHES, box_hash, decode_hashes, object_boxes
 
 
 def test_object_boxes_tile_the_array_with_ragged_edges():

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import zstore
-from zstore.verify import verify
+from zstore._read.verify import verify
 
 
 def _tree() -> dict:

@@ -15,9 +15,9 @@ import pytest
 import zarr
 
 import zstore
-from zstore.catalog import CheckpointEntry
-from zstore.series import Step, doomed
-from zstore.storage import Location
+from zstore._read.catalog import CheckpointEntry
+from zstore._series.steps import Step, doomed
+from zstore._storage.location import Location
 
 MARKER = "zstore.commit.json"
 
@@ -290,7 +290,7 @@ def test_retention_spares_an_older_incomplete_step_another_saver_is_still_writin
     mgr.save(1, _state(1))
     zstore.CheckpointManager(str(run)).save(2, _state(2))
     os.remove(run / "step-2" / MARKER)
-    lease = run / "step-2" / "zstore.lease.json"  # held by a live process (this one)
+    lease = run / "step-2" / "zstore._write.lease.json"  # held by a live process (this one)
     lease.write_text(json.dumps({"token": "other", "host": socket.gethostname(),
                                  "pid": os.getpid(), "expires": time.time() + 60}))
     mgr.save(3, _state(3))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import zstore
-from zstore.cli import main
-from zstore.profiles import BUILTIN, BackendProfile, named_profile, profile_for, store_profile
+from zstore._cli.main import main
+from zstore._plan.profiles import BUILTIN, BackendProfile, named_profile, profile_for, store_profile
 from tests.test_cli import cli_flags
 
 

@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 
 import zstore
-from zstore import costs
-from zstore.cli import main
-from zstore.profiles import named_profile
-from zstore.reader import READ_BUDGET, Checkpoint
+from zstore._plan import costs
+from zstore._cli.main import main
+from zstore._plan.profiles import named_profile
+from zstore._read.reader import READ_BUDGET, Checkpoint
 
 ROOT = Path(__file__).parent.parent
 BF16 = np.dtype(ml_dtypes.bfloat16)

@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from zarr.core.sync import sync
 
 import zstore
-from zstore.incremental import HASHES
-from zstore.lease import LEASE
-from zstore.manifest import COMMIT_MARKER, ROOT
-from zstore.storage import resolve
-from zstore.verify import verify
+from zstore._write.incremental import HASHES
+from zstore._write.lease import LEASE
+from zstore._format.manifest import COMMIT_MARKER, ROOT
+from zstore._storage.location import resolve
+from zstore._read.verify import verify
 
 PACKAGE = Path(zstore.__file__).parent
 

@@ -15,8 +15,8 @@ import pytest
 from zarr.core.sync import sync
 
 import zstore
-from zstore.budget import ByteBudget
-from zstore.staging import DeviceStager
+from zstore._budget import ByteBudget
+from zstore._read.staging import DeviceStager
 
 torch = pytest.importorskip("torch")
 

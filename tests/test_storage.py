@@ -7,8 +7,8 @@ import pytest
 from zarr.core.sync import sync
 
 import zstore
-from zstore.conditional import get_versioned, remove, replace
-from zstore.storage import resolve
+from zstore._storage.conditional import get_versioned, remove, replace
+from zstore._storage.location import resolve
 
 
 def test_put_new_refuses_to_replace_an_existing_object(backend):
@@ -47,7 +47,7 @@ def test_sizes_of_a_missing_prefix_is_empty(backend):
 
 def test_a_listing_sees_checkpoints_written_by_another_client(s3):
     """A job polling for new steps must see what other processes wrote since its last look."""
-    from zstore.catalog import find_checkpoints
+    from zstore._read.catalog import find_checkpoints
 
     zstore.save({"w": np.ones(3)}, s3.url("step-0"), storage_options=s3.storage_options)
     assert len(find_checkpoints(s3.base, storage_options=s3.storage_options)) == 1

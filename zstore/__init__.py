@@ -9,8 +9,8 @@
 
 __version__ = "0.1.0"
 
-from zstore.access import split
-from zstore.accounting import IOStats, io_stats
+from zstore._plan.access import split
+from zstore._storage.accounting import IOStats, io_stats
 from zstore.errors import (
     CheckpointExistsError,
     CheckpointNotFoundError,
@@ -29,11 +29,11 @@ from zstore.errors import (
     StateMismatchError,
     ZStoreError,
 )
-from zstore.manager import CheckpointManager
-from zstore.planner import Plan, plan
-from zstore.profiles import BackendProfile
-from zstore.reader import Checkpoint, LazyTensor, load, open
-from zstore.writer import SaveInfo, save
+from zstore._series.manager import CheckpointManager
+from zstore._plan.planner import Plan, plan
+from zstore._plan.profiles import BackendProfile
+from zstore._read.reader import Checkpoint, LazyTensor, load, open
+from zstore._write.writer import SaveInfo, save
 
 __all__ = [
     "BackendProfile",

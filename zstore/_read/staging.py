@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from zstore.budget import ByteBudget
+from zstore._budget import ByteBudget
 from zstore.errors import DeviceUnavailableError
-from zstore.indexing import normalize
-from zstore.tensors import require_torch, torch_dtype_of, torch_to_numpy
+from zstore._read.indexing import normalize
+from zstore._format.tensors import require_torch, torch_dtype_of, torch_to_numpy
 
 DEFAULT_BUDGET = 256 << 20
 

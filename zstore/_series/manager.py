@@ -16,18 +16,18 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from zstore.access import Access
-from zstore.catalog import delete_checkpoint
+from zstore._plan.access import Access
+from zstore._read.catalog import delete_checkpoint
 from zstore.errors import CheckpointNotFoundError, ZStoreError
-from zstore.lease import is_leased
-from zstore.profiles import BackendProfile
-from zstore.reader import Checkpoint
-from zstore.reader import open as open_checkpoint
-from zstore.series import Step, doomed, scan, step_name
-from zstore.storage import resolve, run
-from zstore.tensors import host_copy
-from zstore.tree import FlatTree, flatten
-from zstore.writer import SaveInfo, write
+from zstore._write.lease import is_leased
+from zstore._plan.profiles import BackendProfile
+from zstore._read.reader import Checkpoint
+from zstore._read.reader import open as open_checkpoint
+from zstore._series.steps import Step, doomed, scan, step_name
+from zstore._storage.location import resolve, run
+from zstore._format.tensors import host_copy
+from zstore._format.tree import FlatTree, flatten
+from zstore._write.writer import SaveInfo, write
 
 
 class CheckpointManager:

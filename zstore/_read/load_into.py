@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from zstore.budget import ByteBudget
+from zstore._budget import ByteBudget
 from zstore.errors import PartialLoadError, StateMismatchError
-from zstore.progress import bar
-from zstore.staging import DEFAULT_BUDGET, DeviceStager
-from zstore.storage import run
-from zstore.tasks import gather_all
-from zstore.tensors import require_torch, torch_to_numpy
+from zstore._progress import bar
+from zstore._read.staging import DEFAULT_BUDGET, DeviceStager
+from zstore._storage.location import run
+from zstore._tasks import gather_all
+from zstore._format.tensors import require_torch, torch_to_numpy
 
 
 @dataclass

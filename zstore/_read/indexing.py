@@ -6,7 +6,7 @@ masks, and unsorted or repeated integer arrays (an embedding lookup). Each is
 mapped to a read zarr serves exactly (only the chunks holding the elements
 asked for), then the result is flipped or reordered in memory.
 
->>> from zstore.indexing import normalize
+>>> from zstore._read.indexing import normalize
 >>> normalize((slice(None, None, -2), [3, 1, 3]), (10, 5), "w").shape
 (5, 3)
 """

@@ -30,8 +30,8 @@ from contextlib import contextmanager
 from collections.abc import Iterator
 from typing import Any
 
-from zstore.accounting import record
-from zstore.storage import Location, is_precondition_failure, version_of, write_atomically
+from zstore._storage.accounting import record
+from zstore._storage.location import Location, is_precondition_failure, version_of, write_atomically
 
 _process_lock = threading.Lock()
 

@@ -36,18 +36,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from zstore import __version__
-from zstore.calibrate import calibrate
-from zstore.catalog import DEFAULT_DEPTH, CheckpointEntry, delete, survey
+from zstore._storage.calibrate import calibrate
+from zstore._read.catalog import DEFAULT_DEPTH, CheckpointEntry, delete, survey
 from zstore.errors import ZStoreError
-from zstore.manager import CheckpointManager
-from zstore.planner import plan, plan_specs
-from zstore.profiles import profile_for, store_profile
-from zstore.reader import Checkpoint
-from zstore.reader import open as open_checkpoint
-from zstore.safetensors_specs import safetensors_specs
-from zstore.series import step_of
-from zstore.text import age, contents, duration, size, table
-from zstore.verify import verify
+from zstore._series.manager import CheckpointManager
+from zstore._plan.planner import plan, plan_specs
+from zstore._plan.profiles import profile_for, store_profile
+from zstore._read.reader import Checkpoint
+from zstore._read.reader import open as open_checkpoint
+from zstore._plan.specs import safetensors_specs
+from zstore._series.steps import step_of
+from zstore._text import age, contents, duration, size, table
+from zstore._read.verify import verify
 
 
 def _storage_options(pairs: Sequence[str]) -> dict[str, Any]:

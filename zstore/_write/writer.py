@@ -34,14 +34,14 @@ from zarr.core.sync import sync
 from zarr.storage import StorePath, WrapperStore
 
 from zstore import __version__
-from zstore.dtypes import check_supported
-from zstore.access import Access
-from zstore.catalog import delete_checkpoint
+from zstore._format.dtypes import check_supported
+from zstore._plan.access import Access
+from zstore._read.catalog import delete_checkpoint
 from zstore.errors import CheckpointExistsError, LeaseLostError, SaveTimeoutError
-from zstore.incremental import HASHES, Baseline, decode_hashes, encode_hashes, plan_array
-from zstore.layout import array_metadata
-from zstore.lease import LEASE, Lease
-from zstore.manifest import (
+from zstore._write.incremental import HASHES, Baseline, decode_hashes, encode_hashes, plan_array
+from zstore._format.layout import array_metadata
+from zstore._write.lease import LEASE, Lease
+from zstore._format.manifest import (
     COMMIT_MARKER,
     ROOT,
     Manifest,
@@ -55,13 +55,13 @@ from zstore.manifest import (
     root_document,
     writing_document,
 )
-from zstore.planner import plan_specs
-from zstore.profiles import BackendProfile, profile_for
-from zstore.progress import bar
-from zstore.storage import Location, is_temporary, resolve, storage_errors
-from zstore.tensors import host_array, is_torch_tensor, torch_numpy_dtype
-from zstore.text import contents, size
-from zstore.tree import FlatTree, flatten, iter_leaves
+from zstore._plan.planner import plan_specs
+from zstore._plan.profiles import BackendProfile, profile_for
+from zstore._progress import bar
+from zstore._storage.location import Location, is_temporary, resolve, storage_errors
+from zstore._format.tensors import host_array, is_torch_tensor, torch_numpy_dtype
+from zstore._text import contents, size
+from zstore._format.tree import FlatTree, flatten, iter_leaves
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from zstore.dtypes import check_supported, dtype_from_name
+from zstore._format.dtypes import check_supported, dtype_from_name
 from zstore.errors import InvalidKeyError, UnsupportedTypeError
-from zstore.tensors import is_torch_tensor, numpy_to_torch, torch_numpy_dtype, torch_to_numpy
+from zstore._format.tensors import is_torch_tensor, numpy_to_torch, torch_numpy_dtype, torch_to_numpy
 
 COMMIT_MARKER = "zstore.commit.json"
 _RESERVED_SEGMENTS = {"zarr.json"}

@@ -3,7 +3,7 @@ else) without trusting any of it, and deleting a checkpoint so that no crash mid
 looking committed.
 
 A listing says what the commit marker proves, no more: "committed" means the marker vouches
-for the root ``zarr.json``, not that every shard is still there (``zstore.verify`` reads them).
+for the root ``zarr.json``, not that every shard is still there (``zstore._read.verify`` reads them).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from zstore.accounting import record
+from zstore._storage.accounting import record
 from zstore.errors import (
     CheckpointExistsError,
     CheckpointNotFoundError,
@@ -21,10 +21,10 @@ from zstore.errors import (
     UnsupportedFormatError,
     ZStoreError,
 )
-from zstore.lease import LEASE
-from zstore.manifest import COMMIT_MARKER, ROOT, is_zstore_root, parse_json, read_manifest
-from zstore.storage import Location, resolve, run
-from zstore.tasks import gather_all
+from zstore._write.lease import LEASE
+from zstore._format.manifest import COMMIT_MARKER, ROOT, is_zstore_root, parse_json, read_manifest
+from zstore._storage.location import Location, resolve, run
+from zstore._tasks import gather_all
 
 # How deep ``survey`` looks by default: bucket/run/step-n is 2, bucket/project/run/step-n 3.
 # Each level costs one listing per folder plus two small GETs per subfolder.

@@ -33,9 +33,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from zstore.access import Pattern, Split
-from zstore.layout import Layout
-from zstore.profiles import BackendProfile
+from zstore._plan.access import Pattern, Split
+from zstore._format.layout import Layout
+from zstore._plan.profiles import BackendProfile
 
 KiB, MiB = 1 << 10, 1 << 20
 CHUNK_FULL = 1 * MiB

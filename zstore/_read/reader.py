@@ -21,22 +21,22 @@ from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.abc.store import Store
 from zarr.storage import StorePath, WrapperStore
 
-from zstore.budget import ByteBudget
-from zstore.dtypes import dtype_from_name
-from zstore.catalog import natural, survey_at
+from zstore._budget import ByteBudget
+from zstore._format.dtypes import dtype_from_name
+from zstore._read.catalog import natural, survey_at
 from zstore.errors import CheckpointNotFoundError, CorruptCheckpointError, ZStoreError
-from zstore.index_cache import ShardIndexCache
-from zstore.indexing import Selection, finish, normalize
-from zstore.load_into import load_into
-from zstore.manifest import COMMIT_MARKER, ROOT, Manifest, read_manifest
-from zstore.progress import bar
-from zstore.series import step_name, step_of
-from zstore.staging import DeviceStager
-from zstore.storage import Location, resolve, run
-from zstore.tasks import gather_all
-from zstore.text import contents, size
-from zstore.tensors import numpy_to_torch
-from zstore.tree import as_framework, check_skeleton, iter_leaves, scalar_value, unflatten
+from zstore._storage.index_cache import ShardIndexCache
+from zstore._read.indexing import Selection, finish, normalize
+from zstore._read.load_into import load_into
+from zstore._format.manifest import COMMIT_MARKER, ROOT, Manifest, read_manifest
+from zstore._progress import bar
+from zstore._series.steps import step_name, step_of
+from zstore._read.staging import DeviceStager
+from zstore._storage.location import Location, resolve, run
+from zstore._tasks import gather_all
+from zstore._text import contents, size
+from zstore._format.tensors import numpy_to_torch
+from zstore._format.tree import as_framework, check_skeleton, iter_leaves, scalar_value, unflatten
 
 
 class LazyTensor:

@@ -10,7 +10,7 @@
 matches a name adds its patterns, and names no glob matches are ``full``. A
 glob that matches no name at all is a typo, and an error (``check_globs``):
 
->>> from zstore.access import patterns_for, split
+>>> from zstore._plan.access import patterns_for, split
 >>> patterns_for("layers.0.q_proj.weight", {"*embed*": "rows", "*.q_proj.weight": split(0, 8)})
 ('full', Split(dim=0, parts=8))
 """

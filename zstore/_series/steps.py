@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from zstore.catalog import CheckpointEntry, child_names, entries
-from zstore.storage import Location
+from zstore._read.catalog import CheckpointEntry, child_names, entries
+from zstore._storage.location import Location
 
 _STEP = re.compile(r"step-(0|[1-9][0-9]*)")
 

@@ -2,7 +2,7 @@
 
 Two savers racing for one URL would otherwise both clear it and write the same
 keys, and the one that commits could commit the other's shards. So a save first
-creates ``zstore.lease.json`` only if absent (S3 ``If-None-Match: *``,
+creates ``zstore._write.lease.json`` only if absent (S3 ``If-None-Match: *``,
 ``O_EXCL`` locally): of two savers exactly one gets it, the other fails at once
 with a message naming the holder.
 
@@ -35,13 +35,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from zstore.conditional import get_versioned, remove, replace
+from zstore._storage.conditional import get_versioned, remove, replace
 from zstore.errors import CheckpointExistsError, LeaseLostError
-from zstore.gate import WriteGate
-from zstore.manifest import parse_json
-from zstore.storage import Location
+from zstore._storage.gate import WriteGate
+from zstore._format.manifest import parse_json
+from zstore._storage.location import Location
 
-LEASE = "zstore.lease.json"
+LEASE = "zstore._write.lease.json"
 TTL = 60.0  # seconds without renewal after which a lease is abandoned
 # Share of the TTL after the last renewal at which the holder stops writing: renewals come
 # every quarter of it, so the fence trips only after three failed renewals (or a stall of

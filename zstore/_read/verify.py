@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zstore.errors import CorruptCheckpointError
-from zstore.incremental import HASHES, box_hash, decode_hashes, object_boxes, object_shape
-from zstore.manifest import ROOT, parse_json
-from zstore.reader import Checkpoint, LazyTensor
-from zstore.reader import open as open_checkpoint
-from zstore.storage import is_storage_failure, run
+from zstore._write.incremental import HASHES, box_hash, decode_hashes, object_boxes, object_shape
+from zstore._format.manifest import ROOT, parse_json
+from zstore._read.reader import Checkpoint, LazyTensor
+from zstore._read.reader import open as open_checkpoint
+from zstore._storage.location import is_storage_failure, run
 
 
 @dataclass

@@ -17,8 +17,8 @@ from dataclasses import replace
 
 from zarr.core.sync import sync
 
-from zstore.profiles import BackendProfile, profile_for
-from zstore.storage import resolve, storage_errors
+from zstore._plan.profiles import BackendProfile, profile_for
+from zstore._storage.location import resolve, storage_errors
 
 LEVELS = (1, 2, 4, 8, 16, 32)
 
@@ -55,7 +55,7 @@ def calibrate(url: str, *, name: str | None = None, storage_options: dict | None
     """Measure the backend at ``url`` (a prefix zstore may write scratch objects under).
 
     Returns a profile named ``name`` (default: the built-in it refines, such
-    as ``"s3"``); keep it with ``zstore.profiles.store_profile``.
+    as ``"s3"``); keep it with ``zstore._plan.profiles.store_profile``.
     """
     location = resolve(url, storage_options)
     root = location.path(f".zstore-calibrate-{uuid.uuid4().hex[:8]}")

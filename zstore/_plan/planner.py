@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from zstore.access import Access, Pattern, Split, check_globs, check_split, patterns_for
-from zstore.chunking import choose_layout
-from zstore.costs import (
+from zstore._plan.access import Access, Pattern, Split, check_globs, check_split, patterns_for
+from zstore._plan.chunking import choose_layout
+from zstore._plan.costs import (
     Cost,
     Footprint,
     load_memory,
@@ -29,13 +29,13 @@ from zstore.costs import (
     stored_ratio,
     whole_seconds,
 )
-from zstore.dtypes import check_supported, dtype_from_name
+from zstore._format.dtypes import check_supported, dtype_from_name
 from zstore.errors import UnsupportedTypeError
-from zstore.layout import CODECS, Layout, layout_from_metadata
-from zstore.manifest import group_paths
-from zstore.profiles import BackendProfile, profile_for
-from zstore.tensors import is_torch_tensor, numpy_dtype_of
-from zstore.text import duration, duration_range, shape as show_shape, size, table
+from zstore._format.layout import CODECS, Layout, layout_from_metadata
+from zstore._format.manifest import group_paths
+from zstore._plan.profiles import BackendProfile, profile_for
+from zstore._format.tensors import is_torch_tensor, numpy_dtype_of
+from zstore._text import duration, duration_range, shape as show_shape, size, table
 
 Spec = tuple[tuple[int, ...], np.dtype]
 
@@ -273,7 +273,7 @@ def plan(tree_or_specs: Any, *, access: Access = None,
         >>> a.layout.chunk_shape, a.costs["rows"].requests
         ((80, 512), 2)
     """
-    from zstore.reader import Checkpoint  # the reader imports the writer, which imports this
+    from zstore._read.reader import Checkpoint  # the reader imports the writer, which imports this
 
     if isinstance(tree_or_specs, Checkpoint):
         return _explain(tree_or_specs, access, profile_for(tree_or_specs.url, backend), cores)

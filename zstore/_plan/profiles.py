@@ -7,7 +7,7 @@ and the object sizes it handles well. Built-in profiles cover a local disk,
 real backend and stores its profile under the config directory, where it
 replaces the built-in of the same name.
 
->>> from zstore.profiles import profile_for
+>>> from zstore._plan.profiles import profile_for
 >>> profile_for("s3://bucket/run").name, profile_for("/tmp/ckpt").name
 ('s3', 'local')
 """

@@ -28,7 +28,7 @@ from zarr.core.sync import loop as zarr_loop
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore
 
-from zstore.accounting import CountingStore, record
+from zstore._storage.accounting import CountingStore, record
 from zstore.errors import (
     CheckpointNotFoundError,
     InvalidURLError,
@@ -36,7 +36,7 @@ from zstore.errors import (
     StorageFailedError,
     ZStoreError,
 )
-from zstore.gate import WriteGate
+from zstore._storage.gate import WriteGate
 
 # Every S3 request has a deadline and is retried with backoff (botocore's "standard" mode:
 # 500/503/SlowDown, throttling, resets and timeouts); any of it can be overridden through

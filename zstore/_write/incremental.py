@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from zstore.manifest import parse_json
+from zstore._format.manifest import parse_json
 
 HASHES = "zstore.hashes.json"
 ALGORITHM = "sha256"  # ~1.8 GB/s a core with SHA extensions, and no collisions to fear

@@ -29,7 +29,7 @@ from zstore.errors import (
     UnsupportedFormatError,
     UnsupportedTypeError,
 )
-from zstore.tree import COMMIT_MARKER
+from zstore._format.tree import COMMIT_MARKER
 
 FORMAT_VERSION = 1
 ROOT = "zarr.json"

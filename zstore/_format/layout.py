@@ -1,6 +1,6 @@
 """A ``Layout`` (chunk shape, shard shape, codec preset) and its Zarr v3 JSON, both ways.
 
-Pure: the planner (``zstore.chunking``) decides layouts, this module only
+Pure: the planner (``zstore._plan.chunking``) decides layouts, this module only
 spells them as ``zarr.json`` and reads them back from one, so a saved
 checkpoint's layout can be explained with the same cost model.
 """

@@ -15,7 +15,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from zstore.dtypes import check_supported
+from zstore._format.dtypes import check_supported
 from zstore.errors import UnsupportedTypeError
 
 
