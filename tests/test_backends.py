@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 import zstore
-from zstore._write.lease import LEASE
-from zstore._format.manifest import COMMIT_MARKER, ROOT
+from zstore._format.names import COMMIT_MARKER, LEASE, ROOT
 
 
 def model_tree() -> dict:
@@ -154,15 +153,18 @@ def test_arrays_are_written_concurrently(s3):
 
 
 def test_opening_a_missing_checkpoint_names_the_url(backend):
-    with pytest.raises(zstore.CheckpointNotFoundError, match="no checkpoint at"):
-        zstore.open(backend.url("nothing-here"), storage_options=backend.storage_options)
+    url = backend.url("nothing-here")
+    with pytest.raises(zstore.CheckpointNotFoundError, match="no checkpoint at") as raised:
+        zstore.open(url, storage_options=backend.storage_options)
+    assert raised.value.url == url
 
 
 def test_without_a_commit_marker_the_checkpoint_does_not_open(backend):
     zstore.save(model_tree(), backend.url(), storage_options=backend.storage_options)
     _delete(backend, COMMIT_MARKER)
-    with pytest.raises(zstore.IncompleteCheckpointError, match="no commit marker"):
+    with pytest.raises(zstore.IncompleteCheckpointError, match="no commit marker") as raised:
         zstore.open(backend.url(), storage_options=backend.storage_options)
+    assert raised.value.url == backend.url()
     with pytest.raises(zstore.IncompleteCheckpointError):
         zstore.load(backend.url(), storage_options=backend.storage_options)
 
@@ -170,8 +172,9 @@ def test_without_a_commit_marker_the_checkpoint_does_not_open(backend):
 def test_saving_over_a_committed_checkpoint_needs_overwrite(backend):
     url, opts = backend.url(), backend.storage_options
     zstore.save({"a": np.ones(3)}, url, storage_options=opts)
-    with pytest.raises(zstore.CheckpointExistsError, match="overwrite=True"):
+    with pytest.raises(zstore.CheckpointCommittedError, match="overwrite=True") as raised:
         zstore.save({"b": np.zeros(3)}, url, storage_options=opts)
+    assert isinstance(raised.value, zstore.CheckpointExistsError) and raised.value.url == url
     assert list(zstore.open(url, storage_options=opts)) == ["a"]  # the old one is intact
     zstore.save({"b": np.zeros(3)}, url, storage_options=opts, overwrite=True)
     assert list(zstore.load(url, storage_options=opts)) == ["b"]
@@ -196,8 +199,10 @@ def test_a_changed_root_after_commit_is_detected(backend):
     root = json.loads(sync(location.get(ROOT)))
     root["attributes"]["zstore"]["metadata"] = {"tampered": True}
     sync(location.put(ROOT, json.dumps(root).encode()))
-    with pytest.raises(zstore.CorruptCheckpointError, match="does not match its commit marker"):
+    with pytest.raises(zstore.CorruptCheckpointError,
+                       match="does not match its commit marker") as raised:
         zstore.open(url, storage_options=opts)
+    assert raised.value.url == url and raised.value.key == ROOT
 
 
 def test_save_refuses_to_delete_objects_it_did_not_write(backend):
@@ -207,8 +212,11 @@ def test_save_refuses_to_delete_objects_it_did_not_write(backend):
     location = zstore._storage.location.resolve(url, opts)
     sync(location.put("notes.txt", b"precious"))
     for overwrite in (False, True):
-        with pytest.raises(zstore.CheckpointExistsError, match="not written by zstore"):
+        with pytest.raises(zstore.ForeignObjectsError) as raised:
             zstore.save({"a": np.ones(3)}, url, storage_options=opts, overwrite=overwrite)
+        assert isinstance(raised.value, zstore.CheckpointExistsError)
+        assert raised.value.url == url
+        assert raised.value.objects == 1 and raised.value.example == "notes.txt"
     assert sync(location.get("notes.txt")) == b"precious"
 
 

@@ -34,39 +34,44 @@ def assert_nothing_written(url: str) -> None:
     ("__reserved", "Zarr reserves"),
     ("zarr.json", "metadata"),
     ("zstore.commit.json", "commit marker"),
-    ("zstore._write.lease.json", "reserved"),
+    ("zstore.lease.json", "reserved"),
     ("zstore.hashes.json/w", "reserved"),
 ])
 def test_path_like_keys_are_rejected_before_writing(url, key, problem):
-    with pytest.raises(zstore.InvalidKeyError, match=problem):
+    with pytest.raises(zstore.InvalidKeyError, match=problem) as raised:
         zstore.save({"fine": np.ones(2), key: np.ones(2)}, url)
+    assert raised.value.key == (key,)
     assert_nothing_written(url)
 
 
 def test_nested_path_like_keys_are_rejected_too(url):
-    with pytest.raises(zstore.InvalidKeyError, match="escape"):
+    with pytest.raises(zstore.InvalidKeyError, match="escape") as raised:
         zstore.save({"model": {"..": {"w": np.ones(2)}}}, url)
+    assert raised.value.key == ("model", "..", "w")
 
 
-@pytest.mark.parametrize("tree", [
-    {"a/b": np.ones(2), "a": {"b": np.zeros(2)}},
-    {0: np.ones(2), "0": np.zeros(2)},
+@pytest.mark.parametrize("tree, second", [
+    ({"a/b": np.ones(2), "a": {"b": np.zeros(2)}}, ("a", "b")),
+    ({0: np.ones(2), "0": np.zeros(2)}, ("0",)),
 ], ids=["slash-vs-nesting", "int-vs-str"])
-def test_keys_that_collide_after_joining_are_rejected(url, tree):
-    with pytest.raises(zstore.InvalidKeyError, match="both map to the array name"):
+def test_keys_that_collide_after_joining_are_rejected(url, tree, second):
+    with pytest.raises(zstore.InvalidKeyError, match="both map to the array name") as raised:
         zstore.save(tree, url)
+    assert raised.value.key == second
     assert_nothing_written(url)
 
 
 def test_a_leaf_that_is_also_a_group_is_rejected(url):
-    with pytest.raises(zstore.InvalidKeyError, match="as a group"):
+    with pytest.raises(zstore.InvalidKeyError, match="as a group") as raised:
         zstore.save({"a": np.ones(2), "a/b": np.ones(2)}, url)
+    assert raised.value.key == ("a/b",)
 
 
 @pytest.mark.parametrize("key", [1.5, None, True, ("t",)], ids=repr)
 def test_non_str_int_keys_are_rejected(url, key):
-    with pytest.raises(zstore.InvalidKeyError, match="must be str or int"):
+    with pytest.raises(zstore.InvalidKeyError, match="must be str or int") as raised:
         zstore.save({key: np.ones(2)}, url)
+    assert raised.value.key == (key,) and raised.value.url is None  # before any I/O
 
 
 @pytest.mark.parametrize("leaf, match", [
@@ -147,8 +152,10 @@ def test_unknown_name_suggests_similar_ones(url):
 
 
 def test_open_in_a_missing_bucket_is_not_found(s3):
-    with pytest.raises(zstore.CheckpointNotFoundError, match="no checkpoint at"):
-        zstore.open("s3://no-such-bucket-zstore/run/step-1", storage_options=s3.storage_options)
+    url = "s3://no-such-bucket-zstore/run/step-1"
+    with pytest.raises(zstore.CheckpointNotFoundError, match="no checkpoint at") as raised:
+        zstore.open(url, storage_options=s3.storage_options)
+    assert raised.value.url == url
 
 
 def test_save_to_a_missing_bucket_names_the_bucket(s3):
@@ -203,8 +210,9 @@ def test_a_read_only_bucket_refuses_the_save_and_keeps_the_old_checkpoint(denyin
     url, options = f"s3://{bucket}/c", denying.storage_options
     zstore.save({"w": np.ones(3)}, url, storage_options=options)
     denying.faults = Faults(rate=1.0, kinds=("403",), methods=("PUT", "POST", "DELETE"))
-    with pytest.raises(zstore.StorageAccessError, match=url):
+    with pytest.raises(zstore.StorageAccessError) as raised:
         zstore.save({"w": np.zeros(3)}, url, storage_options=options, overwrite=True)
+    assert raised.value.url == url
     assert np.array_equal(zstore.load(url, storage_options=options)["w"], np.ones(3))
 
 
@@ -224,8 +232,9 @@ def test_a_full_disk_midway_fails_cleanly_and_the_next_save_works(tmp_path, monk
     zstore.save({"w": np.ones(3)}, str(tmp_path / "previous"))
     monkeypatch.setattr(CountingStore, "set", filling_up)
     tree = {f"a{i}": np.full(100, i) for i in range(10)}
-    with pytest.raises(zstore.StorageFailedError, match="No space left"):
+    with pytest.raises(zstore.StorageFailedError, match="No space left") as raised:
         zstore.save(tree, str(tmp_path / "c"))
+    assert raised.value.url == str(tmp_path / "c")
     monkeypatch.undo()
     with pytest.raises(zstore.IncompleteCheckpointError):
         zstore.open(str(tmp_path / "c"))
@@ -244,8 +253,10 @@ def test_a_truncated_root_metadata_is_corrupt(tmp_path):
     zstore.save({"a": np.ones(2)}, str(tmp_path / "c"))
     root = tmp_path / "c" / "zarr.json"
     root.write_bytes(root.read_bytes()[:50])
-    with pytest.raises(zstore.CorruptCheckpointError, match="does not match its commit marker"):
+    with pytest.raises(zstore.CorruptCheckpointError,
+                       match="does not match its commit marker") as raised:
         zstore.open(str(tmp_path / "c"))
+    assert raised.value.url == str(tmp_path / "c") and raised.value.key == "zarr.json"
 
 
 def test_a_checkpoint_from_a_newer_format_is_refused_by_name(tmp_path):
@@ -253,8 +264,9 @@ def test_a_checkpoint_from_a_newer_format_is_refused_by_name(tmp_path):
     marker = tmp_path / "c" / "zstore.commit.json"
     doc = json.loads(marker.read_text())
     marker.write_text(json.dumps(dict(doc, format=99)))
-    with pytest.raises(zstore.UnsupportedFormatError, match="format 99.*upgrade zstore"):
+    with pytest.raises(zstore.UnsupportedFormatError, match="upgrade zstore") as raised:
         zstore.open(str(tmp_path / "c"))
+    assert raised.value.version == 99 and raised.value.url == str(tmp_path / "c")
 
 
 def test_a_meta_tensor_is_refused_before_writing(url):
@@ -265,15 +277,22 @@ def test_a_meta_tensor_is_refused_before_writing(url):
 
 
 def test_a_checkpoint_nested_in_another_is_never_deleted_with_it(tmp_path):
-    from zstore._read.catalog import delete
+    from zstore._write.delete import delete
 
     outer, inner = str(tmp_path / "a"), str(tmp_path / "a" / "inner")
     zstore.save({"w": np.ones(3)}, outer)
     zstore.save({"w": np.full(3, 2.0)}, inner)
-    with pytest.raises(zstore.CheckpointExistsError, match="inside it, at 'inner"):
+    with pytest.raises(zstore.NestedCheckpointError) as raised:
         zstore.save({"w": np.zeros(3)}, outer, overwrite=True)
-    with pytest.raises(zstore.CheckpointExistsError, match="nested"):
+    assert isinstance(raised.value, zstore.CheckpointExistsError)
+    assert raised.value.url == outer and raised.value.nested == "inner"
+    with pytest.raises(zstore.NestedCheckpointError) as raised:
         delete(outer)
+    assert raised.value.url == outer and raised.value.nested == "inner"
+    with pytest.raises(zstore.NestedCheckpointError) as raised:  # a folder holding checkpoints
+        zstore.save({"w": np.zeros(3)}, str(tmp_path))
+    assert raised.value.url == str(tmp_path) and raised.value.nested == "a"
+    assert "not written by zstore" not in str(raised.value)  # they are zstore's, not foreign
     assert np.array_equal(zstore.load(outer)["w"], np.ones(3))
     assert np.array_equal(zstore.load(inner)["w"], np.full(3, 2.0))
 
@@ -295,8 +314,9 @@ def test_opening_a_run_root_lists_its_steps_and_how_to_open_one(backend):
 def test_opening_a_folder_of_checkpoints_names_them(tmp_path):
     for name in ("a", "b"):
         zstore.save({"w": np.ones(3)}, str(tmp_path / "ckpts" / name))
-    with pytest.raises(zstore.CheckpointNotFoundError, match="2 below it: a, b"):
+    with pytest.raises(zstore.CheckpointNotFoundError, match="2 below it: a, b") as raised:
         zstore.open(str(tmp_path / "ckpts"))
+    assert raised.value.url == str(tmp_path / "ckpts")
 
 
 def test_opening_a_safetensors_file_says_so_and_how_to_convert_it(tmp_path):

@@ -11,7 +11,7 @@ from zarr.core.sync import sync
 
 import zstore
 from zstore._cli.main import main
-from zstore._format.manifest import COMMIT_MARKER, ROOT
+from zstore._format.names import COMMIT_MARKER, ROOT
 from zstore._storage.location import resolve
 from tests.test_cli import cli_flags
 

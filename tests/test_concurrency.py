@@ -44,7 +44,7 @@ def _save_in_process(url: str, options: dict, value: int, barrier, results) -> N
         zstore.save(_tree(value), url, storage_options=options)
         results.put((value, "committed"))
     except zstore.CheckpointExistsError as e:
-        results.put((value, f"refused: {e}"))
+        results.put((value, f"refused: {type(e).__name__} for {e.url}"))
 
 
 def test_two_processes_saving_to_one_url_exactly_one_commits(s3):
@@ -56,7 +56,8 @@ def test_two_processes_saving_to_one_url_exactly_one_commits(s3):
         winners = [v for v, outcome in outcomes.items() if outcome == "committed"]
         assert len(winners) == 1, outcomes
         loser = next(o for o in outcomes.values() if o != "committed")
-        assert "another save is writing" in loser or "already holds" in loser
+        assert loser in (f"refused: LeaseHeldError for {url}",
+                         f"refused: CheckpointCommittedError for {url}")
         loaded = zstore.load(url, storage_options=s3.storage_options)
         assert (loaded["a"] == winners[0]).all() and (loaded["b"] == winners[0]).all()
 
@@ -64,10 +65,14 @@ def test_two_processes_saving_to_one_url_exactly_one_commits(s3):
 def test_a_live_lease_refuses_a_second_writer_and_names_it(tmp_path):
     url = str(tmp_path / "c")
     location = resolve(url)
+    expires = time.time() + 60
     sync(location.put_new(LEASE, json.dumps(
-        {"token": "x", "host": "trainer-7", "pid": 4242, "expires": time.time() + 60}).encode()))
-    with pytest.raises(zstore.CheckpointExistsError, match="trainer-7.*4242"):
+        {"token": "x", "host": "trainer-7", "pid": 4242, "expires": expires}).encode()))
+    with pytest.raises(zstore.LeaseHeldError, match="trainer-7.*4242") as raised:
         zstore.save(_tree(1), url)
+    assert isinstance(raised.value, zstore.CheckpointExistsError)  # what callers caught so far
+    assert raised.value.url == url and raised.value.expires == expires
+    assert raised.value.holder["host"] == "trainer-7" and raised.value.holder["pid"] == 4242
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [LEASE]
 
 
@@ -91,10 +96,29 @@ def test_a_save_whose_lease_was_taken_over_does_not_commit(tmp_path, monkeypatch
         await real(location, *args)
 
     monkeypatch.setattr(writer, "_write_array", stolen_midway)
-    with pytest.raises(LeaseLostError, match="taken over"):
+    with pytest.raises(LeaseLostError, match="taken over") as raised:
         zstore.save(_tree(1), url)
+    assert raised.value.url == url
+    assert not isinstance(raised.value, FileExistsError)  # nothing exists: this save lost out
     with pytest.raises(zstore.IncompleteCheckpointError):
         zstore.open(url)
+
+
+def test_a_save_that_loses_the_commit_race_says_so_and_keeps_the_winners_marker(
+        tmp_path, monkeypatch):
+    url = str(tmp_path / "c")
+    real = Lease.check
+    winner = b'{"committed by": "another save"}'
+
+    async def another_save_commits_first(self):
+        await real(self)
+        await self.location.put("zstore.commit.json", winner)
+
+    monkeypatch.setattr(Lease, "check", another_save_commits_first)
+    with pytest.raises(zstore.CommitRaceLostError) as raised:
+        zstore.save(_tree(1), url)
+    assert isinstance(raised.value, zstore.CheckpointExistsError) and raised.value.url == url
+    assert (tmp_path / "c" / "zstore.commit.json").read_bytes() == winner
 
 
 def _stale_lease(location) -> None:
@@ -108,8 +132,8 @@ def _take_over_in_process(url: str, options: dict, barrier, results) -> None:
     try:
         sync(lease.acquire())
         results.put(("holds", lease.token))
-    except zstore.CheckpointExistsError as e:
-        results.put(("refused", str(e)))
+    except zstore.LeaseHeldError as e:
+        results.put(("refused", f"held by {(e.holder or {}).get('token')}"))
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -124,7 +148,7 @@ def test_of_three_processes_taking_over_an_abandoned_lease_exactly_one_holds_it(
         outcomes = _in_processes(_take_over_in_process, [(url, options, barrier)] * 3)
         holders = [detail for outcome, detail in outcomes if outcome == "holds"]
         assert len(holders) == 1, outcomes
-        assert all("another save is writing" in detail
+        assert all(detail == f"held by {holders[0]}"  # the live holder: the winner
                    for outcome, detail in outcomes if outcome == "refused")
         stored = json.loads(sync(resolve(url, options).get(LEASE)))
         assert stored["token"] == holders[0]
@@ -138,18 +162,16 @@ def test_a_late_renewal_cannot_overwrite_the_successors_lease(backend):
     sync(location.put(LEASE, json.dumps(successor).encode()))  # took it over meanwhile
     sync(stalled.renew())
     assert json.loads(sync(location.get(LEASE))) == successor
-    with pytest.raises(LeaseLostError, match="taken over"):
+    with pytest.raises(LeaseLostError, match="taken over") as raised:
         stalled.fence()
+    assert raised.value.url == location.url
     sync(stalled.release())  # releases only its own version: the successor's lease stays
     assert json.loads(sync(location.get(LEASE))) == successor
 
 
 def test_a_writer_that_cannot_renew_stops_writing_before_its_lease_may_be_taken(
         tmp_path, monkeypatch):
-    import zstore._write.lease as lease_module
     import zstore._write.writer as writer
-
-    monkeypatch.setattr(lease_module, "TTL", 1.0)  # renewals every 0.25 s, fence at 0.75 s
 
     async def unreachable(self) -> None:
         raise OSError("storage unreachable for the renewal")
@@ -165,11 +187,14 @@ def test_a_writer_that_cannot_renew_stops_writing_before_its_lease_may_be_taken(
     monkeypatch.setattr(writer, "_write_array", slow)
     tree = {f"a{i}": np.full(100, i, np.float32) for i in range(8)}
     url = str(tmp_path / "c")
-    with pytest.raises(LeaseLostError, match="not renewed for 1 s"):
+    with (zstore.configure(lease_ttl=1.0),  # renewals every 0.25 s, fence at 0.75 s
+          pytest.raises(LeaseLostError, match="not renewed for 1 s") as raised):
         zstore.save(tree, url, max_concurrency=1)
+    assert raised.value.url == url
     assert 0 < len(written) < 8
-    with pytest.raises(zstore.IncompleteCheckpointError):
+    with pytest.raises(zstore.IncompleteCheckpointError) as opened:
         zstore.open(url)
+    assert opened.value.url == url
 
 
 def test_no_write_of_a_failed_save_lands_after_it_raised(backend, monkeypatch):
@@ -185,9 +210,10 @@ def test_no_write_of_a_failed_save_lands_after_it_raised(backend, monkeypatch):
         await real(location, path, *args)
 
     monkeypatch.setattr(writer, "_write_array", one_fails_others_lag)
-    with pytest.raises(zstore.StorageFailedError, match="No space left"):
+    with pytest.raises(zstore.StorageFailedError, match="No space left") as raised:
         zstore.save({f"a{i}": np.full(1000, 1.0) for i in range(8)}, url,
                     storage_options=options)
+    assert raised.value.url == url
     monkeypatch.undo()
     retry = {f"a{i}": np.full(1000, 2.0) for i in range(8)}
     zstore.save(retry, url, storage_options=options)  # not refused: the lease was released
@@ -319,15 +345,13 @@ def test_renewals_work_where_the_filesystem_refuses_flock(tmp_path, monkeypatch)
     import errno
     import fcntl
 
-    import zstore._write.lease as lease_module
-
     def refused(*args):
         raise OSError(errno.EBADF, "Bad file descriptor")  # NFS, on a folder
 
     monkeypatch.setattr(fcntl, "flock", refused)
-    monkeypatch.setattr(lease_module, "TTL", 0.4)  # renewals every 0.1 s, fence at 0.3 s
     location = resolve(str(tmp_path / "c"))
-    lease = Lease(location)
+    with zstore.configure(lease_ttl=0.4):  # renewals every 0.1 s, fence at 0.3 s
+        lease = Lease(location)  # a lease keeps the settings it started with
     sync(lease.acquire())
     for _ in range(3):
         sync(lease.renew())
@@ -338,8 +362,6 @@ def test_renewals_work_where_the_filesystem_refuses_flock(tmp_path, monkeypatch)
 
 def test_a_commit_refused_by_the_fence_says_the_lease_lapsed(monkeypatch):
     import zstore._write.lease as lease_module
-
-    monkeypatch.setattr(lease_module, "TTL", 1.0)
 
     async def renewal_fails(*args, **kwargs):
         raise OSError(5, "renewal failed")
@@ -352,5 +374,7 @@ def test_a_commit_refused_by_the_fence_says_the_lease_lapsed(monkeypatch):
 
     monkeypatch.setattr(lease_module, "replace", renewal_fails)
     monkeypatch.setattr(lease_module, "get_versioned", slow_check)
-    with pytest.raises(LeaseLostError, match="not renewed"):
+    with (zstore.configure(lease_ttl=1.0),
+          pytest.raises(LeaseLostError, match="not renewed") as raised):
         zstore.save({"a": np.ones(10, "f4")}, "memory://fence/commit")
+    assert raised.value.url == "memory://fence/commit"

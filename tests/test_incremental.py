@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import zstore
-from zstore._write.incremental import HASHES, box_hash, decode_hashes, object_boxes
+from zstore._format.hashes import box_hash, decode_hashes, object_boxes
+from zstore._format.names import HASHES
 
 
 def test_object_boxes_tile_the_array_with_ragged_edges():

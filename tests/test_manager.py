@@ -85,8 +85,9 @@ def test_a_step_whose_root_metadata_changed_after_its_commit_is_not_complete(tmp
     root.write_text(json.dumps(doc))  # valid zstore JSON, but not the one the marker hashed
     assert mgr.steps() == [1] and mgr.latest_step() == 1
     assert mgr.restore()[0] == 1
-    with pytest.raises(zstore.CorruptCheckpointError, match="commit marker"):
+    with pytest.raises(zstore.CorruptCheckpointError, match="commit marker") as raised:
         mgr.restore(step=2)
+    assert raised.value.url == mgr.url(2) and raised.value.key == "zarr.json"
 
 
 def test_a_step_still_being_written_is_not_listed_until_its_marker_lands(monkeypatch):
@@ -168,10 +169,11 @@ def test_a_background_error_surfaces_on_the_next_save_then_clears():
     mgr = zstore.CheckpointManager(_root())
     mgr.save(1, _state())
     future = mgr.save(1, _state(), blocking=False)  # step 1 is committed already
-    with pytest.raises(zstore.CheckpointExistsError):
+    with pytest.raises(zstore.CheckpointCommittedError):
         future.result()
-    with pytest.raises(zstore.CheckpointExistsError) as raised:
+    with pytest.raises(zstore.CheckpointCommittedError) as raised:
         mgr.save(2, _state())
+    assert raised.value.url == mgr.url(1)
     assert any("background save of step 1" in note for note in raised.value.__notes__)
     assert mgr.steps() == [1]  # the call that raised saved nothing
     mgr.save(2, _state())  # seen once, the error is gone
@@ -186,8 +188,9 @@ def test_wait_reraises_a_background_error_and_counts_the_others():
     mgr.save(1, _state(), blocking=False)
     mgr.save(3, _state(3), blocking=False)
     mgr.save(2, _state(), blocking=False)
-    with pytest.raises(zstore.CheckpointExistsError, match="step-1") as raised:
+    with pytest.raises(zstore.CheckpointCommittedError) as raised:
         mgr.wait()
+    assert raised.value.url == mgr.url(1)
     assert any("step 1" in n and "1 more" in n for n in raised.value.__notes__)
     mgr.wait()  # nothing pending any more
     assert mgr.steps() == [1, 2, 3]
@@ -290,7 +293,7 @@ def test_retention_spares_an_older_incomplete_step_another_saver_is_still_writin
     mgr.save(1, _state(1))
     zstore.CheckpointManager(str(run)).save(2, _state(2))
     os.remove(run / "step-2" / MARKER)
-    lease = run / "step-2" / "zstore._write.lease.json"  # held by a live process (this one)
+    lease = run / "step-2" / "zstore.lease.json"  # held by a live process (this one)
     lease.write_text(json.dumps({"token": "other", "host": socket.gethostname(),
                                  "pid": os.getpid(), "expires": time.time() + 60}))
     mgr.save(3, _state(3))
@@ -298,6 +301,47 @@ def test_retention_spares_an_older_incomplete_step_another_saver_is_still_writin
     lease.unlink()  # that saver gave up
     assert mgr.apply_retention() == [2]
     assert not (run / "step-2").exists()
+
+
+@pytest.mark.parametrize("surfaces_at", ["wait", "next save", "close"])
+def test_a_failed_retention_is_reported_as_such_not_as_a_failed_save(tmp_path, monkeypatch,
+                                                                      surfaces_at):
+    root = str(tmp_path / "run")
+    for step in (1, 2):
+        zstore.CheckpointManager(root).save(step, _state(step))
+    mgr = zstore.CheckpointManager(root, keep_last=1)
+    real = Location.remove_all
+
+    async def step_1_cannot_be_deleted(self, keys):
+        if keys and self.url.rstrip("/").endswith("step-1"):
+            raise OSError(5, "injected: deleting step-1 failed")
+        await real(self, keys)
+
+    monkeypatch.setattr(Location, "remove_all", step_1_cannot_be_deleted)
+    future = mgr.save(3, _state(3), blocking=False)  # commits, then retention drops 1 and 2
+    with pytest.raises(zstore.RetentionError) as raised:
+        if surfaces_at == "wait":
+            mgr.wait()
+        elif surfaces_at == "next save":
+            future.exception()  # done, its error not yet seen by the manager
+            mgr.save(4, _state(4))
+        else:
+            mgr.close()
+    error = raised.value
+    assert error.step == 3 and error.not_deleted == [1] and error.url == root
+    assert isinstance(error.errors[1], zstore.StorageFailedError)
+    assert error.__cause__ is error.errors[1]
+    assert isinstance(error, OSError)  # as the deletion's own error was
+    message = "\n".join([str(error), *getattr(error, "__notes__", [])])
+    assert "retention after step 3" in message and "[1] could not be deleted" in message
+    assert "step 3 is committed" in message and "injected" in message
+    assert "background save of step 3" not in message
+    monkeypatch.undo()
+    assert mgr.steps() == [1, 3]  # step 2 was deleted all the same
+    assert zstore.load(mgr.url(3))["step"] == 3  # the save itself committed
+    if surfaces_at != "close":
+        mgr.save(4, _state(4))  # retention runs again and now deletes step 1 too
+        assert mgr.steps() == [4]
 
 
 # deleting
@@ -497,8 +541,9 @@ def test_an_empty_root_has_nothing_to_restore(tmp_path):
     for root in (_root(), str(tmp_path / "nothing-yet")):
         mgr = zstore.CheckpointManager(root)
         assert mgr.steps() == [] and mgr.latest_step() is None
-        with pytest.raises(zstore.CheckpointNotFoundError, match="no committed step"):
+        with pytest.raises(zstore.CheckpointNotFoundError, match="no committed step") as raised:
             mgr.restore()
+        assert raised.value.url == mgr.root
 
 
 # torch (each test skips without it)

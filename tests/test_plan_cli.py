@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import fsspec
 import numpy as np
@@ -64,11 +65,21 @@ def test_calibrate_measures_the_moto_server_and_stores_a_profile(s3, config_dir,
     assert code == 0
     profile = named_profile("moto")
     assert 0 < profile.latency < 1 and profile.bandwidth > 1e6 and profile.concurrency >= 1
-    assert json.loads((config_dir / "profiles" / "moto.json").read_text())["name"] == "moto"
+    stored = json.loads((config_dir / "profiles" / "moto.json").read_text())
+    assert stored["name"] == "moto" and stored["cpu_speed"] == profile.cpu_speed > 0
     fs = fsspec.filesystem("s3", **s3.storage_options, use_listings_cache=False)
     assert fs.find(s3.base) == [], "scratch objects are deleted"
     plan = zstore.plan({"w": np.zeros((4096, 4096), np.float32)}, backend="moto")
     assert plan.profile == profile
+
+
+def test_a_calibrated_cpu_speed_scales_the_cpu_part_of_the_predicted_times():
+    tree = {"w": np.zeros((2048, 1024), np.float32), "b": np.zeros(1024, np.float32)}
+    reference = zstore.plan(tree, backend=BUILTIN["local"], codec="blosc")
+    slower = zstore.plan(tree, backend=replace(BUILTIN["local"], cpu_speed=0.5), codec="blosc")
+    io = BUILTIN["local"].seconds(reference.load_requests, reference.stored_bytes, serial=2)
+    assert slower.load_seconds[1] - io == pytest.approx(2 * (reference.load_seconds[1] - io))
+    assert slower.save_seconds[1] > reference.save_seconds[1]
 
 
 def test_a_stored_profile_replaces_the_builtin_of_its_name():

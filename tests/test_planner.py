@@ -166,6 +166,33 @@ def test_plan_accepts_meta_tensors_and_names_leaves_like_save():
     assert str(p.arrays["model/0.weight"].dtype) == "float32"
 
 
+def test_plan_counts_tied_weights_once_as_save_stores_them():
+    torch = pytest.importorskip("torch")
+
+    def tied(device):
+        with torch.device(device):
+            model = torch.nn.Sequential(torch.nn.Embedding(100, 8), torch.nn.Linear(8, 100),
+                                        torch.nn.Linear(8, 100, bias=False))
+        model[1].weight = model[0].weight  # tied, as a language model's head and embedding
+        return model.state_dict()
+
+    for device in ("cpu", "meta"):  # meta: planned before the weights exist
+        p = zstore.plan(tied(device))
+        assert set(p.arrays) == {"0.weight", "1.bias", "2.weight"}, device
+        assert p.parameters == 100 * 8 * 2 + 100
+    assert zstore.save(tied("cpu"), "memory://plan/tied").arrays == len(p.arrays)
+
+
+def test_plan_refuses_the_keys_save_refuses():
+    for tree in ({"zstore.hashes": np.zeros(3)}, {"a": np.zeros(2), "a/b": np.zeros(2)},
+                 {"../up": np.zeros(2)}):
+        with pytest.raises(zstore.InvalidKeyError) as planned:
+            zstore.plan(tree)
+        with pytest.raises(zstore.InvalidKeyError) as saved:
+            zstore.save(tree, "memory://plan/refused")
+        assert str(planned.value) == str(saved.value)
+
+
 def test_plan_table_names_every_array_and_the_totals():
     p = zstore.plan({"embed": np.zeros((4000, 256), BF16), "norm": np.zeros(256, BF16)},
                     access={"embed": ["rows", zstore.split(1, 2)]}, backend="s3")
@@ -220,13 +247,14 @@ def test_an_access_glob_that_matches_nothing_names_the_closest_arrays():
     with pytest.raises(zstore.InvalidKeyError, match="'\\*embd\\*' matches no array") as e:
         zstore.plan(MINILM_LIKE, access={"*embd*": "rows"})
     assert "'embeddings.word_embeddings.weight'" in str(e.value)
-    assert isinstance(e.value, ValueError)
+    assert isinstance(e.value, ValueError) and e.value.key == "*embd*"
 
 
 def test_save_refuses_an_access_glob_that_matches_nothing_before_writing(tmp_path):
     url = str(tmp_path / "ckpt")
-    with pytest.raises(zstore.InvalidKeyError, match="close names: .*query"):
+    with pytest.raises(zstore.InvalidKeyError, match="close names: .*query") as raised:
         zstore.save(MINILM_LIKE, url, access={"*.quary.weight": zstore.split(0, 2)})
+    assert raised.value.key == "*.quary.weight"
     assert not (tmp_path / "ckpt").exists()
 
 

@@ -16,9 +16,7 @@ from hypothesis import strategies as st
 from zarr.core.sync import sync
 
 import zstore
-from zstore._write.incremental import HASHES
-from zstore._write.lease import LEASE
-from zstore._format.manifest import COMMIT_MARKER, ROOT
+from zstore._format.names import COMMIT_MARKER, HASHES, LEASE, ROOT
 from zstore._storage.location import resolve
 from zstore._read.verify import verify
 

@@ -7,20 +7,27 @@
 (array([1., 0., 0.], dtype=float32), {'step': 1})
 """
 
-__version__ = "0.1.0"
+from zstore._version import __version__
 
+from zstore._options import Settings, configure
 from zstore._plan.access import split
 from zstore._storage.accounting import IOStats, io_stats
 from zstore.errors import (
+    CheckpointCommittedError,
     CheckpointExistsError,
     CheckpointNotFoundError,
+    CommitRaceLostError,
     CorruptCheckpointError,
     DeviceUnavailableError,
+    ForeignObjectsError,
     IncompleteCheckpointError,
     InvalidKeyError,
     InvalidURLError,
+    LeaseHeldError,
     LeaseLostError,
+    NestedCheckpointError,
     PartialLoadError,
+    RetentionError,
     SaveTimeoutError,
     StorageAccessError,
     StorageFailedError,
@@ -39,26 +46,34 @@ __all__ = [
     "BackendProfile",
     "Checkpoint",
     "CheckpointManager",
+    "CheckpointCommittedError",
     "CheckpointExistsError",
     "CheckpointNotFoundError",
+    "CommitRaceLostError",
     "CorruptCheckpointError",
     "DeviceUnavailableError",
+    "ForeignObjectsError",
     "IOStats",
     "IncompleteCheckpointError",
     "InvalidKeyError",
     "InvalidURLError",
     "LazyTensor",
+    "LeaseHeldError",
     "LeaseLostError",
+    "NestedCheckpointError",
     "PartialLoadError",
     "Plan",
+    "RetentionError",
     "SaveInfo",
     "SaveTimeoutError",
+    "Settings",
     "StateMismatchError",
     "StorageAccessError",
     "StorageFailedError",
     "UnsupportedFormatError",
     "UnsupportedTypeError",
     "ZStoreError",
+    "configure",
     "io_stats",
     "load",
     "open",

@@ -35,9 +35,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from zstore import __version__
+from zstore._version import __version__
 from zstore._storage.calibrate import calibrate
-from zstore._read.catalog import DEFAULT_DEPTH, CheckpointEntry, delete, survey
+from zstore._read.catalog import DEFAULT_DEPTH, CheckpointEntry, survey
+from zstore._write.delete import delete
 from zstore.errors import ZStoreError
 from zstore._series.manager import CheckpointManager
 from zstore._plan.planner import plan, plan_specs
@@ -45,7 +46,7 @@ from zstore._plan.profiles import profile_for, store_profile
 from zstore._read.reader import Checkpoint
 from zstore._read.reader import open as open_checkpoint
 from zstore._plan.specs import safetensors_specs
-from zstore._series.steps import step_of
+from zstore._format.names import step_of
 from zstore._text import age, contents, duration, size, table
 from zstore._read.verify import verify
 
@@ -194,7 +195,8 @@ def _cmd_calibrate(args: argparse.Namespace, options: dict[str, Any]) -> int:
     profile = calibrate(args.url, name=args.name, storage_options=options, large=args.size)
     path = store_profile(profile)
     print(f"latency {duration(profile.latency)}, {size(profile.bandwidth)}/s per stream, "
-          f"useful concurrency {profile.concurrency}")
+          f"useful concurrency {profile.concurrency}, CPU {profile.cpu_speed:.2f}x the "
+          "reference machine")
     print(f"profile {profile.name!r} stored in {path}; plan with --backend {profile.name}")
     return 0
 

@@ -18,13 +18,9 @@ from typing import Any, ClassVar, Literal
 
 import ml_dtypes
 import numpy as np
-from zarr.core.dtype import ZDType, data_type_registry
-from zarr.core.dtype.common import HasEndianness, HasItemSize
+from zarr.dtype import ZDType, data_type_registry
 
-try:  # zarr >= 3.2 moved it; the old location warns there
-    from zarr.errors import DataTypeValidationError
-except ImportError:  # pragma: no cover - zarr 3.1.x
-    from zarr.core.dtype.common import DataTypeValidationError
+from zstore._compat import DataTypeValidationError, HasEndianness, HasItemSize
 
 from zstore.errors import UnsupportedTypeError
 

@@ -80,12 +80,18 @@ def array_metadata(shape: tuple[int, ...], dtype: np.dtype, layout: Layout) -> d
     }
 
 
+def object_shape(document: dict[str, Any]) -> tuple[int, ...]:
+    """The shape of each stored object of a ``zarr.json`` array document: the shard shape
+    when sharded, else the chunk shape (Zarr v3's ``chunk_grid`` names the outer one)."""
+    return tuple(document["chunk_grid"]["configuration"]["chunk_shape"])
+
+
 def layout_from_metadata(document: dict[str, Any]) -> Layout:
     """The ``Layout`` a ``zarr.json`` array document describes (any writer's).
 
     Compressors other than zstore's presets are reported by their codec name.
     """
-    grid = tuple(document["chunk_grid"]["configuration"]["chunk_shape"])
+    grid = object_shape(document)
     codecs = document["codecs"]
     shard: tuple[int, ...] | None = None
     if codecs and codecs[0]["name"] == "sharding_indexed":

@@ -29,13 +29,12 @@ from zstore.errors import (
     UnsupportedFormatError,
     UnsupportedTypeError,
 )
-from zstore._format.tree import COMMIT_MARKER
+from zstore._format.names import COMMIT_MARKER, ROOT
 
 FORMAT_VERSION = 1
-ROOT = "zarr.json"
 MAX_METADATA_BYTES = 1 << 20
 
-__all__ = ["COMMIT_MARKER", "FORMAT_VERSION", "ROOT", "Manifest"]
+__all__ = ["FORMAT_VERSION", "Manifest"]
 
 
 @dataclass
@@ -226,30 +225,31 @@ def is_zstore_root(raw: bytes | None) -> bool:
 def read_manifest(root: bytes | None, commit: bytes | None, url: str) -> Manifest:
     """Validate the two objects ``open`` fetched and return the manifest they commit."""
     if root is None and commit is None:
-        raise CheckpointNotFoundError(f"no checkpoint at {url!r} (neither {ROOT} nor {COMMIT_MARKER} exists)")
+        raise CheckpointNotFoundError(
+            f"no checkpoint at {url!r} (neither {ROOT} nor {COMMIT_MARKER} exists)", url=url)
     if commit is None:
         raise IncompleteCheckpointError(
             f"the checkpoint at {url!r} has no commit marker: its save crashed or is still "
-            "running. Save it again (overwrite=True), or restore an earlier checkpoint"
-        )
+            "running. Save it again (overwrite=True), or restore an earlier checkpoint",
+            url=url)
     if root is None:
-        raise CorruptCheckpointError(f"{url!r} has a commit marker but no {ROOT}")
+        raise CorruptCheckpointError(f"{url!r} has a commit marker but no {ROOT}", url=url,
+                                     key=ROOT)
     try:
         marker = parse_json(commit)
         expected = marker["zarr_json_sha256"]
         version = marker["format"]
     except (ValueError, KeyError, TypeError) as e:
-        raise CorruptCheckpointError(f"the commit marker of {url!r} is unreadable: {e}") from None
+        raise CorruptCheckpointError(f"the commit marker of {url!r} is unreadable: {e}",
+                                     url=url, key=COMMIT_MARKER) from None
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UnsupportedFormatError(
             f"{url!r} was written in zstore format {version!r}; this zstore reads format "
-            f"{FORMAT_VERSION} and older: upgrade zstore"
-        )
+            f"{FORMAT_VERSION} and older: upgrade zstore", url=url, version=version)
     if hashlib.sha256(root).hexdigest() != expected:
         raise CorruptCheckpointError(
             f"{url}/{ROOT} does not match its commit marker: it was changed or damaged after "
-            "the save committed"
-        )
+            "the save committed", url=url, key=ROOT)
     try:
         doc = parse_json(root)
         info = doc["attributes"]["zstore"]
@@ -263,4 +263,5 @@ def read_manifest(root: bytes | None, commit: bytes | None, url: str) -> Manifes
             zstore_version=info.get("zstore_version", ""),
         )
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
-        raise CorruptCheckpointError(f"{url}/{ROOT} is not a zstore manifest: {e!r}") from None
+        raise CorruptCheckpointError(f"{url}/{ROOT} is not a zstore manifest: {e!r}", url=url,
+                                     key=ROOT) from None

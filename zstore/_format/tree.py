@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from zstore._format.dtypes import check_supported, dtype_from_name
+from zstore._format.names import COMMIT_MARKER
 from zstore.errors import InvalidKeyError, UnsupportedTypeError
 from zstore._format.tensors import is_torch_tensor, numpy_to_torch, torch_numpy_dtype, torch_to_numpy
 
-COMMIT_MARKER = "zstore.commit.json"
 _RESERVED_SEGMENTS = {"zarr.json"}
 
 
@@ -43,13 +43,17 @@ class FlatTree:
     arrays: dict[str, Any] = field(default_factory=dict)  # path -> np.ndarray | torch.Tensor
 
 
-def flatten(tree: Any) -> FlatTree:
+def flatten(tree: Any, *, specs: bool = False) -> FlatTree:
     """Split ``tree`` into a JSON skeleton and its arrays, validating every key first.
 
     Raises ``InvalidKeyError`` for keys that are not str/int, would escape the
     checkpoint (``..``, absolute, empty segments), are reserved, or collide with
     another key after joining; ``UnsupportedTypeError`` for leaves zstore cannot
     store. Nothing is converted or copied here.
+
+    With ``specs=True`` (planning) a leaf may also be any object with ``.shape`` and
+    ``.dtype`` and no data, and no value is read: 0-d leaves become placeholders.
+    Planning and saving thus name, check and deduplicate a tree the same way.
     """
     if not isinstance(tree, (dict, list, tuple)):
         raise UnsupportedTypeError(
@@ -67,7 +71,7 @@ def flatten(tree: Any) -> FlatTree:
                 if isinstance(key, bool) or not isinstance(key, (str, int)):
                     raise InvalidKeyError(
                         f"key {key!r} at {_show(keys)} is a {type(key).__name__}; "
-                        "checkpoint keys must be str or int"
+                        "checkpoint keys must be str or int", key=(*keys, key)
                     )
                 items.append([key, visit(child, (*keys, key))])
             return {"dict": items}
@@ -75,6 +79,8 @@ def flatten(tree: Any) -> FlatTree:
             kind = "tuple" if isinstance(node, tuple) else "list"
             return {kind: [visit(child, (*keys, i)) for i, child in enumerate(node)]}
         name = _claim_name(keys, owners)
+        if specs and _is_spec(node):
+            return _spec_leaf(node, name, flat, seen)
         return _leaf(node, name, flat, seen)
 
     flat.skeleton = visit(tree, ())
@@ -122,6 +128,24 @@ def _leaf(value: Any, name: str, flat: FlatTree, seen: dict[Any, str]) -> dict[s
     return {"array": name, "kind": kind}
 
 
+def _is_spec(value: Any) -> bool:
+    return (hasattr(value, "shape") and hasattr(value, "dtype")
+            and not isinstance(value, (np.ndarray, np.generic)))
+
+
+def _spec_leaf(value: Any, name: str, flat: FlatTree, seen: dict[Any, str]) -> dict[str, Any]:
+    """A leaf known by shape and dtype only (a tensor, possibly on the meta device, or a
+    shape-and-dtype record): an array unless 0-d, deduplicated as ``save`` would."""
+    if len(value.shape) == 0:
+        return {"scalar": None}
+    identity = _torch_identity(value) if is_torch_tensor(value) else ("spec", id(value))
+    if identity in seen:
+        return {"array": seen[identity], "kind": "spec"}
+    seen[identity] = name
+    flat.arrays[name] = value
+    return {"array": name, "kind": "spec"}
+
+
 def _stateful_hint(value: Any) -> str | None:
     """How to save a torch module or optimizer, the objects people pass most by mistake."""
     torch = sys.modules.get("torch")
@@ -141,7 +165,10 @@ def _scalar(array: np.ndarray, kind: str) -> dict[str, Any]:
 
 def _torch_identity(tensor: Any) -> tuple[Any, ...]:
     storage = tensor.untyped_storage()
-    return ("torch", tensor.device.type, storage.data_ptr(), tensor.storage_offset(),
+    # Meta tensors have no memory (every data_ptr is 0): their storages still tell tied
+    # parameters (one storage) from distinct ones of the same shape.
+    where = storage._cdata if tensor.device.type == "meta" else storage.data_ptr()
+    return ("torch", tensor.device.type, where, tensor.storage_offset(),
             tuple(tensor.shape), tuple(tensor.stride()), str(tensor.dtype))
 
 
@@ -160,11 +187,11 @@ def _claim_name(keys: tuple[Any, ...], owners: dict[str, tuple[Any, ...]]) -> st
     if segments[0].startswith("zstore."):  # the commit marker, lease, hashes and any to come
         raise InvalidKeyError(
             f"key {name!r} is reserved: top-level names starting with 'zstore.' hold zstore's "
-            "own objects (commit marker, lease, hashes); rename it")
+            "own objects (commit marker, lease, hashes); rename it", key=keys)
     if name in owners:
         raise InvalidKeyError(
             f"keys {_show(owners[name])} and {_show(keys)} both map to the array name "
-            f"{name!r}; rename one of them"
+            f"{name!r}; rename one of them", key=keys
         )
     owners[name] = keys
     return name
@@ -183,7 +210,8 @@ def _check_segment(segment: str, name: str, keys: tuple[Any, ...]) -> None:
     elif segment in _RESERVED_SEGMENTS:
         problem = f"has the segment {segment!r}, which Zarr uses for its metadata"
     if problem:
-        raise InvalidKeyError(f"key {_show(keys)} (array name {name!r}) {problem}; rename it")
+        raise InvalidKeyError(f"key {_show(keys)} (array name {name!r}) {problem}; rename it",
+                              key=keys)
 
 
 def _check_prefixes(owners: dict[str, tuple[Any, ...]]) -> None:
@@ -194,8 +222,8 @@ def _check_prefixes(owners: dict[str, tuple[Any, ...]]) -> None:
             if prefix in owners:
                 raise InvalidKeyError(
                     f"key {_show(owners[prefix])} names a leaf {prefix!r} that key "
-                    f"{_show(keys)} would also need as a group ({name!r}); rename one of them"
-                )
+                    f"{_show(keys)} would also need as a group ({name!r}); rename one of them",
+                    key=keys)
 
 
 def _show(keys: tuple[Any, ...]) -> str:

@@ -155,4 +155,5 @@ def check_globs(access: Access, names: Sequence[str]) -> None:
                     else f"names look like {', '.join(map(repr, list(names)[:3]))}")
             raise InvalidKeyError(
                 f"access glob {glob!r} matches no array ({hint}); globs match whole names "
-                "case-sensitively (fnmatch), so use '*part*' to match a part of a name")
+                "case-sensitively (fnmatch), so use '*part*' to match a part of a name",
+                key=glob)

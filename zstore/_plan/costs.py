@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
+from zstore._options import current
 from zstore._plan.access import Pattern, Split
 from zstore._plan.chunking import INDEX_ENTRY
 from zstore._format.layout import Layout
@@ -154,13 +155,11 @@ def pattern_cost(shape: tuple[int, ...], dtype: np.dtype, layout: Layout, patter
 
 # ---- A whole save or load: memory and time -------------------------------------------
 
-# What zstore runs at once, as its defaults are (tests/test_plan_figures.py checks that
-# they still are): reads of at most READ_ARRAYS arrays and READ_BUDGET decoded bytes
-# (reader._gather; a larger array runs alone), writes of WRITE_ARRAYS arrays (save's
-# max_concurrency); zarr moves up to ``async.concurrency`` objects of each array at once.
-READ_BUDGET = 64 << 20
-READ_ARRAYS = 32
-WRITE_ARRAYS = 8
+# What zstore runs at once is what zstore.Settings says when the plan is made, as a save or
+# load with max_concurrency=None would: reads of at most ``load_concurrency`` arrays and
+# ``read_budget`` decoded bytes (reader._gather; a larger array runs alone), writes of
+# ``save_concurrency`` arrays; zarr moves up to ``async.concurrency`` objects of each array
+# at once. The measurements below were made at the defaults (32 arrays, 64 MiB; 8 arrays).
 # glibc's malloc returns a freed buffer to the system at once only when it was mmapped:
 # buffers above its mmap threshold, which grows with every such free up to 32 MiB.
 MMAP_CEILING = 32 << 20
@@ -246,7 +245,9 @@ def load_memory(arrays: Sequence[Footprint], profile: BackendProfile) -> int:
         decoded = sum(a.in_flight * a.object_nbytes for a in window if a.compressed)
         return gets + kept + decoded
 
-    return sum(a.nbytes for a in arrays) + round(_peak(arrays, READ_ARRAYS, READ_BUDGET, held))
+    settings = current()
+    return sum(a.nbytes for a in arrays) + round(
+        _peak(arrays, settings.load_concurrency, settings.read_budget, held))
 
 
 def save_memory(arrays: Sequence[Footprint], profile: BackendProfile) -> int:
@@ -275,13 +276,19 @@ def save_memory(arrays: Sequence[Footprint], profile: BackendProfile) -> int:
 
     kept = sum(a.stored for a in arrays) if profile.in_process else 0
     scratch = CODEC_SCRATCH if any(a.compressed for a in arrays) else 0
-    return kept + round(SAVE_OVERLAP * _peak(arrays, WRITE_ARRAYS, 1 << 62, held)) + scratch
+    slots = current().save_concurrency
+    return kept + round(SAVE_OVERLAP * _peak(arrays, slots, 1 << 62, held)) + scratch
 
 
 # zarr's pipeline beyond the codec (crc32c, copies into fresh memory, Python per array), on
 # the 2-core reference machine: bytes of arrays per second, and seconds per array.
 PIPELINE_RATE = {"save": 500e6, "load": 1000e6}
 PER_ARRAY = 4e-4
+# How ``zstore calibrate`` compares a machine with that one: the best of 5 runs of copying
+# CPU_PROBE_BYTES into fresh memory and taking their crc32c (zarr's per-byte work on a load)
+# took CPU_PROBE_SECONDS there; a machine that takes twice as long has ``cpu_speed`` 0.5.
+CPU_PROBE_BYTES = 32 << 20
+CPU_PROBE_SECONDS = 0.026
 # Page faults on fresh memory, and whatever else runs on the cores, move a save or load on
 # that machine by up to 3x either way of this estimate (a process whose allocator holds
 # freed memory to reuse loads 96 MiB in 49 ms; a fresh one takes up to 376), so the time is
@@ -291,15 +298,16 @@ PER_ARRAY = 4e-4
 SPREAD = 3.0
 
 
-def whole_seconds(arrays: Sequence[Footprint], io: float, cores: int, *, save: bool
-                  ) -> tuple[float, float]:
+def whole_seconds(arrays: Sequence[Footprint], io: float, cores: int, *, save: bool,
+                  cpu_speed: float = 1.0) -> tuple[float, float]:
     """(low, high) seconds of a whole save or load: the profile's I/O time ``io``, zarr's
     pipeline and the codec on ``cores``, all overlapping (low) or one after another (high).
 
-    The CPU rates are this project's reference machine's (2 idle cores): on a much faster
-    or slower machine, or on cores busy with other work, the time falls outside the range.
+    The CPU rates are this project's reference machine's (2 idle cores), divided by
+    ``cpu_speed`` (the machine's speed relative to it, as ``zstore calibrate`` measures);
+    on cores busy with other work the time falls outside the range.
     """
     rate = PIPELINE_RATE["save" if save else "load"]
-    pipeline = sum(PER_ARRAY + a.nbytes / rate for a in arrays)
-    codec = sum(codec_seconds(a.codec, a.nbytes, cores, encode=save) for a in arrays)
+    pipeline = sum(PER_ARRAY + a.nbytes / rate for a in arrays) / cpu_speed
+    codec = sum(codec_seconds(a.codec, a.nbytes, cores, encode=save) for a in arrays) / cpu_speed
     return max(io, pipeline / SPREAD, codec / SPREAD), io + (pipeline + codec) * SPREAD

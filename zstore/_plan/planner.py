@@ -13,7 +13,7 @@ import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -33,11 +33,22 @@ from zstore._format.dtypes import check_supported, dtype_from_name
 from zstore.errors import UnsupportedTypeError
 from zstore._format.layout import CODECS, Layout, layout_from_metadata
 from zstore._format.manifest import group_paths
+from zstore._format.tree import flatten
 from zstore._plan.profiles import BackendProfile, profile_for
 from zstore._format.tensors import is_torch_tensor, numpy_dtype_of
 from zstore._text import duration, duration_range, shape as show_shape, size, table
 
 Spec = tuple[tuple[int, ...], np.dtype]
+
+
+@runtime_checkable
+class StoredCheckpoint(Protocol):
+    """What ``plan`` needs of an open checkpoint to explain its stored layout (the
+    reader's ``Checkpoint`` is one; planning stays below reading, pure)."""
+
+    url: str
+
+    def array_documents(self) -> dict[str, tuple[dict[str, Any], int]]: ...
 
 
 @dataclass(frozen=True)
@@ -137,15 +148,18 @@ class Plan:
     @property
     def save_seconds(self) -> tuple[float, float]:
         """(low, high) seconds of a save: I/O (the commit adds round trips) and CPU
-        overlapping or not; CPU at the reference machine's rates (``costs.whole_seconds``)."""
+        overlapping or not; CPU at the reference machine's rates scaled by the profile's
+        ``cpu_speed`` (``costs.whole_seconds``)."""
         io = self.profile.seconds(self.objects, self.stored_bytes, serial=4)
-        return whole_seconds(self._footprints, io, self.cores, save=True)
+        return whole_seconds(self._footprints, io, self.cores, save=True,
+                             cpu_speed=self.profile.cpu_speed)
 
     @property
     def load_seconds(self) -> tuple[float, float]:
         """(low, high) seconds of a full load, ``open`` included (``costs.whole_seconds``)."""
         io = self.profile.seconds(self.load_requests, self.stored_bytes, serial=2)
-        return whole_seconds(self._footprints, io, self.cores, save=False)
+        return whole_seconds(self._footprints, io, self.cores, save=False,
+                             cpu_speed=self.profile.cpu_speed)
 
     @property
     def load_price(self) -> float:
@@ -273,9 +287,7 @@ def plan(tree_or_specs: Any, *, access: Access = None,
         >>> a.layout.chunk_shape, a.costs["rows"].requests
         ((80, 512), 2)
     """
-    from zstore._read.reader import Checkpoint  # the reader imports the writer, which imports this
-
-    if isinstance(tree_or_specs, Checkpoint):
+    if isinstance(tree_or_specs, StoredCheckpoint):
         return _explain(tree_or_specs, access, profile_for(tree_or_specs.url, backend), cores)
     if isinstance(backend, str) and "://" in backend:
         profile = profile_for(backend)
@@ -285,7 +297,7 @@ def plan(tree_or_specs: Any, *, access: Access = None,
                       cores=cores)
 
 
-def _explain(ckpt: Any, access: Access, profile: BackendProfile, cores: int | None) -> Plan:
+def _explain(ckpt: StoredCheckpoint, access: Access, profile: BackendProfile, cores: int | None) -> Plan:
     documents = ckpt.array_documents()
     check_globs(access, list(documents))
     arrays: dict[str, ArrayPlan] = {}
@@ -307,33 +319,14 @@ def _dtype_of(value: Any, name: str) -> np.dtype:
 
 
 def specs_of(tree: Any) -> dict[str, Spec]:
-    """{array name: (shape, dtype)} of a tree's array leaves, named as ``save`` names them.
-
-    0-d arrays are left out: zstore keeps them inline in the manifest.
-    """
-    specs: dict[str, Spec] = {}
-
-    def visit(node: Any, prefix: str) -> None:
-        if isinstance(node, Mapping):
-            for key, child in node.items():
-                visit(child, f"{prefix}/{key}" if prefix else str(key))
-        elif isinstance(node, (list, tuple)):
-            for i, child in enumerate(node):
-                visit(child, f"{prefix}/{i}" if prefix else str(i))
-        elif hasattr(node, "shape") and hasattr(node, "dtype"):
-            shape = tuple(int(n) for n in node.shape)
-            if shape:
-                specs[prefix] = (shape, _dtype_of(node, prefix))
-        elif not isinstance(node, (int, float, str, bool, type(None))):
-            raise UnsupportedTypeError(
-                f"leaf {prefix!r} is a {type(node).__name__}: plan takes arrays, tensors or "
-                "objects with .shape and .dtype"
-            )
-
+    """{array name: (shape, dtype)} of a tree's array leaves, named, checked and
+    deduplicated (tied weights once) exactly as ``save`` does: 0-d arrays are left out,
+    zstore keeps them inline in the manifest."""
     if not isinstance(tree, (Mapping, list, tuple)):
         raise UnsupportedTypeError(
             f"plan takes a dict, list or tuple of arrays or an open Checkpoint, "
             f"got {type(tree).__name__}"
         )
-    visit(tree, "")
-    return specs
+    flat = flatten(tree, specs=True)
+    return {name: (tuple(int(n) for n in value.shape), _dtype_of(value, name))
+            for name, value in flat.arrays.items()}

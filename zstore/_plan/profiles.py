@@ -40,6 +40,10 @@ class BackendProfile:
     save in the same process. ``get_copies`` and ``put_copies`` are the copies
     of an object's bytes the client library makes on top of zarr's when it
     downloads or uploads one (see ``costs.load_memory`` and ``save_memory``).
+    ``cpu_speed`` is this machine's speed at zarr's per-byte work (copies and
+    checksums) relative to the reference machine the time model's CPU rates
+    come from (1.0); ``zstore calibrate`` measures it, so a calibrated profile
+    predicts times for the machine it was measured on.
     """
 
     name: str
@@ -54,6 +58,7 @@ class BackendProfile:
     in_process: bool = False
     get_copies: int = 0
     put_copies: int = 0
+    cpu_speed: float = 1.0
 
     def seconds(self, requests: int, nbytes: int, serial: int = 1) -> float:
         """Estimated time of ``requests`` moving ``nbytes``, ``serial`` of them one after another.
@@ -83,7 +88,8 @@ class BackendProfile:
             profile = cls(**{k: v for k, v in data.items() if k in known})
         except (ValueError, TypeError) as e:
             raise ZStoreError(f"cannot read backend profile {source}: {e}") from None
-        if profile.latency < 0 or profile.bandwidth <= 0 or profile.concurrency < 1:
+        if (profile.latency < 0 or profile.bandwidth <= 0 or profile.concurrency < 1
+                or not profile.cpu_speed > 0):
             raise ZStoreError(f"backend profile {source} has impossible values: {profile}")
         return profile
 

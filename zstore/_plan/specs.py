@@ -34,15 +34,17 @@ def safetensors_specs(url: str, storage_options: dict[str, Any] | None = None
     with fsspec.open(url, "rb", **(storage_options or {})) as f:
         head = f.read(8)
         if len(head) < 8:
-            raise CorruptCheckpointError(f"{url!r} is too short to be a safetensors file")
+            raise CorruptCheckpointError(f"{url!r} is too short to be a safetensors file",
+                                         url=url)
         (length,) = struct.unpack("<Q", head)
         if length > _MAX_HEADER:
             raise CorruptCheckpointError(
-                f"{url!r} declares a {length}-byte header: not a safetensors file")
+                f"{url!r} declares a {length}-byte header: not a safetensors file", url=url)
         try:
             header = json.loads(f.read(length))
         except ValueError as e:
-            raise CorruptCheckpointError(f"{url!r} has no valid safetensors header: {e}") from None
+            raise CorruptCheckpointError(f"{url!r} has no valid safetensors header: {e}",
+                                         url=url) from None
     specs = {}
     for name, entry in header.items():
         if name == "__metadata__":

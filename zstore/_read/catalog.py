@@ -14,15 +14,14 @@ from typing import Any
 
 from zstore._storage.accounting import record
 from zstore.errors import (
-    CheckpointExistsError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
     IncompleteCheckpointError,
     UnsupportedFormatError,
     ZStoreError,
 )
-from zstore._write.lease import LEASE
-from zstore._format.manifest import COMMIT_MARKER, ROOT, is_zstore_root, parse_json, read_manifest
+from zstore._format.manifest import is_zstore_root, parse_json, read_manifest
+from zstore._format.names import COMMIT_MARKER, ROOT
 from zstore._storage.location import Location, resolve, run
 from zstore._tasks import gather_all
 
@@ -111,12 +110,12 @@ async def survey_at(location: Location, depth: int) -> Survey | None:
     if root is not None or commit is not None:
         return None
     if await location.fs._isfile(location.root):
-        raise CheckpointNotFoundError(_file_message(location.url))
+        raise CheckpointNotFoundError(_file_message(location.url), url=location.url)
     found = Survey(depth)
     if not await _walk(location, "", depth, found):
         raise CheckpointNotFoundError(
             f"no checkpoint at {location.url!r}: nothing is there (no such folder, prefix "
-            "or bucket)")
+            "or bucket)", url=location.url)
     return found
 
 
@@ -236,39 +235,3 @@ def _zarr_kind(root: bytes) -> str:
         return f"zarr {node['node_type']}" if node["zarr_format"] in (2, 3) else "a zarr.json"
     except (ValueError, TypeError, KeyError):
         return f"an unreadable {ROOT}"
-
-
-def delete(url: str, *, storage_options: dict[str, Any] | None = None) -> int:
-    """Delete the zstore checkpoint at ``url`` (complete or not); refuse anything else."""
-    location = resolve(url, storage_options)
-    if not is_zstore_root(run(url, location.get(ROOT))):
-        raise CheckpointNotFoundError(
-            f"no zstore checkpoint at {url!r}; zstore deletes only its own checkpoints")
-    removed = run(url, delete_checkpoint(location))
-    location.prune_folders()
-    return removed
-
-
-async def delete_checkpoint(location: Location, existing: dict[str, int] | None = None) -> int:
-    """Delete every object of the checkpoint at ``location``; returns how many.
-
-    The commit marker goes first, alone: from then on the checkpoint does not
-    open as complete, whatever happens to the rest of the deletion. The root
-    ``zarr.json`` goes last: until then it marks the leftovers as zstore's, so a
-    deletion (or an overwrite) cut short can be finished by the next one.
-    """
-    if existing is None:
-        existing = await location.sizes()
-    nested = sorted(key.rsplit("/", 1)[0] for key in existing
-                    if "/" in key and key.rsplit("/", 1)[1] in (COMMIT_MARKER, LEASE))
-    if nested:
-        raise CheckpointExistsError(
-            f"{location.url!r} holds another checkpoint inside it, at {nested[0]!r}; zstore "
-            "never deletes a checkpoint nested in the one it replaces or removes: move or "
-            "delete that one first")
-    if COMMIT_MARKER in existing:
-        await location.remove_all([COMMIT_MARKER])
-    await location.remove_all([key for key in existing if key not in (COMMIT_MARKER, ROOT)])
-    if ROOT in existing:
-        await location.remove_all([ROOT])
-    return len(existing)

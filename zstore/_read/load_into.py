@@ -21,7 +21,8 @@ import numpy as np
 from zstore._budget import ByteBudget
 from zstore.errors import PartialLoadError, StateMismatchError
 from zstore._progress import bar
-from zstore._read.staging import DEFAULT_BUDGET, DeviceStager
+from zstore._options import concurrency, current
+from zstore._read.staging import DeviceStager
 from zstore._storage.location import run
 from zstore._tasks import gather_all
 from zstore._format.tensors import require_torch, torch_to_numpy
@@ -64,9 +65,13 @@ def _targets(into: Any) -> Mapping[str, Any]:
 
 
 def load_into(ckpt: Any, into: Any, *, strict: bool = True, prefix: str = "",
-              progress: bool | None = None, budget: int = DEFAULT_BUDGET,
-              max_concurrency: int = 32) -> LoadReport:
-    """Copy the checkpoint's arrays named ``prefix + key`` into ``into``'s tensors, in place."""
+              progress: bool | None = None, budget: int | None = None,
+              max_concurrency: int | None = None) -> LoadReport:
+    """Copy the checkpoint's arrays named ``prefix + key`` into ``into``'s tensors, in place,
+    at most ``max_concurrency`` at once (None: ``Settings.load_concurrency``), staged ones
+    within ``budget`` bytes (None: ``Settings.staging_budget``)."""
+    max_concurrency = concurrency(max_concurrency, saving=False)
+    budget = current().staging_budget if budget is None else budget
     targets = _targets(into)
     stored = {n[len(prefix):]: n for n in ckpt if n.startswith(prefix)}
     report = LoadReport(

@@ -15,22 +15,23 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from zarr.core.array import AsyncArray
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.metadata.v3 import ArrayV3Metadata
-from zarr.abc.store import Store
+from zarr import AsyncArray
+from zarr.buffer import default_buffer_prototype
 from zarr.storage import StorePath, WrapperStore
 
 from zstore._budget import ByteBudget
+from zstore._compat import ArrayV3Metadata, RangesThroughGet
 from zstore._format.dtypes import dtype_from_name
+from zstore._options import concurrency, current
+from zstore._format.layout import object_shape
 from zstore._read.catalog import natural, survey_at
 from zstore.errors import CheckpointNotFoundError, CorruptCheckpointError, ZStoreError
 from zstore._storage.index_cache import ShardIndexCache
 from zstore._read.indexing import Selection, finish, normalize
 from zstore._read.load_into import load_into
-from zstore._format.manifest import COMMIT_MARKER, ROOT, Manifest, read_manifest
+from zstore._format.manifest import Manifest, read_manifest
+from zstore._format.names import COMMIT_MARKER, ROOT, object_key, step_name, step_of
 from zstore._progress import bar
-from zstore._series.steps import step_name, step_of
 from zstore._read.staging import DeviceStager
 from zstore._storage.location import Location, resolve, run
 from zstore._tasks import gather_all
@@ -64,7 +65,8 @@ class LazyTensor:
         self._value = value  # inline 0-d values live in the manifest
         self._array: AsyncArray[Any] | None = None
         self.stored_nbytes = stored_nbytes
-        self._metadata = None if document is None else _checked_metadata(document, name)
+        self._metadata = None if document is None else _checked_metadata(document, name,
+                                                                          location.url)
         if document is not None:
             self.shape: tuple[int, ...] = tuple(document["shape"])
             self.dtype: np.dtype = dtype_from_name(document["data_type"])
@@ -99,7 +101,7 @@ class LazyTensor:
         """Shape of one stored object (None for inline values)."""
         if self._document is None:
             return None
-        return tuple(self._document["chunk_grid"]["configuration"]["chunk_shape"])
+        return object_shape(self._document)
 
     def __len__(self) -> int:
         if not self.shape:
@@ -135,12 +137,14 @@ class LazyTensor:
             if "checksum" not in str(e):
                 raise CorruptCheckpointError(
                     f"array {self.name!r} in {self._location.url!r} could not be decoded "
-                    f"({type(e).__name__}: {e}); its metadata or data is damaged") from None
+                    f"({type(e).__name__}: {e}); its metadata or data is damaged",
+                    url=self._location.url, array=self.name) from None
             damaged = await self._damaged_objects(selection)
             raise CorruptCheckpointError(
                 f"array {self.name!r} in {self._location.url!r}: stored object(s) "
                 f"{damaged or ['(not located)']} failed their crc32c check while reading index "
-                f"{index!r}; run `zstore verify` to list all the damage"
+                f"{index!r}; run `zstore verify` to list all the damage",
+                url=self._location.url, array=self.name, key=damaged[0] if damaged else None
             ) from None
         if direct:
             return out  # type: ignore[return-value]
@@ -158,7 +162,7 @@ class LazyTensor:
             try:
                 await self.zarr_array().get_orthogonal_selection(box)
             except ValueError:
-                damaged.append("/".join([self._path, "c", *map(str, map(int, index))]))
+                damaged.append(object_key(self._path, index))
         return damaged
 
     def read(self, index: Any = Ellipsis, *, out: np.ndarray | None = None) -> np.ndarray:
@@ -198,23 +202,26 @@ class LazyTensor:
 MAX_ELEMENTS = 1 << 50  # no real array is larger; a manifest that says so is damaged
 
 
-def _checked_metadata(document: dict[str, Any], name: str) -> ArrayV3Metadata:
+def _checked_metadata(document: dict[str, Any], name: str, url: str | None = None
+                      ) -> ArrayV3Metadata:
     """The array's zarr metadata, or ``CorruptCheckpointError`` if the manifest's entry is
     not one zstore could have written (opening never trusts its shape or codecs blindly)."""
     try:
         metadata = ArrayV3Metadata.from_dict(dict(document))
         shape = tuple(metadata.shape)
-        grid = tuple(document["chunk_grid"]["configuration"]["chunk_shape"])
+        grid = object_shape(document)
         dtype_from_name(document["data_type"])
         valid = (all(isinstance(n, int) and n >= 0 for n in shape)
                  and len(grid) == len(shape) and all(isinstance(c, int) and c > 0 for c in grid)
                  and int(np.prod(shape, dtype=object)) <= MAX_ELEMENTS)
     except Exception as e:  # whatever zarr rejects, and however it says so
         raise CorruptCheckpointError(
-            f"the metadata of array {name!r} is malformed ({type(e).__name__}: {e})") from None
+            f"the metadata of array {name!r} is malformed ({type(e).__name__}: {e})",
+            url=url, array=name) from None
     if not valid:
         raise CorruptCheckpointError(
-            f"the metadata of array {name!r} is malformed (shape {shape}, objects {grid})")
+            f"the metadata of array {name!r} is malformed (shape {shape}, objects {grid})",
+            url=url, array=name)
     return metadata
 
 
@@ -243,7 +250,7 @@ def _into(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     return out
 
 
-class _CommittedObjects(WrapperStore[Any]):
+class _CommittedObjects(RangesThroughGet, WrapperStore[Any]):
     """A committed checkpoint's store: every data object exists (each is written, even when
     all fill value), so one that is absent was lost, not skipped. zarr would read it as fill
     values; this raises instead."""
@@ -257,11 +264,9 @@ class _CommittedObjects(WrapperStore[Any]):
         if value is None:
             raise CorruptCheckpointError(
                 f"object {key!r} of the committed checkpoint {self._url!r} is missing: it was "
-                "deleted after the save committed; run `zstore verify` to list the damage")
+                "deleted after the save committed; run `zstore verify` to list the damage",
+                url=self._url, key=key)
         return value
-
-    if hasattr(Store, "get_ranges"):  # zarr >= 3.2: its ranged reads must pass through get
-        get_ranges = Store.get_ranges
 
 
 class Checkpoint(Mapping[str, LazyTensor]):
@@ -351,11 +356,12 @@ class Checkpoint(Mapping[str, LazyTensor]):
         return [n for n in self._tensors if n in matched]
 
     def read_many(self, requests: Mapping[str, Any] | Iterable[str], *,
-                  max_concurrency: int = 32) -> dict[str, np.ndarray]:
+                  max_concurrency: int | None = None) -> dict[str, np.ndarray]:
         """Several arrays or slices at once: ``{name: index}``, or names to read whole.
 
         All reads share one event loop, up to ``max_concurrency`` arrays in
-        flight, so many small tensors cost overlapped round trips.
+        flight (None: ``zstore.Settings.load_concurrency``, 32), so many small
+        tensors cost overlapped round trips.
 
         Example:
             >>> import numpy as np, zstore
@@ -367,18 +373,20 @@ class Checkpoint(Mapping[str, LazyTensor]):
         wanted = dict(requests) if isinstance(requests, Mapping) else dict.fromkeys(requests, ...)
         tensors = {name: self[name] for name in wanted}
         return run(self.url, _gather({name: (tensors[name], index)
-                                      for name, index in wanted.items()}, max_concurrency))
+                                      for name, index in wanted.items()},
+                                     concurrency(max_concurrency, saving=False)))
 
     def load(self, *, keys: Sequence[str] | None = None, framework: str | None = None,
              device: Any = None, into: Any = None, strict: bool = True, prefix: str = "",
              entries: Sequence[str | int] | None = None, progress: bool | None = None,
-             max_concurrency: int = 32) -> Any:
+             max_concurrency: int | None = None) -> Any:
         """The whole saved tree, or with ``keys`` (globs) a flat {name: array} of those only.
 
         ``entries`` keeps only these top-level keys of a tree saved as a dict
         (``entries=["optim", "rng"]``), reading none of the others' arrays.
         See ``zstore.load`` for the rest.
         """
+        max_concurrency = concurrency(max_concurrency, saving=False)
         if into is not None:
             return load_into(self, into, strict=strict, prefix=prefix, progress=progress,
                              max_concurrency=max_concurrency)
@@ -424,14 +432,11 @@ class Checkpoint(Mapping[str, LazyTensor]):
         return {"dict": [[key, node] for key, node in tree["dict"] if key in entries]}
 
 
-READ_BUDGET = 64 << 20  # bytes of reads in flight: what concurrency adds to a load's memory
-
-
 async def _gather(reads: dict[str, tuple[LazyTensor, Any]], max_concurrency: int,
                   shown: Any = None) -> dict[str, np.ndarray]:
     """Every read at once in this event loop: at most ``max_concurrency`` in flight, and
-    at most ``READ_BUDGET`` bytes of them (one larger read runs alone)."""
-    limit, budget = asyncio.Semaphore(max_concurrency), ByteBudget(READ_BUDGET)
+    at most ``Settings.read_budget`` bytes of them (one larger read runs alone)."""
+    limit, budget = asyncio.Semaphore(max_concurrency), ByteBudget(current().read_budget)
 
     async def one(key: str, tensor: LazyTensor, index: Any) -> tuple[str, np.ndarray]:
         size = tensor.nbytes if tensor._value is None and index is ... else 0
@@ -489,7 +494,7 @@ def open(url: str, *, storage_options: dict[str, Any] | None = None) -> Checkpoi
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as e:
         raise CorruptCheckpointError(
             f"the manifest of {url!r} is committed but malformed ({type(e).__name__}: {e}); "
-            "it was not written by this zstore") from None
+            "it was not written by this zstore", url=url, key=ROOT) from None
 
 
 def _not_a_checkpoint(location: Location, error: CheckpointNotFoundError
@@ -514,12 +519,13 @@ def _not_a_checkpoint(location: Location, error: CheckpointNotFoundError
             f"{url!r} is the root of a CheckpointManager run, not a checkpoint: it holds "
             f"{len(steps)} step(s) ({'..., ' if len(steps) > 8 else ''}{shown}). Open one "
             f"with zstore.open({url.rstrip('/') + '/' + step_name(newest)!r}), or "
-            f"zstore.CheckpointManager({url!r}).open() for the newest committed step")
+            f"zstore.CheckpointManager({url!r}).open() for the newest committed step",
+            url=url)
     names = sorted((e.name for e in found.checkpoints), key=natural)
     return CheckpointNotFoundError(
         f"no checkpoint at {url!r}, but {len(names)} below it: "
         f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}; open one of those "
-        f"(`zstore ls {url}` lists them)")
+        f"(`zstore ls {url}` lists them)", url=url)
 
 
 async def _fetch_metadata(location: Location) -> tuple[bytes | None, bytes | None]:
@@ -532,7 +538,7 @@ async def _fetch_metadata(location: Location) -> tuple[bytes | None, bytes | Non
 def load(url: str, *, storage_options: dict[str, Any] | None = None,
          keys: Sequence[str] | None = None, framework: str | None = None,
          device: Any = None, into: Any = None, strict: bool = True, prefix: str = "",
-         progress: bool | None = None, max_concurrency: int = 32) -> Any:
+         progress: bool | None = None, max_concurrency: int | None = None) -> Any:
     """Load the whole tree saved at ``url``, only the arrays named by ``keys``, or into a model.
 
     Args:
@@ -552,7 +558,10 @@ def load(url: str, *, storage_options: dict[str, Any] | None = None,
             ``load_state_dict``; shape mismatches always are, before any change.
         progress: a progress bar on stderr (tqdm); default: only on a terminal,
             for loads over 256 MiB.
-        max_concurrency: arrays read at once (bytes in flight stay bounded).
+        max_concurrency: arrays read at once, with ``into`` too; None:
+            ``zstore.Settings.load_concurrency`` (32). The bytes in flight stay
+            bounded by ``Settings.read_budget`` (64 MiB) or, for tensors staged
+            for a device or a cast, ``Settings.staging_budget`` (256 MiB).
 
     Raises:
         StateMismatchError: with ``into``, keys or shapes disagree (nothing changed).

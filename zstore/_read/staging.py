@@ -4,8 +4,9 @@ A tensor bound for CUDA is decoded into a page-locked host buffer, then copied
 with ``non_blocking=True`` on a side stream; while that copy runs, the event
 loop is already decoding the next tensor into another buffer. A buffer returns
 to the pool once its copy's event has fired, so host memory in flight stays
-within ``budget`` bytes (one larger tensor runs alone), and pinned memory,
-slow to allocate, is allocated once per load rather than once per tensor.
+within ``budget`` bytes (default ``zstore.Settings.staging_budget``; one larger
+tensor runs alone), and pinned memory, slow to allocate, is allocated once per
+load rather than once per tensor.
 
 Any other device (``"cpu"``, ``"mps"``...) takes the same path with ordinary
 buffers and synchronous copies: one code path, tested on every machine.
@@ -23,8 +24,7 @@ from zstore._budget import ByteBudget
 from zstore.errors import DeviceUnavailableError
 from zstore._read.indexing import normalize
 from zstore._format.tensors import require_torch, torch_dtype_of, torch_to_numpy
-
-DEFAULT_BUDGET = 256 << 20
+from zstore._options import current
 
 
 class DeviceStager:
@@ -35,7 +35,8 @@ class DeviceStager:
         self.device = usable_device(torch, device)
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
-        self._budget = budget or ByteBudget(DEFAULT_BUDGET)  # may be shared by several stagers
+        # may be shared by several stagers
+        self._budget = budget or ByteBudget(current().staging_budget)
         self._free: list[Any] = []  # uint8 host buffers whose copies have finished
 
     def _buffer(self, nbytes: int) -> Any:

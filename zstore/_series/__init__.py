@@ -1,0 +1,8 @@
+"""A series: ``root/step-<n>/`` checkpoints managed over a training run.
+
+``manager.CheckpointManager`` saves steps (in the background from a host
+snapshot, incrementally against the previous step), applies retention and
+restores the newest complete step; ``steps`` scans a run and decides which
+steps retention drops (pure). The top of the data flow: it uses both the
+write and the read boxes.
+"""

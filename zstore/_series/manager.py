@@ -16,14 +16,16 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from zstore._options import concurrency
 from zstore._plan.access import Access
-from zstore._read.catalog import delete_checkpoint
-from zstore.errors import CheckpointNotFoundError, ZStoreError
+from zstore._write.delete import delete_checkpoint
+from zstore.errors import CheckpointNotFoundError, RetentionError, ZStoreError
 from zstore._write.lease import is_leased
 from zstore._plan.profiles import BackendProfile
 from zstore._read.reader import Checkpoint
 from zstore._read.reader import open as open_checkpoint
-from zstore._series.steps import Step, doomed, scan, step_name
+from zstore._format.names import step_name
+from zstore._series.steps import Step, doomed, scan
 from zstore._storage.location import resolve, run
 from zstore._format.tensors import host_copy
 from zstore._format.tree import FlatTree, flatten
@@ -43,8 +45,12 @@ class CheckpointManager:
             for a slot (each queued background save holds a host copy of its tree).
         incremental: copy unchanged objects from the previous committed step on
             the server instead of uploading them again.
-        storage_options, access, backend, codec, timeout, progress: as for
-            ``zstore.save`` (``timeout`` bounds each step's save).
+        storage_options, access, backend, codec, timeout: as for ``zstore.save``
+            (``timeout`` bounds each step's save).
+        max_concurrency, progress: as for ``zstore.save`` and ``zstore.load``, for
+            every save and restore: arrays written or read at once (None: the
+            ``zstore.Settings`` default when each starts, ``save_concurrency`` or
+            ``load_concurrency``), and the progress bar.
 
     Example:
         >>> import numpy as np, zstore
@@ -63,12 +69,15 @@ class CheckpointManager:
                  max_pending: int = 1, incremental: bool = True,
                  storage_options: dict[str, Any] | None = None, access: Access = None,
                  backend: str | BackendProfile | None = None, codec: str = "auto",
-                 timeout: float | None = None, progress: bool | None = None) -> None:
+                 timeout: float | None = None, progress: bool | None = None,
+                 max_concurrency: int | None = None) -> None:
         for name, value in (("keep_last", keep_last), ("keep_every", keep_every)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
         if not isinstance(max_pending, int) or max_pending < 1:
             raise ValueError(f"max_pending must be a positive int, got {max_pending!r}")
+        if max_concurrency is not None:
+            concurrency(max_concurrency, saving=True)  # a bad value fails here, not in a save
         self.root = root.rstrip("/")
         self.keep_last, self.keep_every = keep_last, keep_every
         self.incremental = incremental
@@ -76,7 +85,9 @@ class CheckpointManager:
         self._options = storage_options
         self._save_options: dict[str, Any] = {
             "access": access, "backend": backend, "codec": codec, "progress": progress,
-            "timeout": timeout}
+            "timeout": timeout, "max_concurrency": max_concurrency}
+        self._load_options: dict[str, Any] = {
+            "progress": progress, "max_concurrency": max_concurrency}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zstore-save")
         self._slots = threading.BoundedSemaphore(max_pending)
         self._pending: list[tuple[int, Future[SaveInfo]]] = []
@@ -139,7 +150,7 @@ class CheckpointManager:
                      overwrite=overwrite, base=base, hashes=self.incremental,
                      **self._save_options)
         self._newest = max(step, self._newest if self._newest is not None else step)
-        self.apply_retention()
+        self._retain(after=step)  # raises RetentionError, never as a failed save: it committed
         return info
 
     def _base(self, step: int) -> str | None:
@@ -155,16 +166,50 @@ class CheckpointManager:
 
     def apply_retention(self) -> list[int]:
         """Delete the steps ``keep_last``/``keep_every`` do not keep (done after every save);
-        returns them. Without either rule, nothing is deleted."""
+        returns them. Without either rule, nothing is deleted.
+
+        Raises:
+            RetentionError: some of them could not be deleted (each is tried; the others
+                are deleted): ``not_deleted`` lists them, ``errors`` says why.
+        """
+        return self._retain(after=None)
+
+    def _retain(self, after: int | None) -> list[int]:
+        """``apply_retention``, run after the save of step ``after`` committed (None: on its
+        own); any failure is a ``RetentionError`` saying so, never one of the save."""
         if self.keep_last is None and self.keep_every is None:
             return []
-        steps = self._scan()
-        complete = {s.step for s in steps if s.complete}
-        gone = [step for step in doomed(steps, self.keep_last, self.keep_every)
-                if step in complete or not self._being_written(step)]
+        try:
+            steps = self._scan()
+            complete = {s.step for s in steps if s.complete}
+            gone = [step for step in doomed(steps, self.keep_last, self.keep_every)
+                    if step in complete or not self._being_written(step)]
+        except Exception as e:  # reported as what failed: the retention
+            raise self._retention_failed(after, [], {}, e) from e
+        errors: dict[int, BaseException] = {}
         for step in gone:
-            self._delete(step)
+            try:
+                self._delete(step)
+            except Exception as e:  # noqa: BLE001 - each step gets its try; all are reported
+                errors[step] = e
+        if errors:
+            first = next(iter(errors.values()))
+            raise self._retention_failed(after, list(errors), errors, first) from first
         return gone
+
+    def _retention_failed(self, after: int | None, not_deleted: list[int],
+                          errors: dict[int, BaseException], cause: BaseException
+                          ) -> RetentionError:
+        what = (f"step(s) {not_deleted} could not be deleted" if not_deleted
+                else "the steps to delete could not be listed")
+        where, saved = f"of {self.root!r}", ""
+        if after is not None:
+            where = f"after step {after} under {self.root!r}"
+            saved = f"; step {after} is committed and opens: only deleting older steps failed"
+        return RetentionError(
+            f"retention {where} failed: {what} ({type(cause).__name__}: {cause}){saved}. "
+            "Retention tries again after the next save, or call apply_retention()",
+            url=self.root, step=after, not_deleted=not_deleted, errors=errors)
 
     def _being_written(self, step: int) -> bool:
         """An incomplete step another saver is still writing (a second manager on this root)."""
@@ -222,7 +267,8 @@ class CheckpointManager:
             return step
         latest = self.latest_step()
         if latest is None:
-            raise CheckpointNotFoundError(f"no committed step under {self.root!r}")
+            raise CheckpointNotFoundError(f"no committed step under {self.root!r}",
+                                          url=self.root)
         return latest
 
     def restore(self, step: int | None = None, *, into: Any = None, framework: str | None = None,
@@ -239,9 +285,9 @@ class CheckpointManager:
         chosen = self._resolve(step)
         ckpt = self.open(chosen)
         if into is None:
-            return chosen, ckpt.load(framework=framework, device=device)
+            return chosen, ckpt.load(framework=framework, device=device, **self._load_options)
         if not isinstance(into, Mapping) or _is_state_dict(into):
-            ckpt.load(into=into, strict=strict)
+            ckpt.load(into=into, strict=strict, **self._load_options)
             return chosen, {}
         missing = [k for k in into if k not in ckpt.entries]
         if missing:
@@ -253,10 +299,11 @@ class CheckpointManager:
             raise TypeError(f"restore(into=...) cannot fill {unfit}: each target must be a "
                             "torch module, a state dict, or have load_state_dict")
         rest = ckpt.load(framework=framework, device=device,
-                         entries=[k for k in ckpt.entries if k not in streamed])
+                         entries=[k for k in ckpt.entries if k not in streamed],
+                         **self._load_options)
         for key, target in into.items():
             if key in streamed:
-                ckpt.load(into=target, strict=strict, prefix=f"{key}/")
+                ckpt.load(into=target, strict=strict, prefix=f"{key}/", **self._load_options)
             else:
                 target.load_state_dict(rest[key])
         return chosen, {k: v for k, v in rest.items() if k not in into}
@@ -271,7 +318,8 @@ class CheckpointManager:
         steps = self._scan()
         found = {s.step: s for s in steps}
         if step not in found:
-            raise CheckpointNotFoundError(f"no step {step} under {self.root!r}")
+            raise CheckpointNotFoundError(f"no step {step} under {self.root!r}",
+                                          url=self.url(step))
         committed = [s.step for s in steps if s.complete]
         if committed and step == committed[-1] and not force:
             raise ValueError(f"step {step} is the newest committed step of {self.root!r}, "
@@ -285,8 +333,12 @@ class CheckpointManager:
 
 
 def _raise(step: int, error: BaseException, more: int) -> None:
-    error.add_note(f"raised by the background save of step {step}"
-                   + (f" ({more} more background save(s) failed too)" if more else ""))
+    also = f"{more} more background save(s) failed too" if more else ""
+    if not isinstance(error, RetentionError):  # that one says its step committed: no note
+        error.add_note(f"raised by the background save of step {step}"
+                       + (f" ({also})" if also else ""))
+    elif also:
+        error.add_note(also)
     raise error
 
 

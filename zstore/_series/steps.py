@@ -8,24 +8,12 @@ small concurrent GETs per step directory.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from zstore._read.catalog import CheckpointEntry, child_names, entries
+from zstore._format.names import step_of
 from zstore._storage.location import Location
 
-_STEP = re.compile(r"step-(0|[1-9][0-9]*)")
-
-
-def step_name(step: int) -> str:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"a step is a non-negative int, got {step!r}")
-    return f"step-{step}"
-
-
-def step_of(name: str) -> int | None:
-    match = _STEP.fullmatch(name)
-    return int(match.group(1)) if match else None
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from zarr.abc.store import ByteRequest, Store
-from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.abc.store import ByteRequest
+from zarr.abc.buffer import Buffer, BufferPrototype
 from zarr.storage import WrapperStore
+
+from zstore._compat import RangesThroughGet
 
 
 @dataclass
@@ -94,7 +96,7 @@ def record(kind: str, nbytes: int = 0, span: tuple[float, float] | None = None) 
                 stats.bytes_written += nbytes
 
 
-class CountingStore(WrapperStore[Any]):
+class CountingStore(RangesThroughGet, WrapperStore[Any]):
     """A zarr store that records each call it forwards as one request."""
 
     async def get(
@@ -114,11 +116,6 @@ class CountingStore(WrapperStore[Any]):
         for value in values:
             record("gets", 0 if value is None else len(value), span)
         return values
-
-    if hasattr(Store, "get_ranges"):  # zarr >= 3.2 reads shards through it
-        # zarr's own implementation coalesces ranges over ``self.get``, so each
-        # merged fetch is counted; the wrapper's would bypass this class.
-        get_ranges = Store.get_ranges
 
     async def exists(self, key: str) -> bool:
         record("heads")

@@ -1,4 +1,5 @@
-"""Measuring a real backend: latency, per-stream bandwidth and useful concurrency.
+"""Measuring a real backend: latency, per-stream bandwidth and useful concurrency, and
+this machine's CPU speed relative to the time model's reference machine.
 
 ``zstore calibrate URL`` writes a few scratch objects under ``URL``, times
 reads of them, deletes them, and stores the resulting ``BackendProfile`` so
@@ -9,16 +10,21 @@ checkpoint is written once and read many times.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import statistics
 import time
 import uuid
 from dataclasses import replace
 
-from zarr.core.sync import sync
+import google_crc32c
+import numpy as np
 
+from zstore._compat import sync
+from zstore._plan.costs import CPU_PROBE_BYTES, CPU_PROBE_SECONDS
 from zstore._plan.profiles import BackendProfile, profile_for
-from zstore._storage.location import resolve, storage_errors
+from zstore._storage.failures import storage_errors
+from zstore._storage.location import resolve
 
 LEVELS = (1, 2, 4, 8, 16, 32)
 
@@ -47,7 +53,20 @@ async def _measure(url: str, fs: object, root: str, name: str, small: int, large
     best = max(aggregate.values())
     concurrency = min(level for level, rate in aggregate.items() if rate >= 0.9 * best)
     return replace(profile_for(url), name=name, latency=latency, bandwidth=bandwidth,
-                   concurrency=concurrency)
+                   concurrency=concurrency, cpu_speed=cpu_speed())
+
+
+def cpu_speed() -> float:
+    """This machine's speed at zarr's per-byte work relative to the reference machine
+    (``costs.CPU_PROBE_SECONDS``): the best of 5 copies of fresh bytes with their crc32c
+    (google-crc32c, as zarr's codec), so a busy moment lowers it little."""
+    source = np.random.default_rng(0).integers(0, 256, CPU_PROBE_BYTES, dtype=np.uint8)
+    best = math.inf
+    for _ in range(5):
+        started = time.perf_counter()
+        google_crc32c.value(source.copy().tobytes())
+        best = min(best, time.perf_counter() - started)
+    return round(CPU_PROBE_SECONDS / best, 3)
 
 
 def calibrate(url: str, *, name: str | None = None, storage_options: dict | None = None,

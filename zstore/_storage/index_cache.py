@@ -12,7 +12,7 @@ from collections import OrderedDict
 from typing import Any
 
 from zarr.abc.store import ByteRequest, SuffixByteRequest
-from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.abc.buffer import Buffer, BufferPrototype
 from zarr.storage import WrapperStore
 
 DEFAULT_BYTES = 32 << 20  # 2M index entries: every shard of a ~100 GiB checkpoint of 128 KiB chunks

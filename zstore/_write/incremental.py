@@ -16,20 +16,13 @@ The hashes live beside the manifest, in ``zstore.hashes.json``, not inside
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import itertools
-import json
-import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from zstore._format.manifest import parse_json
+from zstore._format.hashes import box_hash, object_boxes, object_shape
 
-HASHES = "zstore.hashes.json"
-ALGORITHM = "sha256"  # ~1.8 GB/s a core with SHA extensions, and no collisions to fear
 
 
 @dataclass
@@ -55,26 +48,6 @@ class ArrayPlan:
         return not self.copy
 
 
-def object_boxes(path: str, shape: tuple[int, ...], object_shape: tuple[int, ...]
-                 ) -> Iterator[tuple[str, tuple[slice, ...]]]:
-    """Each stored object's key (``path/c/i/j``) and the box of the array it holds."""
-    grid = [range(math.ceil(n / c)) for n, c in zip(shape, object_shape)]
-    for index in itertools.product(*grid):
-        box = tuple(slice(i * c, min((i + 1) * c, n))
-                    for i, c, n in zip(index, object_shape, shape))
-        yield "/".join([path, "c", *map(str, index)]), box
-
-
-def box_hash(array: np.ndarray, box: tuple[slice, ...]) -> str:
-    """SHA-256 of a box's bytes in C order (copied to contiguous memory only if needed)."""
-    raw = np.ascontiguousarray(array[box]).reshape(-1).view(np.uint8)  # bf16/fp8 too
-    return hashlib.new(ALGORITHM, raw).hexdigest()
-
-
-def object_shape(document: dict[str, Any]) -> tuple[int, ...]:
-    return tuple(document["chunk_grid"]["configuration"]["chunk_shape"])
-
-
 async def plan_array(path: str, array: np.ndarray, document: dict[str, Any],
                      baseline: Baseline | None) -> ArrayPlan:
     """Hash every object's box (in threads: hashlib releases the GIL) and sort them."""
@@ -88,21 +61,3 @@ async def plan_array(path: str, array: np.ndarray, document: dict[str, Any],
         else:
             plan.write.append(box)
     return plan
-
-
-def encode_hashes(hashes: dict[str, str]) -> bytes:
-    return json.dumps({"algorithm": ALGORITHM, "objects": hashes}, separators=(",", ":")).encode()
-
-
-def decode_hashes(raw: bytes | None) -> dict[str, str]:
-    """The object hashes a checkpoint recorded; empty when absent or unreadable (reuse nothing)."""
-    if raw is None:
-        return {}
-    try:
-        doc = parse_json(raw)
-        objects = doc["objects"] if doc.get("algorithm") == ALGORITHM else {}
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return {}
-    if not isinstance(objects, dict):
-        return {}
-    return {k: v for k, v in objects.items() if isinstance(k, str) and isinstance(v, str)}

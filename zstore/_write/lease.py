@@ -2,12 +2,13 @@
 
 Two savers racing for one URL would otherwise both clear it and write the same
 keys, and the one that commits could commit the other's shards. So a save first
-creates ``zstore._write.lease.json`` only if absent (S3 ``If-None-Match: *``,
+creates ``zstore.lease.json`` only if absent (S3 ``If-None-Match: *``,
 ``O_EXCL`` locally): of two savers exactly one gets it, the other fails at once
 with a message naming the holder.
 
-The holder renews the lease every ``TTL / 4`` seconds while it writes; a lease
-not renewed for ``TTL`` seconds, or held by a process of this machine that no
+The holder renews the lease every ``Settings.lease_renewal`` seconds (a quarter
+of ``Settings.lease_ttl``) while it writes; a lease not renewed for
+``lease_ttl`` seconds, or held by a process of this machine that no
 longer exists, belongs to a save that crashed or hung, and the next save takes
 it over. Taking over, renewing and releasing are each conditional on the
 version last seen (S3 ``If-Match``, see ``conditional``): of two savers taking
@@ -15,12 +16,13 @@ over one abandoned lease exactly one succeeds, and a stalled holder's late
 renewal cannot overwrite its successor's lease.
 
 A holder that could not renew stops writing on its own clock before anyone
-else may take over: at ``FENCE`` of the TTL after the last renewal, every write
-not yet started is refused and every write in flight is cancelled (the fence and
-the watch, through the save's ``WriteGate``), so a writer that stalled or lost
-its storage cannot write shards into its successor's checkpoint; it fails with
-``LeaseLostError`` and never commits. The lease is released when the save ends,
-after the gate has stopped all of its writes.
+else may take over: ``Settings.lease_fence`` (3/4 of the TTL) after the last
+renewal, every write not yet started is refused and every write in flight is
+cancelled (the fence and the watch, through the save's ``WriteGate``), so a
+writer that stalled or lost its storage cannot write shards into its
+successor's checkpoint; it fails with ``LeaseLostError`` and never commits. The
+lease is released when the save ends, after the gate has stopped all of its
+writes.
 """
 
 from __future__ import annotations
@@ -36,20 +38,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from zstore._storage.conditional import get_versioned, remove, replace
-from zstore.errors import CheckpointExistsError, LeaseLostError
+from zstore.errors import LeaseHeldError, LeaseLostError
 from zstore._storage.gate import WriteGate
 from zstore._format.manifest import parse_json
+from zstore._format.names import LEASE
 from zstore._storage.location import Location
+from zstore._options import Settings, current
 
-LEASE = "zstore._write.lease.json"
-TTL = 60.0  # seconds without renewal after which a lease is abandoned
-# Share of the TTL after the last renewal at which the holder stops writing: renewals come
-# every quarter of it, so the fence trips only after three failed renewals (or a stall of
-# as long), and leaves a quarter of the TTL for clock skew and requests still in flight.
-FENCE = 0.75
-
-
-RELEASE_SECONDS = 2.0
+# The lease's timing (TTL, renewals, fence, release timeout) is in zstore.Settings.
 _given_up: set[str] = set()  # tokens of this process's leases, once their save ended
 
 
@@ -96,7 +92,9 @@ class Lease:
 
     def __init__(self, location: Location, ttl: float | None = None) -> None:
         self.location = location
-        self.ttl = TTL if ttl is None else ttl
+        # read once, when the save starts: a change of settings applies to the next save
+        self.settings: Settings = current() if ttl is None else current().replace(lease_ttl=ttl)
+        self.ttl = self.settings.lease_ttl
         self.token = uuid.uuid4().hex
         self._version = ""  # of the lease object as this save last wrote it
         self._writable_until = 0.0  # this machine's clock
@@ -106,10 +104,10 @@ class Lease:
         now = time.time()
         document = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
                     "pidns": _pid_namespace(), "expires": now + self.ttl}
-        return json.dumps(document).encode(), now + self.ttl * FENCE
+        return json.dumps(document).encode(), now + self.settings.lease_fence
 
     async def acquire(self) -> None:
-        """Take the lease, or raise ``CheckpointExistsError`` naming the live holder."""
+        """Take the lease, or raise ``LeaseHeldError`` naming the live holder."""
         for _ in range(5):  # a stale lease may be taken over by someone else meanwhile
             document, writable_until = self._document()
             try:
@@ -126,28 +124,29 @@ class Lease:
                 self._version, self._writable_until = current[1], writable_until
                 return
             if _alive(holder):
-                raise CheckpointExistsError(
+                raise LeaseHeldError(
                     f"another save is writing {self.location.url!r} (host "
                     f"{holder.get('host')!r}, pid {holder.get('pid')}); two writers never "
-                    "share a URL. Wait for it, or save elsewhere")
+                    "share a URL. Wait for it, or save elsewhere",
+                    url=self.location.url, holder=holder, expires=_expires(holder))
             version = await replace(self.location, LEASE, document, current[1])  # take over
             if version is not None:
                 self._version, self._writable_until = version, writable_until
                 return
-        raise CheckpointExistsError(f"could not take the write lease of {self.location.url!r}: "
-                                    "other savers keep taking it")
+        raise LeaseHeldError(f"could not take the write lease of {self.location.url!r}: "
+                             "other savers keep taking it", url=self.location.url)
 
     def fence(self) -> None:
         """Raise ``LeaseLostError`` if this save may no longer write: its lease was taken over,
         or not renewed for long enough that another save may take it over."""
         if self._lost is not None:
-            raise LeaseLostError(str(self._lost))
+            raise LeaseLostError(str(self._lost), url=self.location.url)
         if time.time() > self._writable_until:
             self._lost = LeaseLostError(
                 f"the write lease of {self.location.url!r} was not renewed for "
-                f"{self.ttl * FENCE:.0f} s (storage unreachable, or this process stalled), so "
-                "another save may take the URL over: this save stopped writing and committed "
-                "nothing")
+                f"{self.settings.lease_fence:.0f} s (storage unreachable, or this process "
+                "stalled), so another save may take the URL over: this save stopped writing "
+                "and committed nothing", url=self.location.url)
             raise self._lost
 
     async def check(self) -> None:
@@ -157,7 +156,8 @@ class Lease:
         if current is None or _parse(current[0]).get("token") != self.token:
             self._lost = LeaseLostError(
                 f"the write lease of {self.location.url!r} was taken over by another save "
-                "(this one stalled for longer than the lease lasts); nothing was committed")
+                "(this one stalled for longer than the lease lasts); nothing was committed",
+                url=self.location.url)
             raise self._lost
 
     async def renew(self) -> None:
@@ -167,13 +167,14 @@ class Lease:
         if version is None:
             self._lost = LeaseLostError(
                 f"the write lease of {self.location.url!r} was taken over by another save "
-                "(this one could not renew it in time); nothing was committed")
+                "(this one could not renew it in time); nothing was committed",
+                url=self.location.url)
             return
         self._version, self._writable_until = version, writable_until
 
     async def _renew_forever(self, gate: WriteGate) -> None:
         while self._lost is None:
-            await asyncio.sleep(self.ttl / 4)
+            await asyncio.sleep(self.settings.lease_renewal)
             try:
                 await self.renew()
             except Exception:  # a failed renewal is retried; the watch stops writes in time
@@ -196,7 +197,8 @@ class Lease:
         at once (elsewhere once it expires)."""
         released = False
         try:
-            released = await asyncio.wait_for(self._remove_own(), RELEASE_SECONDS)
+            released = await asyncio.wait_for(self._remove_own(),
+                                              self.settings.lease_release_timeout)
         except Exception:
             pass
         finally:
@@ -229,6 +231,10 @@ class Lease:
                    asyncio.create_task(self._watch(gate))]
         try:
             yield self
+        except LeaseLostError as e:  # the gate's refusal knows only why: say whose lease
+            if e.url is None:
+                e.url = self.location.url
+            raise
         finally:
             closing = asyncio.ensure_future(gate.close(
                 f"the save to {self.location.url!r} has ended; no write of it may start now"))
@@ -242,6 +248,14 @@ class Lease:
                     helper.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
                 await self.release()
+
+
+def _expires(holder: dict[str, Any]) -> float | None:
+    """When a lease lapses unless renewed (Unix time), if it says so readably."""
+    try:
+        return float(holder["expires"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _parse(raw: bytes) -> dict[str, Any]:

@@ -28,22 +28,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from zarr.core.array import AsyncArray
-from zarr.core.metadata.v3 import ArrayV3Metadata
-from zarr.core.sync import sync
+from zarr import AsyncArray
 from zarr.storage import StorePath, WrapperStore
 
-from zstore import __version__
+from zstore._compat import ArrayV3Metadata, sync
+from zstore._version import __version__
 from zstore._format.dtypes import check_supported
+from zstore._options import concurrency
 from zstore._plan.access import Access
-from zstore._read.catalog import delete_checkpoint
-from zstore.errors import CheckpointExistsError, LeaseLostError, SaveTimeoutError
-from zstore._write.incremental import HASHES, Baseline, decode_hashes, encode_hashes, plan_array
+from zstore._write.delete import delete_checkpoint, nested_checkpoints
+from zstore.errors import (
+    CheckpointCommittedError,
+    CommitRaceLostError,
+    ForeignObjectsError,
+    NestedCheckpointError,
+    SaveTimeoutError,
+)
+from zstore._format.hashes import decode_hashes, encode_hashes
+from zstore._format.names import COMMIT_MARKER, HASHES, LEASE, ROOT
+from zstore._write.incremental import Baseline, plan_array
 from zstore._format.layout import array_metadata
-from zstore._write.lease import LEASE, Lease
+from zstore._write.lease import Lease
 from zstore._format.manifest import (
-    COMMIT_MARKER,
-    ROOT,
     Manifest,
     check_metadata,
     commit_document,
@@ -112,7 +118,7 @@ def save(
     codec: str = "auto",
     base: str | None = None,
     timeout: float | None = None,
-    max_concurrency: int = 8,
+    max_concurrency: int | None = None,
     progress: bool | None = None,
 ) -> SaveInfo:
     """Save a tree of arrays and values as a committed checkpoint at ``url``.
@@ -146,14 +152,22 @@ def save(
         progress: a progress bar on stderr (tqdm); default: only on a terminal,
             for saves over 256 MiB.
         max_concurrency: arrays written at once (each also writes its shards
-            concurrently, per zarr's ``async.concurrency``).
+            concurrently, per zarr's ``async.concurrency``); None:
+            ``zstore.Settings.save_concurrency`` (8), which bounds a save's memory.
+            Not s3fs's ``storage_options={"max_concurrency": ...}``: the parts of
+            one object it transfers at once.
 
     Returns:
         SaveInfo with sizes, object count and duration.
 
     Raises:
-        CheckpointExistsError: ``url`` holds a checkpoint (and not ``overwrite``),
-            or objects zstore did not write.
+        CheckpointExistsError: as one of its subclasses: ``CheckpointCommittedError``
+            (``url`` holds a checkpoint, and not ``overwrite``), ``ForeignObjectsError``
+            (objects zstore did not write), ``NestedCheckpointError`` (checkpoints below
+            ``url``), ``LeaseHeldError`` (another save is writing it),
+            ``CommitRaceLostError`` (another save committed it first).
+        LeaseLostError: this save's lease lapsed or was taken over; nothing committed.
+        SaveTimeoutError: past ``timeout``; nothing committed.
         InvalidKeyError, UnsupportedTypeError: raised before anything is written.
 
     Example:
@@ -171,7 +185,7 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
           metadata: dict[str, Any] | None = None, overwrite: bool = False,
           access: Access = None, backend: str | BackendProfile | None = None,
           codec: str = "auto", base: str | None = None, hashes: bool | None = None,
-          timeout: float | None = None, max_concurrency: int = 8,
+          timeout: float | None = None, max_concurrency: int | None = None,
           progress: bool | None = None) -> SaveInfo:
     """``save`` of a tree already flattened (and perhaps snapshotted): see ``save``.
 
@@ -180,6 +194,7 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
     core-second per 1.8 GB, noticeable only where storage is faster than that.
     """
     started = time.perf_counter()
+    max_concurrency = concurrency(max_concurrency, saving=True)
     manifest = Manifest(tree=flat.skeleton, metadata=check_metadata(metadata), arrays={},
                         zstore_version=__version__)
     specs = {path: (tuple(value.shape), _stored_dtype(value, path))
@@ -201,7 +216,8 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
             raise SaveTimeoutError(
                 f"the save to {url!r} did not finish within {timeout} s and was stopped before "
                 "its commit marker was written: it does not open as a checkpoint, and no other "
-                "checkpoint was touched. Retry, or raise timeout=") from None
+                "checkpoint was touched. Retry, or raise timeout=",
+                url=url, timeout=timeout) from None
         finally:
             shown.close()
     return SaveInfo(
@@ -296,13 +312,11 @@ async def _save_leased(location: Location, arrays: dict[str, Any], manifest: Man
     marker = commit_document(root)
     try:
         await location.put_new(COMMIT_MARKER, marker)
-    except LeaseLostError:  # refused by the gate: a FileExistsError too, but not a race lost
-        raise
     except FileExistsError:
         if await location.get(COMMIT_MARKER) != marker:  # not our own retried create
-            raise CheckpointExistsError(
+            raise CommitRaceLostError(
                 f"another save committed {location.url!r} while this one was writing; "
-                "this save's data was not committed"
+                "this save's data was not committed", url=location.url
             ) from None
     return _Outcome(len(sizes) + 1, copied, sum(sizes.get(key, 0) for key in copied))
 
@@ -352,9 +366,9 @@ async def _write_array(location: Location, path: str, document: dict[str, Any],
 
 async def _refuse_committed(location: Location, overwrite: bool) -> None:
     if not overwrite and await location.get(COMMIT_MARKER) is not None:
-        raise CheckpointExistsError(
+        raise CheckpointCommittedError(
             f"{location.url!r} already holds a committed checkpoint; pass overwrite=True to "
-            "replace it, or save to another URL"
+            "replace it, or save to another URL", url=location.url
         )
 
 
@@ -369,9 +383,16 @@ async def _clear_destination(location: Location, overwrite: bool) -> None:
         await location.remove_all(list(existing))
         return
     if not is_zstore_root(root):
+        inner = nested_checkpoints(existing)
+        if inner:  # zstore's own, but another checkpoint's: saving here would bury it
+            raise NestedCheckpointError(
+                f"{location.url!r} holds {len(inner)} checkpoint(s) below it (e.g. at "
+                f"{inner[0]!r}); a checkpoint cannot contain another: save to an empty URL, "
+                "or move those first", url=location.url, nested=inner[0])
         example = sorted(existing)[0]
-        raise CheckpointExistsError(
+        raise ForeignObjectsError(
             f"{location.url!r} holds {len(existing)} object(s) not written by zstore "
-            f"(e.g. {example!r}); zstore deletes only its own checkpoints: choose an empty URL"
+            f"(e.g. {example!r}); zstore deletes only its own checkpoints: choose an empty URL",
+            url=location.url, objects=len(existing), example=example
         )
     await delete_checkpoint(location, existing)  # its commit marker first
