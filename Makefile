@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PY312 := $(shell for p in python3.12 $$(ls -d $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null); do \
 	$$p -c 'import sys' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: demo test test-slow test-py312 bench bench-quick clean
+.PHONY: demo test test-slow test-py312 lint bench bench-quick clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench-quick: $(BIN)/.bench  ## a small workload, under 3 minutes
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(BIN)/.installed  ## ruff over all the code, mypy --strict over the package
+	$(BIN)/ruff check zstore tests benchmarks examples
+	$(BIN)/mypy
 
 test-slow: $(BIN)/.installed  # exit 5 means no slow test is collected: fine
 	$(BIN)/python -m pytest -q -m slow; rc=$$?; [ $$rc -eq 5 ] || exit $$rc

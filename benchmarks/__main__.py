@@ -36,7 +36,15 @@ from benchmarks import series, workloads
 from benchmarks.measure import Stat, interleave, ratio, timed
 from benchmarks.report import Report, Row, seconds
 from benchmarks.systems import (
-    DCP, Raw, Safetensors, System, Target, TorchSave, Zstore, safetensors_blob, touch,
+    DCP,
+    Raw,
+    Safetensors,
+    System,
+    Target,
+    TorchSave,
+    Zstore,
+    safetensors_blob,
+    touch,
 )
 from zstore.testing import MotoS3
 
@@ -90,8 +98,9 @@ def throughput(report: Report, backends: Backends, backend: str, label: str,
         for system in systems:
             slug = system.name.replace("[", "-").replace("]", "")  # no glob characters
             target = backends.target(backend, f"{label}-{slug}-{rep}")
-            t_save, _ = timed(lambda: system.save(state, target))
-            t_load, loaded = timed(lambda: touch(system.load(target)))
+            t_save, _ = timed(lambda system=system, target=target: system.save(state, target))
+            t_load, loaded = timed(
+                lambda system=system, target=target: touch(system.load(target)))
             del loaded
             times[(system.name, "save")].samples.append(t_save)
             times[(system.name, "load")].samples.append(t_load)
@@ -204,9 +213,12 @@ def lazy(report: Report, backends: Backends, backend: str, state: dict[str, np.n
         with zstore.io_stats() as io:
             zstore_read(case, with_open)
         asked = _asked_bytes(state, case)
-        stats = interleave({"zstore": lambda _: timed(lambda: zstore_read(case, with_open))[0],
-                            "baseline": lambda _: timed(lambda: baseline_read(case, with_open))[0]},
-                           reps)
+        stats = interleave(
+            {"zstore": lambda _, case=case, with_open=with_open:
+                timed(lambda: zstore_read(case, with_open))[0],
+             "baseline": lambda _, case=case, with_open=with_open:
+                timed(lambda: baseline_read(case, with_open))[0]},
+            reps)
         amplification = io.bytes_read / asked
         baseline_name = "safetensors get_slice" if backend == "local" else "raw ranged GETs"
         report.add(Row("lazy", backend, "bf16", name,
@@ -280,7 +292,8 @@ def compression(report: Report, backends: Backends, states: dict[str, dict[str, 
             target = backends.target("local", f"compression-{label}-{codec}")
             info = zstore.save(state, target.url, codec=codec, overwrite=True)
             report.add(Row("compression", "local", label, f"stored size, codec {codec}",
-                           f"{info.stored_bytes / 1e6:.1f} MB = {info.stored_bytes / size:.3f}x raw",
+                           f"{info.stored_bytes / 1e6:.1f} MB = "
+                           f"{info.stored_bytes / size:.3f}x raw",
                            f"raw {size / 1e6:.1f} MB", Stat([size / info.stored_bytes]),
                            {"stored": info.stored_bytes, "raw": size, "codec": codec}))
             backends.remove(target)
@@ -349,7 +362,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"workload: {len(bf16)} tensors, {workloads.nbytes(bf16) / 2**30:.2f} GiB bf16 "
               f"({layers} layers, vocab {vocab}); {args.reps} interleaved rounds")
         if "throughput" in sections:
-            report.section("throughput: save and full load (speed ratio = baseline time / zstore time)")
+            report.section("throughput: save and full load "
+                           "(speed ratio = baseline time / zstore time)")
             for backend in names:
                 throughput(report, backends, backend, "bf16", bf16, args.reps)
             if not args.quick and "local" in names:  # a quarter of the layers: a run in 10 min
@@ -358,7 +372,8 @@ def main(argv: list[str] | None = None) -> None:
                            args.reps)
                 del fp32
         if "lazy" in sections:
-            report.section("lazy reads (ratio = baseline time / zstore time; amp = bytes fetched / asked)")
+            report.section("lazy reads "
+                           "(ratio = baseline time / zstore time; amp = bytes fetched / asked)")
             for backend in names:
                 lazy(report, backends, backend, bf16, args.reps)
         if "memory" in sections:

@@ -33,7 +33,10 @@ class Stat:
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """Seconds ``fn`` took (after a collection, so no earlier garbage is paid for) and its result."""
+    """Seconds ``fn`` took and its result.
+
+    A collection runs first, so no earlier garbage is paid for.
+    """
     gc.collect()
     start = time.perf_counter()
     result = fn()

@@ -64,10 +64,12 @@ class Report:
 
     def markdown(self) -> str:
         """The results as a Markdown table (for the README and closing notes)."""
-        lines = ["| section | backend | workload | metric | zstore | baseline | ratio (median [min-max]) |",
+        lines = ["| section | backend | workload | metric | zstore | baseline "
+                 "| ratio (median [min-max]) |",
                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in self.rows:
-            ratio = f"{r.ratio.median:.2f}x [{r.ratio.min:.2f}-{r.ratio.max:.2f}]" if r.ratio else ""
+            ratio = (f"{r.ratio.median:.2f}x [{r.ratio.min:.2f}-{r.ratio.max:.2f}]"
+                     if r.ratio else "")
             lines.append(f"| {r.section} | {r.backend} | {r.workload} | {r.metric} | {r.zstore} "
                          f"| {r.baseline} | {ratio} |")
         return "\n".join(lines)

@@ -55,7 +55,8 @@ class System:
 
 
 class Zstore(System):
-    """zstore as a user gets it (the planner's default layout, codec ``auto``), or a codec forced."""
+    """zstore as a user gets it (the planner's default layout, codec ``auto``), or a codec
+    forced."""
 
     def __init__(self, codec: str = "auto") -> None:
         self.codec = codec

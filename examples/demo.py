@@ -76,7 +76,8 @@ def main() -> None:
         rows = embed[1000:1004]
     print(f"\nopen: {io_open}")
     print(f"embedding rows 1000:1004 of {embed.shape} {embed.dtype}: {io_rows}, "
-          f"{io_rows.bytes_read / 2**10:.0f} KiB read of {embed.stored_nbytes / 2**10:.0f} KiB stored")
+          f"{io_rows.bytes_read / 2**10:.0f} KiB read of "
+          f"{embed.stored_nbytes / 2**10:.0f} KiB stored")
     assert torch.equal(torch.from_numpy(rows), model[0].weight.detach()[1000:1004])
 
     restored = zstore.load(url, storage_options=options)

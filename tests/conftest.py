@@ -7,12 +7,11 @@ tests state request counts as seen on the wire, not as zstore reports them.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-
-import os
 
 import pytest
 from hypothesis import settings

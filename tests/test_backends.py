@@ -104,7 +104,8 @@ def test_open_reads_two_objects_and_no_array_data(backend):
     zstore.save(model_tree(), backend.url(), storage_options=backend.storage_options)
     with zstore.io_stats() as io:
         ckpt = zstore.open(backend.url(), storage_options=backend.storage_options)
-        _ = [(t.shape, t.dtype, t.chunk_shape, t.shard_shape, t.stored_nbytes) for t in ckpt.values()]
+        _ = [(t.shape, t.dtype, t.chunk_shape, t.shard_shape, t.stored_nbytes)
+             for t in ckpt.values()]
     assert io.gets == 2 and io.requests == 2
 
 
@@ -229,7 +230,8 @@ def test_plain_zarr_reads_every_array_without_zstore(backend):
 import json, sys, zarr, numpy as np
 if tuple(int(p) for p in zarr.__version__.split(".")[:2]) < (3, 2):
     import zstore._format.dtypes  # zarr 3.1 never loads data-type entry points
-group = zarr.open_group({backend.url()!r}, mode="r", storage_options={backend.storage_options!r} or None)
+group = zarr.open_group({backend.url()!r}, mode="r",
+                        storage_options={backend.storage_options!r} or None)
 out = {{}}
 for path in ["model/embed.weight", "model/layers.0.weight", "optim/state/0/exp_avg"]:
     a = group[path][...]
@@ -251,7 +253,8 @@ print(json.dumps(out))
 def _keys(backend) -> list[str]:
     from zarr.core.sync import sync
 
-    return list(sync(zstore._storage.location.resolve(backend.url(), backend.storage_options).sizes()))
+    location = zstore._storage.location.resolve(backend.url(), backend.storage_options)
+    return list(sync(location.sizes()))
 
 
 def _delete(backend, key: str) -> None:
@@ -297,7 +300,8 @@ def test_a_shard_index_already_read_is_not_read_again(s3):
 def test_round_trips_count_gets_that_waited_for_each_other(s3):
     """open: 2 GETs at once, 1 round trip; a whole tensor after it: 1 more, however many shards."""
     tree = {"w": np.ones((4096, 256), np.float32)}
-    zstore.save(tree, s3.url(), storage_options=s3.storage_options, access={"w": zstore.split(0, 4)})
+    zstore.save(tree, s3.url(), storage_options=s3.storage_options,
+                access={"w": zstore.split(0, 4)})
     with zstore.io_stats() as io:
         ckpt = zstore.open(s3.url(), storage_options=s3.storage_options)
         assert io.gets == 2 and io.round_trips == 1

@@ -27,5 +27,6 @@ def test_benchmarks_run_and_write_their_record(tmp_path):
     assert ("lazy", "local", "open: requests") in metrics
     opened = next(r for r in record["rows"] if r["metric"] == "open: requests")
     assert opened["data"]["gets"] == 2
-    step = next(r for r in record["rows"] if r["metric"] == "bytes uploaded by step 3 (frozen base)")
+    step = next(r for r in record["rows"]
+                if r["metric"] == "bytes uploaded by step 3 (frozen base)")
     assert 0 < step["data"]["uploaded"] < step["data"]["full"]

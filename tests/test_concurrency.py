@@ -14,8 +14,8 @@ import pytest
 from zarr.core.sync import sync
 
 import zstore
-from zstore._write.lease import LEASE, Lease, LeaseLostError
 from zstore._storage.location import resolve
+from zstore._write.lease import LEASE, Lease, LeaseLostError
 
 
 def _tree(value: int) -> dict:

@@ -196,7 +196,7 @@ def test_a_crashed_step_never_becomes_the_step_a_run_resumes_from(tmp_path):
     mgr = zstore.CheckpointManager(root)
     mgr.save(1, _tree(1))
     pick = random.Random(1)
-    for attempt in range(10):
+    for _ in range(10):
         code = _run_save(mgr.url(2), {}, 2, False, kill_after=pick.uniform(0, 0.2))
         latest = mgr.latest_step()
         assert latest in (1, 2)

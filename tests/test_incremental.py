@@ -1,4 +1,5 @@
-"""save(base=...): objects whose raw bytes did not change are copied, never re-encoded or uploaded."""
+"""save(base=...): objects whose raw bytes did not change are copied, never re-encoded or
+uploaded."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def test_box_hash_sees_every_bit_of_bf16_and_strided_boxes():
     b.view(np.uint16)[3, 5] ^= 1  # the lowest bit of one value
     box = (slice(2, 4), slice(1, 6, 1))
     assert box_hash(a, box) != box_hash(b, box)
-    assert box_hash(a, (slice(0, 2), slice(0, 6))) == box_hash(a.T.copy().T, (slice(0, 2), slice(0, 6)))
+    assert (box_hash(a, (slice(0, 2), slice(0, 6)))
+            == box_hash(a.T.copy().T, (slice(0, 2), slice(0, 6))))
 
 
 @pytest.mark.parametrize("raw", [None, b"not json", b'{"algorithm": "md5", "objects": {"a": "b"}}',

@@ -52,7 +52,8 @@ def test_read_decodes_into_a_buffer_the_caller_owns(w):
 
 
 def test_a_buffer_of_the_wrong_shape_or_dtype_is_refused(w):
-    with pytest.raises(ValueError, match="must be a C-contiguous float32 array of shape \\(10, 40\\)"):
+    with pytest.raises(ValueError,
+                       match="must be a C-contiguous float32 array of shape \\(10, 40\\)"):
         w.read(np.s_[:10], out=np.empty((10, 40), np.float64))
     with pytest.raises(ValueError, match="not contiguous"):
         w.read(np.s_[:10], out=np.empty((40, 10), np.float32).T)

@@ -76,7 +76,8 @@ def test_verify_catches_bytes_that_decode_but_differ_from_what_was_saved(saved, 
     doc["objects"][key] = "0" * 64
     try:
         hashes_file.write_text(json.dumps(doc))
-        assert verify(str(saved)).problems == [f"{key}: decodes, but not to the bytes that were saved"]
+        assert verify(str(saved)).problems == [
+            f"{key}: decodes, but not to the bytes that were saved"]
     finally:
         hashes_file.write_text(original)
 

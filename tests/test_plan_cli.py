@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import zstore
+from tests.test_cli import cli_flags
 from zstore._cli.main import main
 from zstore._plan.profiles import BUILTIN, BackendProfile, named_profile, profile_for, store_profile
-from tests.test_cli import cli_flags
 
 
 @pytest.fixture(autouse=True)

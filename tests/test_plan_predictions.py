@@ -25,7 +25,8 @@ def _tree() -> dict:
     rng = np.random.default_rng(7)
     return {
         "embed": rng.standard_normal((6000, 1024), dtype=np.float32),
-        "attn": {"q": rng.standard_normal((2048, 1024), dtype=np.float32).astype(ml_dtypes.bfloat16),
+        "attn": {"q": rng.standard_normal((2048, 1024), dtype=np.float32)
+                      .astype(ml_dtypes.bfloat16),
                  "norm": np.ones(1024, np.float32)},
         "mlp": rng.standard_normal((3001, 700), dtype=np.float32),
     }

@@ -90,7 +90,8 @@ def test_numpy_scalars_and_zero_d_arrays_keep_their_type_and_dtype():
             "h": np.array(1.0, dtype=ml_dtypes.bfloat16)}
     back = roundtrip(tree)
     assert isinstance(back["s"], np.float32) and back["s"] == 1.5
-    assert isinstance(back["z"], np.ndarray) and back["z"].shape == () and back["z"].dtype == np.int16
+    assert (isinstance(back["z"], np.ndarray) and back["z"].shape == ()
+            and back["z"].dtype == np.int16)
     assert back["b"] is np.True_ or back["b"] == np.True_
     assert back["h"].dtype == ml_dtypes.bfloat16 and float(back["h"]) == 1.0
 

@@ -17,8 +17,8 @@ from zarr.core.sync import sync
 
 import zstore
 from zstore._format.names import COMMIT_MARKER, HASHES, LEASE, ROOT
-from zstore._storage.location import resolve
 from zstore._read.verify import verify
+from zstore._storage.location import resolve
 
 PACKAGE = Path(zstore.__file__).parent
 

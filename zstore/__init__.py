@@ -7,11 +7,15 @@
 (array([1., 0., 0.], dtype=float32), {'step': 1})
 """
 
-from zstore._version import __version__
-
 from zstore._options import Settings, configure
 from zstore._plan.access import split
+from zstore._plan.planner import Plan, plan
+from zstore._plan.profiles import BackendProfile
+from zstore._read.reader import Checkpoint, LazyTensor, load, open
+from zstore._series.manager import CheckpointManager
 from zstore._storage.accounting import IOStats, io_stats
+from zstore._version import __version__ as __version__
+from zstore._write.writer import SaveInfo, save
 from zstore.errors import (
     CheckpointCommittedError,
     CheckpointExistsError,
@@ -29,18 +33,13 @@ from zstore.errors import (
     PartialLoadError,
     RetentionError,
     SaveTimeoutError,
+    StateMismatchError,
     StorageAccessError,
     StorageFailedError,
     UnsupportedFormatError,
     UnsupportedTypeError,
-    StateMismatchError,
     ZStoreError,
 )
-from zstore._series.manager import CheckpointManager
-from zstore._plan.planner import Plan, plan
-from zstore._plan.profiles import BackendProfile
-from zstore._read.reader import Checkpoint, LazyTensor, load, open
-from zstore._write.writer import SaveInfo, save
 
 __all__ = [
     "BackendProfile",

@@ -11,7 +11,6 @@ others. When zarr moves one of these, this module is the only one to change.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from zarr.abc.store import Store
 from zarr.core.dtype.common import HasEndianness, HasItemSize
@@ -20,7 +19,7 @@ from zarr.core.sync import loop as _loop
 from zarr.core.sync import sync
 
 try:  # zarr >= 3.2; importing it from zarr.dtype warns there
-    from zarr.errors import DataTypeValidationError
+    from zarr.errors import DataTypeValidationError  # type: ignore[attr-defined,unused-ignore]
 except ImportError:  # pragma: no cover - zarr 3.1.x
     from zarr.dtype import DataTypeValidationError
 
@@ -30,7 +29,7 @@ __all__ = ["ArrayV3Metadata", "DataTypeValidationError", "HasEndianness", "HasIt
 
 def zarr_loop() -> asyncio.AbstractEventLoop | None:
     """The event loop zarr's ``sync`` runs coroutines on, once it has started one."""
-    loop: Any = _loop[0]
+    loop: asyncio.AbstractEventLoop | None = _loop[0]
     return loop
 
 

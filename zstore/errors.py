@@ -23,8 +23,8 @@ Every error is a ``ZStoreError``; where a built-in error fits, it is that too, s
     ├── SaveTimeoutError          (TimeoutError)       a save ran past its deadline
     ├── RetentionError            (OSError)            a step committed; deleting old steps failed
     ├── StateMismatchError        (RuntimeError)       load(into=...) keys or shapes disagree
-    ├── PartialLoadError          (RuntimeError)       load(into=...) failed after changing the target
-    └── DeviceUnavailableError    (RuntimeError)       the torch device asked for does not exist here
+    ├── PartialLoadError          (RuntimeError)       load(into=...) failed midway, target changed
+    └── DeviceUnavailableError    (RuntimeError)       the torch device asked for is not here
 
 Besides ``url``, the facts each one carries (see its docstring): ``ForeignObjectsError``
 ``.objects``, ``.example``; ``NestedCheckpointError`` ``.nested``; ``LeaseHeldError``

@@ -55,7 +55,8 @@ class WireLog:
 _ERROR_BODY = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
                "<Message>{message}</Message><RequestId>zstore-fault</RequestId></Error>")
 _ERRORS = {"503": ("503 Slow Down", "SlowDown", "Please reduce your request rate."),
-           "500": ("500 Internal Server Error", "InternalError", "We encountered an internal error."),
+           "500": ("500 Internal Server Error", "InternalError",
+                   "We encountered an internal error."),
            "403": ("403 Forbidden", "AccessDenied", "Access Denied"),
            "quota": ("403 Forbidden", "QuotaExceeded", "Quota exceeded for this bucket")}
 
@@ -67,11 +68,12 @@ class Faults:
     Kinds: ``"503"`` (SlowDown), ``"500"`` (InternalError), ``"403"`` (AccessDenied: wrong
     credentials, or with ``methods=("PUT", "POST", "DELETE")`` a read-only bucket) and
     ``"quota"`` (QuotaExceeded, as S3-compatible stores answer a full bucket) answered
-    before the request is applied; ``"reset"``: the connection closed before it is applied; ``"lost"``: applied,
-    then the connection closed (the client never learns it succeeded); ``"slow"``: applied,
-    answered after ``delay`` seconds; ``"hang"``: the same, meant with a ``delay`` longer
-    than the client's read timeout. Only requests whose HTTP method is in ``methods`` (all,
-    when empty) are touched. ``injected`` counts what was done, by kind.
+    before the request is applied; ``"reset"``: the connection closed before it is
+    applied; ``"lost"``: applied, then the connection closed (the client never learns it
+    succeeded); ``"slow"``: applied, answered after ``delay`` seconds; ``"hang"``: the
+    same, meant with a ``delay`` longer than the client's read timeout. Only requests
+    whose HTTP method is in ``methods`` (all, when empty) are touched. ``injected`` counts
+    what was done, by kind.
     """
 
     rate: float = 0.0
@@ -133,7 +135,8 @@ def _close(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 
 class MotoS3:
     """moto's S3 server on 127.0.0.1, with a ``WireLog`` of every request and optional
-    ``faults`` (set ``server.faults.rate`` and ``kinds``; reset with ``server.faults = Faults()``)."""
+    ``faults`` (set ``server.faults.rate`` and ``kinds``; reset with
+    ``server.faults = Faults()``)."""
 
     def __init__(self) -> None:
         try:

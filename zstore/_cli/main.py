@@ -35,20 +35,20 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from zstore._version import __version__
-from zstore._storage.calibrate import calibrate
-from zstore._read.catalog import DEFAULT_DEPTH, CheckpointEntry, survey
-from zstore._write.delete import delete
-from zstore.errors import ZStoreError
-from zstore._series.manager import CheckpointManager
+from zstore._format.names import step_of
 from zstore._plan.planner import plan, plan_specs
 from zstore._plan.profiles import profile_for, store_profile
+from zstore._plan.specs import safetensors_specs
+from zstore._read.catalog import DEFAULT_DEPTH, CheckpointEntry, survey
 from zstore._read.reader import Checkpoint
 from zstore._read.reader import open as open_checkpoint
-from zstore._plan.specs import safetensors_specs
-from zstore._format.names import step_of
-from zstore._text import age, contents, duration, size, table
 from zstore._read.verify import verify
+from zstore._series.manager import CheckpointManager
+from zstore._storage.calibrate import calibrate
+from zstore._text import age, contents, duration, size, table
+from zstore._version import __version__
+from zstore._write.delete import delete
+from zstore.errors import ZStoreError
 
 
 def _storage_options(pairs: Sequence[str]) -> dict[str, Any]:
@@ -80,7 +80,8 @@ def _contents(ckpt: Checkpoint) -> str:
 
 def _cmd_info(args: argparse.Namespace, options: dict[str, Any]) -> int:
     ckpt = open_checkpoint(args.url, storage_options=options)
-    print(f"checkpoint {ckpt.url}  created {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ckpt.created))}")
+    created = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ckpt.created))
+    print(f"checkpoint {ckpt.url}  created {created}")
     if ckpt.metadata:
         print(f"metadata {json.dumps(ckpt.metadata)}")
     rows = []
@@ -97,15 +98,18 @@ def _cmd_ls(args: argparse.Namespace, options: dict[str, Any]) -> int:
     found = survey(args.url, storage_options=options, depth=args.depth)
     if found is None:  # the URL is itself a checkpoint
         return _ls_checkpoint(args, options)
-    rows, damaged = [], 0
+    rows: list[list[str]] = []
+    damaged = 0
     now = time.time()
     for entry in found.rows():
-        committed = isinstance(entry, CheckpointEntry)
-        row = [entry.name, entry.state if committed else entry.what,
-               size(entry.stored_bytes) if entry.stored_bytes else "-",
-               age(now - entry.modified) if committed and entry.modified else "-"]
+        if isinstance(entry, CheckpointEntry):
+            state, modified, complete = entry.state, entry.modified, entry.complete
+        else:
+            state, modified, complete = entry.what, 0.0, False
+        row = [entry.name, state, size(entry.stored_bytes) if entry.stored_bytes else "-",
+               age(now - modified) if modified else "-"]
         if args.verify:
-            check = _check(entry.url, options) if committed and entry.complete else "-"
+            check = _check(entry.url, options) if complete else "-"
             damaged += check.startswith("damaged")
             row.append(check)
         rows.append(row)
@@ -203,7 +207,8 @@ def _cmd_calibrate(args: argparse.Namespace, options: dict[str, Any]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``zstore`` command line; every option has help (a test walks it)."""
-    parser = argparse.ArgumentParser(prog="zstore", description="Inspect and plan zstore checkpoints.")
+    parser = argparse.ArgumentParser(prog="zstore",
+                                     description="Inspect and plan zstore checkpoints.")
     _global_options(parser, dest="storage_option", default=[])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      help="what to do (zstore COMMAND --help for more)")
@@ -280,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     pairs = [*args.storage_option, *getattr(args, "storage_option_after", [])]
     try:
-        return args.handler(args, _storage_options(pairs))
+        status: int = args.handler(args, _storage_options(pairs))
+        return status
     except (ZStoreError, ValueError, KeyError) as e:
         print(f"zstore: {e}", file=sys.stderr)
         return 2

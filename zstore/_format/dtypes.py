@@ -21,7 +21,6 @@ import numpy as np
 from zarr.dtype import ZDType, data_type_registry
 
 from zstore._compat import DataTypeValidationError, HasEndianness, HasItemSize
-
 from zstore.errors import UnsupportedTypeError
 
 _SPECIAL_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -112,7 +111,8 @@ class BFloat16(_MLFloat, HasEndianness):
         return cls(endianness="big" if big else "little")
 
     def to_native_dtype(self) -> np.dtype:
-        return np.dtype(self.scalar_type).newbyteorder("<" if self.endianness == "little" else ">")
+        native: np.dtype = np.dtype(self.scalar_type)
+        return native.newbyteorder("<" if self.endianness == "little" else ">")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,5 +165,6 @@ def dtype_from_name(name: str) -> np.dtype:
     """The numpy dtype for a Zarr v3 data type name, the ML float names included."""
     for cls in (BFloat16, Float8E4M3FN, Float8E5M2):
         if name == cls._zarr_v3_name:
-            return np.dtype(cls.scalar_type)
+            ml: np.dtype = np.dtype(cls.scalar_type)
+            return ml
     return np.dtype(name)

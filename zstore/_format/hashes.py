@@ -13,7 +13,6 @@ import itertools
 import json
 import math
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 
@@ -40,7 +39,7 @@ def object_boxes(path: str, shape: tuple[int, ...], object_shape: tuple[int, ...
 def box_hash(array: np.ndarray, box: tuple[slice, ...]) -> str:
     """SHA-256 of a box's bytes in C order (copied to contiguous memory only if needed)."""
     raw = np.ascontiguousarray(array[box]).reshape(-1).view(np.uint8)  # bf16/fp8 too
-    return hashlib.new(ALGORITHM, raw).hexdigest()
+    return hashlib.new(ALGORITHM, raw.data).hexdigest()
 
 
 def encode_hashes(hashes: dict[str, str]) -> bytes:

@@ -14,14 +14,15 @@ committed (not a later, half-finished overwrite).
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from zstore._format.names import COMMIT_MARKER, ROOT
 from zstore.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -29,7 +30,6 @@ from zstore.errors import (
     UnsupportedFormatError,
     UnsupportedTypeError,
 )
-from zstore._format.names import COMMIT_MARKER, ROOT
 
 FORMAT_VERSION = 1
 MAX_METADATA_BYTES = 1 << 20
@@ -64,7 +64,8 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
-        raise UnsupportedTypeError(f"metadata must be a dict of JSON values, got {type(metadata).__name__}")
+        raise UnsupportedTypeError(
+            f"metadata must be a dict of JSON values, got {type(metadata).__name__}")
     checked = _json_value(metadata, "")
     size = len(encode(metadata_document(checked)[0]))
     if size > MAX_METADATA_BYTES:
@@ -190,7 +191,8 @@ def root_document(manifest: Manifest) -> dict[str, Any]:
     doc["attributes"]["zstore"]["metadata"] = metadata
     if int_keys:  # absent unless needed: older readers see the same JSON, keys as str
         doc["attributes"]["zstore"]["metadata_int_keys"] = int_keys
-    nodes: dict[str, Any] = {g: _group(consolidated=True) for g in group_paths(list(manifest.arrays))}
+    groups = group_paths(list(manifest.arrays))
+    nodes: dict[str, Any] = {g: _group(consolidated=True) for g in groups}
     nodes.update(manifest.arrays)
     doc["consolidated_metadata"]["metadata"] = nodes
     return doc

@@ -82,9 +82,10 @@ def torch_to_numpy(tensor: Any, name: str) -> np.ndarray:
     views = _bit_views(torch)
     if tensor.dtype in views:
         int_dtype, np_dtype = views[tensor.dtype]
-        return tensor.view(int_dtype).numpy().view(np_dtype)
+        bits: np.ndarray = tensor.view(int_dtype).numpy().view(np_dtype)
+        return bits
     try:
-        array = tensor.numpy()
+        array: np.ndarray = tensor.numpy()
     except TypeError as e:
         raise UnsupportedTypeError(
             f"tensor {name!r} has dtype {tensor.dtype}, which zstore cannot store losslessly; "

@@ -28,9 +28,13 @@ from typing import Any
 import numpy as np
 
 from zstore._format.dtypes import check_supported, dtype_from_name
-from zstore._format.names import COMMIT_MARKER
+from zstore._format.tensors import (
+    is_torch_tensor,
+    numpy_to_torch,
+    torch_numpy_dtype,
+    torch_to_numpy,
+)
 from zstore.errors import InvalidKeyError, UnsupportedTypeError
-from zstore._format.tensors import is_torch_tensor, numpy_to_torch, torch_numpy_dtype, torch_to_numpy
 
 _RESERVED_SEGMENTS = {"zarr.json"}
 
@@ -330,7 +334,7 @@ def unflatten(
     return build(skeleton)
 
 
-def as_framework(array: np.ndarray, kind: str, framework: str | None) -> Any:
+def as_framework(array: Any, kind: str, framework: str | None) -> Any:
     """A loaded array as the leaf it was saved as (``kind``), or as ``framework`` asks.
 
     Tensors already placed on a device by the loader pass through unchanged.

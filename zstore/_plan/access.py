@@ -23,7 +23,6 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
 
 from zstore.errors import InvalidKeyError
 
@@ -44,8 +43,8 @@ class Split:
         return max(1, math.ceil(extent / self.parts))
 
 
-Pattern = Union[str, Split]
-Access = Union[Pattern, Sequence[Pattern], Mapping[str, Union[Pattern, Sequence[Pattern]]], None]
+Pattern = str | Split
+Access = Pattern | Sequence[Pattern] | Mapping[str, Pattern | Sequence[Pattern]] | None
 
 
 def split(dim: int, parts: int) -> Split:
@@ -66,7 +65,8 @@ _SPLIT = re.compile(r"^split\(\s*(-?\d+)\s*,\s*(\d+)\s*\)$")
 
 
 def parse_pattern(value: Pattern) -> Pattern:
-    """A pattern from a ``Split`` or its spelling: ``"full"``, ``"rows"``, ``"tensor"``, ``"split(0,8)"``."""
+    """A pattern from a ``Split`` or its spelling: ``"full"``, ``"rows"``, ``"tensor"``,
+    ``"split(0,8)"``."""
     if isinstance(value, Split):
         return value
     if isinstance(value, str):
@@ -77,7 +77,8 @@ def parse_pattern(value: Pattern) -> Pattern:
         if match:
             return split(int(match.group(1)), int(match.group(2)))
     raise ValueError(
-        f"unknown access pattern {value!r}: use 'full', 'rows', 'tensor' or zstore.split(dim, parts)"
+        f"unknown access pattern {value!r}: use 'full', 'rows', 'tensor' or "
+        "zstore.split(dim, parts)"
     )
 
 

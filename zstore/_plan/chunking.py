@@ -33,8 +33,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from zstore._plan.access import Pattern, Split
 from zstore._format.layout import Layout
+from zstore._plan.access import Pattern, Split
 from zstore._plan.profiles import BackendProfile
 
 KiB, MiB = 1 << 10, 1 << 20

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
+from zstore._format.layout import Layout
 from zstore._options import current
 from zstore._plan.access import Pattern, Split
 from zstore._plan.chunking import INDEX_ENTRY
-from zstore._format.layout import Layout
 from zstore._plan.profiles import BackendProfile
 
 CRC = 4  # every chunk and shard index ends with a crc32c

@@ -17,6 +17,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from zstore._format.dtypes import check_supported, dtype_from_name
+from zstore._format.layout import CODECS, Layout, layout_from_metadata
+from zstore._format.manifest import group_paths
+from zstore._format.tensors import is_torch_tensor, numpy_dtype_of
+from zstore._format.tree import flatten
 from zstore._plan.access import Access, Pattern, Split, check_globs, check_split, patterns_for
 from zstore._plan.chunking import choose_layout
 from zstore._plan.costs import (
@@ -29,14 +34,10 @@ from zstore._plan.costs import (
     stored_ratio,
     whole_seconds,
 )
-from zstore._format.dtypes import check_supported, dtype_from_name
-from zstore.errors import UnsupportedTypeError
-from zstore._format.layout import CODECS, Layout, layout_from_metadata
-from zstore._format.manifest import group_paths
-from zstore._format.tree import flatten
 from zstore._plan.profiles import BackendProfile, profile_for
-from zstore._format.tensors import is_torch_tensor, numpy_dtype_of
-from zstore._text import duration, duration_range, shape as show_shape, size, table
+from zstore._text import duration, duration_range, size, table
+from zstore._text import shape as show_shape
+from zstore.errors import UnsupportedTypeError
 
 Spec = tuple[tuple[int, ...], np.dtype]
 
@@ -120,7 +121,8 @@ class Plan:
 
     @property
     def objects(self) -> int:
-        """Every object a save writes: data, each array's and group's zarr.json, root, hashes, marker."""
+        """Every object a save writes: data, each array's and group's zarr.json, root,
+        hashes, marker."""
         return self.data_objects + len(self.arrays) + len(group_paths(list(self.arrays))) + 3
 
     @property
@@ -297,7 +299,8 @@ def plan(tree_or_specs: Any, *, access: Access = None,
                       cores=cores)
 
 
-def _explain(ckpt: StoredCheckpoint, access: Access, profile: BackendProfile, cores: int | None) -> Plan:
+def _explain(ckpt: StoredCheckpoint, access: Access, profile: BackendProfile,
+             cores: int | None) -> Plan:
     documents = ckpt.array_documents()
     check_globs(access, list(documents))
     arrays: dict[str, ArrayPlan] = {}

@@ -2,8 +2,9 @@
 else) without trusting any of it, and deleting a checkpoint so that no crash midway leaves it
 looking committed.
 
-A listing says what the commit marker proves, no more: "committed" means the marker vouches
-for the root ``zarr.json``, not that every shard is still there (``zstore._read.verify`` reads them).
+A listing says what the commit marker proves, no more: "committed" means the marker
+vouches for the root ``zarr.json``, not that every shard is still there
+(``zstore._read.verify`` reads them).
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from zstore._format.manifest import is_zstore_root, parse_json, read_manifest
+from zstore._format.names import COMMIT_MARKER, ROOT
 from zstore._storage.accounting import record
+from zstore._storage.location import Location, resolve, run
+from zstore._tasks import gather_all
 from zstore.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -20,10 +25,6 @@ from zstore.errors import (
     UnsupportedFormatError,
     ZStoreError,
 )
-from zstore._format.manifest import is_zstore_root, parse_json, read_manifest
-from zstore._format.names import COMMIT_MARKER, ROOT
-from zstore._storage.location import Location, resolve, run
-from zstore._tasks import gather_all
 
 # How deep ``survey`` looks by default: bucket/run/step-n is 2, bucket/project/run/step-n 3.
 # Each level costs one listing per folder plus two small GETs per subfolder.
@@ -223,7 +224,8 @@ async def _classify(location: Location, name: str) -> CheckpointEntry | OtherEnt
     info = parse_json(root)["attributes"]["zstore"]
     try:  # sizes and times are for people; an odd value must not hide the checkpoint
         stored = int(sum(info.get("stored_bytes", {}).values()))
-        modified = float(parse_json(commit)["committed"] if complete else info.get("created", 0))
+        modified = float(parse_json(commit)["committed"] if complete and commit is not None
+                         else info.get("created", 0))
     except (ValueError, TypeError, KeyError, AttributeError):
         stored, modified = 0, 0.0
     return CheckpointEntry(name, url, complete, stored, modified, problem)

@@ -68,7 +68,8 @@ def _expand(index: Any, shape: tuple[int, ...], name: str) -> list[Any]:
 
 
 def normalize(index: Any, shape: tuple[int, ...], name: str) -> Selection:
-    """The read for ``array[index]``; ``IndexError`` naming the array and shape when it cannot be."""
+    """The read for ``array[index]``; ``IndexError`` naming the array and shape when it
+    cannot be."""
     zarr: list[Any] = []
     out_shape: list[int] = []
     read_shape: list[int] = []
@@ -94,8 +95,8 @@ def normalize(index: Any, shape: tuple[int, ...], name: str) -> Selection:
             out_shape.append(count)
             read_shape.append(count)
         elif item is None:
-            raise IndexError(f"np.newaxis (None) is not supported in reads of {_where(name, shape)}; "
-                             "add the axis to the result instead")
+            raise IndexError("np.newaxis (None) is not supported in reads of "
+                             f"{_where(name, shape)}; add the axis to the result instead")
         else:
             positions = _positions(item, n, dim, name, shape)
             arrays += 1

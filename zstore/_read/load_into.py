@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 
 from zstore._budget import ByteBudget
-from zstore.errors import PartialLoadError, StateMismatchError
-from zstore._progress import bar
+from zstore._format.tensors import require_torch, torch_to_numpy
 from zstore._options import concurrency, current
+from zstore._progress import bar
 from zstore._read.staging import DeviceStager
 from zstore._storage.location import run
 from zstore._tasks import gather_all
-from zstore._format.tensors import require_torch, torch_to_numpy
+from zstore.errors import PartialLoadError, StateMismatchError
 
 
 @dataclass
@@ -58,7 +58,8 @@ def _counted(keys: list[str], what: str, shown: int = 3) -> str:
 def _targets(into: Any) -> Mapping[str, Any]:
     torch = require_torch()
     if isinstance(into, torch.nn.Module):
-        return into.state_dict(keep_vars=True)  # the live parameters and buffers
+        live: Mapping[str, Any] = into.state_dict(keep_vars=True)  # parameters and buffers
+        return live
     if isinstance(into, Mapping):
         return into
     raise TypeError(f"into= takes a torch.nn.Module or a state dict, got {type(into).__name__}")

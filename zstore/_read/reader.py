@@ -16,28 +16,29 @@ from typing import Any
 
 import numpy as np
 from zarr import AsyncArray
+from zarr.abc.store import Store
 from zarr.buffer import default_buffer_prototype
 from zarr.storage import StorePath, WrapperStore
 
 from zstore._budget import ByteBudget
 from zstore._compat import ArrayV3Metadata, RangesThroughGet
 from zstore._format.dtypes import dtype_from_name
-from zstore._options import concurrency, current
 from zstore._format.layout import object_shape
-from zstore._read.catalog import natural, survey_at
-from zstore.errors import CheckpointNotFoundError, CorruptCheckpointError, ZStoreError
-from zstore._storage.index_cache import ShardIndexCache
-from zstore._read.indexing import Selection, finish, normalize
-from zstore._read.load_into import load_into
 from zstore._format.manifest import Manifest, read_manifest
 from zstore._format.names import COMMIT_MARKER, ROOT, object_key, step_name, step_of
+from zstore._format.tensors import numpy_to_torch
+from zstore._format.tree import as_framework, check_skeleton, iter_leaves, scalar_value, unflatten
+from zstore._options import concurrency, current
 from zstore._progress import bar
+from zstore._read.catalog import natural, survey_at
+from zstore._read.indexing import Selection, finish, normalize
+from zstore._read.load_into import load_into
 from zstore._read.staging import DeviceStager
+from zstore._storage.index_cache import ShardIndexCache
 from zstore._storage.location import Location, resolve, run
 from zstore._tasks import gather_all
 from zstore._text import contents, size
-from zstore._format.tensors import numpy_to_torch
-from zstore._format.tree import as_framework, check_skeleton, iter_leaves, scalar_value, unflatten
+from zstore.errors import CheckpointNotFoundError, CorruptCheckpointError, ZStoreError
 
 
 class LazyTensor:
@@ -114,7 +115,7 @@ class LazyTensor:
     def zarr_array(self) -> AsyncArray[Any]:
         """The underlying zarr array (built from the consolidated metadata, no I/O)."""
         if self._array is None:
-            if self._document is None:
+            if self._document is None or self._metadata is None:
                 raise ZStoreError(f"{self.name!r} is a 0-d value stored inline, not a zarr array")
             self._array = AsyncArray(
                 metadata=self._metadata, store_path=StorePath(self._store, self._path or ""))
@@ -132,7 +133,8 @@ class LazyTensor:
         try:
             result = await self.zarr_array().get_orthogonal_selection(
                 selection.zarr,
-                out=default_buffer_prototype().nd_buffer.from_ndarray_like(out) if direct else None)
+                out=default_buffer_prototype().nd_buffer.from_numpy_array(out)
+                if direct and out is not None else None)
         except (ValueError, TypeError, KeyError, ZeroDivisionError) as e:
             if "checksum" not in str(e):
                 raise CorruptCheckpointError(
@@ -250,7 +252,7 @@ def _into(result: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     return out
 
 
-class _CommittedObjects(RangesThroughGet, WrapperStore[Any]):
+class _CommittedObjects(RangesThroughGet, WrapperStore[Store]):
     """A committed checkpoint's store: every data object exists (each is written, even when
     all fill value), so one that is absent was lost, not skipped. zarr would read it as fill
     values; this raises instead."""
@@ -346,7 +348,7 @@ class Checkpoint(Mapping[str, LazyTensor]):
         Raises ``KeyError`` naming a glob that matches nothing: a typo in a
         partial load should fail, not load less than asked.
         """
-        matched = []
+        matched: list[str] = []
         for glob in globs:
             found = [n for n in self._tensors if fnmatch.fnmatchcase(n, glob)]
             if not found:

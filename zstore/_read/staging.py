@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from zstore._budget import ByteBudget
-from zstore.errors import DeviceUnavailableError
-from zstore._read.indexing import normalize
 from zstore._format.tensors import require_torch, torch_dtype_of, torch_to_numpy
 from zstore._options import current
+from zstore._read.indexing import normalize
+from zstore.errors import DeviceUnavailableError
 
 
 class DeviceStager:

@@ -16,20 +16,20 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from zstore._format.names import step_name
+from zstore._format.tensors import host_copy
+from zstore._format.tree import FlatTree, flatten
 from zstore._options import concurrency
 from zstore._plan.access import Access
-from zstore._write.delete import delete_checkpoint
-from zstore.errors import CheckpointNotFoundError, RetentionError, ZStoreError
-from zstore._write.lease import is_leased
 from zstore._plan.profiles import BackendProfile
 from zstore._read.reader import Checkpoint
 from zstore._read.reader import open as open_checkpoint
-from zstore._format.names import step_name
 from zstore._series.steps import Step, doomed, scan
 from zstore._storage.location import resolve, run
-from zstore._format.tensors import host_copy
-from zstore._format.tree import FlatTree, flatten
+from zstore._write.delete import delete_checkpoint
+from zstore._write.lease import is_leased
 from zstore._write.writer import SaveInfo, write
+from zstore.errors import CheckpointNotFoundError, RetentionError, ZStoreError
 
 
 class CheckpointManager:
@@ -96,7 +96,8 @@ class CheckpointManager:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"CheckpointManager({self.root!r}, keep_last={self.keep_last}, keep_every={self.keep_every})"
+        return (f"CheckpointManager({self.root!r}, keep_last={self.keep_last}, "
+                f"keep_every={self.keep_every})")
 
     def __enter__(self) -> CheckpointManager:
         return self
@@ -294,7 +295,8 @@ class CheckpointManager:
             raise KeyError(f"step {chosen} of {self.root!r} has no entries {missing}; "
                            f"it has {ckpt.entries}")
         streamed = [k for k, t in into.items() if _is_module(t) or isinstance(t, Mapping)]
-        unfit = [k for k, t in into.items() if k not in streamed and not hasattr(t, "load_state_dict")]
+        unfit = [k for k, t in into.items()
+                 if k not in streamed and not hasattr(t, "load_state_dict")]
         if unfit:
             raise TypeError(f"restore(into=...) cannot fill {unfit}: each target must be a "
                             "torch module, a state dict, or have load_state_dict")
@@ -323,7 +325,8 @@ class CheckpointManager:
         committed = [s.step for s in steps if s.complete]
         if committed and step == committed[-1] and not force:
             raise ValueError(f"step {step} is the newest committed step of {self.root!r}, "
-                             "the one a crashed job resumes from; pass force=True (zstore rm --force) to delete it")
+                             "the one a crashed job resumes from; pass force=True "
+                             "(zstore rm --force) to delete it")
         self._delete(step)
 
     def _delete(self, step: int) -> None:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zstore._read.catalog import CheckpointEntry, child_names, entries
 from zstore._format.names import step_of
+from zstore._read.catalog import CheckpointEntry, child_names, entries
 from zstore._storage.location import Location
-
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,9 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any
 
-from zarr.abc.store import ByteRequest
 from zarr.abc.buffer import Buffer, BufferPrototype
+from zarr.abc.store import ByteRequest, Store
 from zarr.storage import WrapperStore
 
 from zstore._compat import RangesThroughGet
@@ -96,7 +95,7 @@ def record(kind: str, nbytes: int = 0, span: tuple[float, float] | None = None) 
                 stats.bytes_written += nbytes
 
 
-class CountingStore(RangesThroughGet, WrapperStore[Any]):
+class CountingStore(RangesThroughGet, WrapperStore[Store]):
     """A zarr store that records each call it forwards as one request."""
 
     async def get(

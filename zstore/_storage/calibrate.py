@@ -16,6 +16,7 @@ import statistics
 import time
 import uuid
 from dataclasses import replace
+from typing import Any
 
 import google_crc32c
 import numpy as np
@@ -69,7 +70,7 @@ def cpu_speed() -> float:
     return round(CPU_PROBE_SECONDS / best, 3)
 
 
-def calibrate(url: str, *, name: str | None = None, storage_options: dict | None = None,
+def calibrate(url: str, *, name: str | None = None, storage_options: dict[str, Any] | None = None,
               small: int = 4096, large: int = 16 << 20, rounds: int = 20) -> BackendProfile:
     """Measure the backend at ``url`` (a prefix zstore may write scratch objects under).
 

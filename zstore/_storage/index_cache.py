@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from zarr.abc.store import ByteRequest, SuffixByteRequest
 from zarr.abc.buffer import Buffer, BufferPrototype
+from zarr.abc.store import ByteRequest, Store, SuffixByteRequest
 from zarr.storage import WrapperStore
 
 DEFAULT_BYTES = 32 << 20  # 2M index entries: every shard of a ~100 GiB checkpoint of 128 KiB chunks
 
 
-class ShardIndexCache(WrapperStore[Any]):
+class ShardIndexCache(WrapperStore[Store]):
     """A store view that answers repeated suffix reads (shard indexes) from memory.
 
     Only suffix reads are cached: zstore's shards keep their index at the end,

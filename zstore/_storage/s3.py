@@ -51,7 +51,7 @@ _REACHED: set[tuple[str, int]] = set()
 _CONNECTED: weakref.WeakKeyDictionary[ZStoreS3FileSystem, int] = weakref.WeakKeyDictionary()
 
 
-class ZStoreS3FileSystem(S3FileSystem):
+class ZStoreS3FileSystem(S3FileSystem):  # type: ignore[misc]  # s3fs ships no types
     """s3fs's filesystem with zstore's count of s3fs's own retries.
 
     s3fs takes no option for them, only this class attribute; set on the instance fsspec

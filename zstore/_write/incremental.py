@@ -24,7 +24,6 @@ import numpy as np
 from zstore._format.hashes import box_hash, object_boxes, object_shape
 
 
-
 @dataclass
 class Baseline:
     """What a previous checkpoint offers for reuse: its array documents and object hashes."""

@@ -37,13 +37,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from zstore._storage.conditional import get_versioned, remove, replace
-from zstore.errors import LeaseHeldError, LeaseLostError
-from zstore._storage.gate import WriteGate
 from zstore._format.manifest import parse_json
 from zstore._format.names import LEASE
-from zstore._storage.location import Location
 from zstore._options import Settings, current
+from zstore._storage.conditional import get_versioned, remove, replace
+from zstore._storage.gate import WriteGate
+from zstore._storage.location import Location
+from zstore.errors import LeaseHeldError, LeaseLostError
 
 # The lease's timing (TTL, renewals, fence, release timeout) is in zstore.Settings.
 _given_up: set[str] = set()  # tokens of this process's leases, once their save ended

@@ -29,26 +29,14 @@ from typing import Any
 
 import numpy as np
 from zarr import AsyncArray
+from zarr.abc.buffer import Buffer
+from zarr.abc.store import Store
 from zarr.storage import StorePath, WrapperStore
 
 from zstore._compat import ArrayV3Metadata, sync
-from zstore._version import __version__
 from zstore._format.dtypes import check_supported
-from zstore._options import concurrency
-from zstore._plan.access import Access
-from zstore._write.delete import delete_checkpoint, nested_checkpoints
-from zstore.errors import (
-    CheckpointCommittedError,
-    CommitRaceLostError,
-    ForeignObjectsError,
-    NestedCheckpointError,
-    SaveTimeoutError,
-)
 from zstore._format.hashes import decode_hashes, encode_hashes
-from zstore._format.names import COMMIT_MARKER, HASHES, LEASE, ROOT
-from zstore._write.incremental import Baseline, plan_array
 from zstore._format.layout import array_metadata
-from zstore._write.lease import Lease
 from zstore._format.manifest import (
     Manifest,
     check_metadata,
@@ -61,13 +49,27 @@ from zstore._format.manifest import (
     root_document,
     writing_document,
 )
+from zstore._format.names import COMMIT_MARKER, HASHES, LEASE, ROOT
+from zstore._format.tensors import host_array, is_torch_tensor, torch_numpy_dtype
+from zstore._format.tree import FlatTree, flatten, iter_leaves
+from zstore._options import concurrency
+from zstore._plan.access import Access
 from zstore._plan.planner import plan_specs
 from zstore._plan.profiles import BackendProfile, profile_for
 from zstore._progress import bar
 from zstore._storage.location import Location, is_temporary, resolve, storage_errors
-from zstore._format.tensors import host_array, is_torch_tensor, torch_numpy_dtype
 from zstore._text import contents, size
-from zstore._format.tree import FlatTree, flatten, iter_leaves
+from zstore._version import __version__
+from zstore._write.delete import delete_checkpoint, nested_checkpoints
+from zstore._write.incremental import Baseline, plan_array
+from zstore._write.lease import Lease
+from zstore.errors import (
+    CheckpointCommittedError,
+    CommitRaceLostError,
+    ForeignObjectsError,
+    NestedCheckpointError,
+    SaveTimeoutError,
+)
 
 
 @dataclass(frozen=True)
@@ -329,7 +331,7 @@ async def _baseline(source: Location) -> Baseline:
     return Baseline(source.url, manifest.arrays, decode_hashes(hashes), source)
 
 
-class _NewObjectsStore(WrapperStore[Any]):
+class _NewObjectsStore(WrapperStore[Store]):
     """A view of the destination in which every object is still absent.
 
     zarr 3.1 reads a shard before writing it even when the write covers all of
@@ -347,7 +349,8 @@ class _NewObjectsStore(WrapperStore[Any]):
         async with self.location.writing():
             await self._store.set(key, value)
 
-    async def get_partial_values(self, prototype: Any, key_ranges: Any) -> list[None]:
+    async def get_partial_values(self, prototype: Any, key_ranges: Any
+                                 ) -> list[Buffer | None]:
         return [None for _ in key_ranges]
 
 
