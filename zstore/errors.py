@@ -1,7 +1,11 @@
 """Errors raised by zstore.
 
-Every error is a ``ZStoreError``; where a built-in error fits, it is that too, so
-``except FileNotFoundError`` keeps working for callers who do not know zstore::
+Every error about a checkpoint, its storage or its contents is a ``ZStoreError``;
+where a built-in error fits, it is that too, so ``except FileNotFoundError`` keeps
+working for callers who do not know zstore. A wrong argument is the built-in error
+Python code raises for it, as it would be anywhere: an unknown codec or access pattern
+``ValueError``, an index out of range ``IndexError``, a name the checkpoint does not
+hold ``KeyError`` (a ``Checkpoint`` is a mapping)::
 
     ZStoreError                                      (every one has .url)
     ├── CheckpointNotFoundError   (FileNotFoundError)  nothing saved at the URL
@@ -31,7 +35,8 @@ Besides ``url``, the facts each one carries (see its docstring): ``ForeignObject
 ``.holder``, ``.expires``; ``CorruptCheckpointError`` ``.array``, ``.key``;
 ``UnsupportedFormatError`` ``.version``; ``InvalidKeyError`` ``.key``;
 ``SaveTimeoutError`` ``.timeout``; ``RetentionError`` ``.step``, ``.not_deleted``,
-``.errors``; ``PartialLoadError`` ``.loaded``, ``.partial``, ``.untouched``.
+``.errors``; ``PartialLoadError`` ``.loaded``, ``.partial``, ``.untouched``;
+``DeviceUnavailableError`` ``.device``.
 
 The facts are attributes, so code branches on them rather than on the message:
 ``except zstore.LeaseHeldError as e: print(e.holder["host"])``. Every attribute is
@@ -219,4 +224,10 @@ class PartialLoadError(ZStoreError, RuntimeError):
 
 
 class DeviceUnavailableError(ZStoreError, RuntimeError):
-    """The torch device a load asked for (``device="cuda:1"``) is not available here."""
+    """The torch device a load asked for (``device="cuda:1"``) is not available here;
+    ``device`` is what was asked for, as given."""
+
+    def __init__(self, *args: object, url: str | None = None,
+                 device: str | None = None) -> None:
+        super().__init__(*args, url=url)
+        self.device = device

@@ -108,24 +108,27 @@ def usable_device(torch: Any, device: Any) -> Any:
     try:
         chosen = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise DeviceUnavailableError(f"{device!r} is not a torch device: {e}") from None
+        raise DeviceUnavailableError(f"{device!r} is not a torch device: {e}",
+                                     device=str(device)) from None
     if chosen.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch is a CPU-only build" if torch.version.cuda is None else (
                 "no GPU is visible (CUDA_VISIBLE_DEVICES, driver)")
             raise DeviceUnavailableError(
                 f"device {str(device)!r}: CUDA is not available here ({why}); load onto the "
-                "CPU (leave device unset) and move tensors later, or run where a GPU is")
+                "CPU (leave device unset) and move tensors later, or run where a GPU is",
+                device=str(device))
         count = torch.cuda.device_count()
         if chosen.index is not None and chosen.index >= count:
             raise DeviceUnavailableError(
                 f"device {str(device)!r}: this machine has {count} CUDA device(s), "
-                f"cuda:0 to cuda:{count - 1}")
+                f"cuda:0 to cuda:{count - 1}", device=str(device))
         return chosen
     try:
         torch.empty(0, device=chosen)
     except (RuntimeError, AssertionError) as e:  # torch asserts for backends not built in
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DeviceUnavailableError(
-            f"device {str(device)!r} is not available here: {first_line}") from None
+            f"device {str(device)!r} is not available here: {first_line}",
+            device=str(device)) from None
     return chosen

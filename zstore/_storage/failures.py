@@ -186,9 +186,14 @@ def translate(url: str, error: BaseException, *, saving: bool = False) -> BaseEx
 @contextmanager
 def storage_errors(url: str, *, saving: bool = False) -> Iterator[None]:
     """Turn the backend's missing-bucket, permission and other failures (retries spent) into
-    zstore errors for ``url`` (see ``RULES``)."""
+    zstore errors for ``url`` (see ``RULES``); a zstore error raised inside without a URL
+    (a device check, a gate) gets this one."""
     try:
         yield
+    except ZStoreError as e:
+        if e.url is None:
+            e.url = url
+        raise
     except Exception as e:
         mapped = translate(url, e, saving=saving)
         if mapped is None:
