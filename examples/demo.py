@@ -11,7 +11,7 @@ import sys
 import torch
 
 import zstore
-from zstore._cli.main import main as zstore_cli
+from zstore._cli import main as zstore_cli
 from zstore.testing import MotoS3
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import zstore
-from zstore._format.names import COMMIT_MARKER, LEASE, ROOT
+from zstore._format import COMMIT_MARKER, LEASE, ROOT
 
 
 def model_tree() -> dict:
@@ -195,7 +195,7 @@ def test_a_changed_root_after_commit_is_detected(backend):
     url, opts = backend.url(), backend.storage_options
     zstore.save({"a": np.ones(3)}, url, storage_options=opts)
     location = zstore._storage.location.resolve(url, opts)
-    from zarr.core.sync import sync
+    from zstore._compat import sync
 
     root = json.loads(sync(location.get(ROOT)))
     root["attributes"]["zstore"]["metadata"] = {"tampered": True}
@@ -208,7 +208,7 @@ def test_a_changed_root_after_commit_is_detected(backend):
 
 def test_save_refuses_to_delete_objects_it_did_not_write(backend):
     url, opts = backend.url(), backend.storage_options
-    from zarr.core.sync import sync
+    from zstore._compat import sync
 
     location = zstore._storage.location.resolve(url, opts)
     sync(location.put("notes.txt", b"precious"))
@@ -251,14 +251,14 @@ print(json.dumps(out))
 
 
 def _keys(backend) -> list[str]:
-    from zarr.core.sync import sync
+    from zstore._compat import sync
 
     location = zstore._storage.location.resolve(backend.url(), backend.storage_options)
     return list(sync(location.sizes()))
 
 
 def _delete(backend, key: str) -> None:
-    from zarr.core.sync import sync
+    from zstore._compat import sync
 
     location = zstore._storage.location.resolve(backend.url(), backend.storage_options)
     sync(location.remove_all([key]))

@@ -121,8 +121,9 @@ def test_metadata_must_be_json(url, metadata, match):
 
 
 def test_unknown_protocol_is_a_clear_url_error():
-    with pytest.raises(zstore.InvalidURLError, match="nosuchproto://x"):
+    with pytest.raises(zstore.InvalidURLError, match="nosuchproto://x") as raised:
         zstore.open("nosuchproto://x")
+    assert raised.value.url == "nosuchproto://x"
 
 
 def test_empty_url_is_rejected():
@@ -159,9 +160,10 @@ def test_open_in_a_missing_bucket_is_not_found(s3):
 
 
 def test_save_to_a_missing_bucket_names_the_bucket(s3):
-    with pytest.raises(zstore.ZStoreError, match="no-such-bucket-zstore"):
-        zstore.save({"a": np.ones(2)}, "s3://no-such-bucket-zstore/run/step-1",
-                    storage_options=s3.storage_options)
+    url = "s3://no-such-bucket-zstore/run/step-1"
+    with pytest.raises(zstore.InvalidURLError, match="no-such-bucket-zstore") as raised:
+        zstore.save({"a": np.ones(2)}, url, storage_options=s3.storage_options)
+    assert raised.value.url == url
 
 
 # --- storage that refuses, fails or runs out of room; metadata that lies ---------------------
@@ -219,7 +221,7 @@ def test_a_read_only_bucket_refuses_the_save_and_keeps_the_old_checkpoint(denyin
 def test_a_full_disk_midway_fails_cleanly_and_the_next_save_works(tmp_path, monkeypatch):
     import errno
 
-    from zstore._storage.accounting import CountingStore
+    from zstore._storage import CountingStore
 
     real, writes = CountingStore.set, [0]
 

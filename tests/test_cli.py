@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from zarr.core.sync import sync
 
 import zstore
-from zstore._cli.main import build_parser, main
-from zstore._format.names import COMMIT_MARKER
-from zstore._storage.location import resolve
+from zstore._cli import build_parser, main
+from zstore._compat import sync
+from zstore._format import COMMIT_MARKER
+from zstore._storage import resolve
 
 
 def cli_flags(options: dict) -> list[str]:

@@ -7,13 +7,13 @@ import re
 
 import numpy as np
 import pytest
-from zarr.core.sync import sync
 
 import zstore
 from tests.test_cli import cli_flags
-from zstore._cli.main import main
-from zstore._format.names import COMMIT_MARKER, ROOT
-from zstore._storage.location import resolve
+from zstore._cli import main
+from zstore._compat import sync
+from zstore._format import COMMIT_MARKER, ROOT
+from zstore._storage import resolve
 
 TREE = {"w": np.arange(600, dtype=np.float32).reshape(20, 30), "s": np.float32(2)}
 

@@ -11,11 +11,13 @@ import time
 
 import numpy as np
 import pytest
-from zarr.core.sync import sync
 
 import zstore
-from zstore._storage.location import resolve
-from zstore._write.lease import LEASE, Lease, LeaseLostError
+from zstore._compat import sync
+from zstore._format import LEASE
+from zstore._storage import resolve
+from zstore._write import Lease
+from zstore.errors import LeaseLostError
 
 
 def _tree(value: int) -> dict:

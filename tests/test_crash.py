@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 
 import zstore
-from zstore._storage.accounting import CountingStore
-from zstore._storage.location import Location
+from zstore._storage import CountingStore, Location
 
 CTX = multiprocessing.get_context("forkserver")
 CTX.set_forkserver_preload(["zstore", "numpy", "zarr", "fsspec"])

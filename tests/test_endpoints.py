@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import zstore
-from zstore._storage.location import resolve
+from zstore._storage import resolve
 
 BOUND = 10  # seconds: retrying a refused connection took 37 s (API) and 53 s (CLI)
 
@@ -67,7 +67,7 @@ def test_an_unreachable_endpoint_fails_at_once_naming_it_and_exits_quietly(endpo
 def test_the_cli_reports_a_refused_connection_in_one_line_at_once():
     endpoint = f"http://127.0.0.1:{closed_port()}"
     done, seconds = run_python(
-        "import sys; from zstore._cli.main import main; sys.exit(main(sys.argv[1:]))",
+        "import sys; from zstore._cli import main; sys.exit(main(sys.argv[1:]))",
         f"-oendpoint_url={endpoint}", "-okey=x", "-osecret=y", "info", "s3://b/x")
     assert seconds < BOUND
     assert done.returncode != 0

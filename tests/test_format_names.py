@@ -5,7 +5,7 @@ import fsspec
 import numpy as np
 
 import zstore
-from zstore._format.names import COMMIT_MARKER, HASHES, LEASE, ROOT, object_key, step_name, step_of
+from zstore._format import COMMIT_MARKER, HASHES, LEASE, ROOT, object_key, step_name, step_of
 
 
 def test_the_names_are_those_docs_format_md_gives():

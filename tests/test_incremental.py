@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 import zstore
-from zstore._format.hashes import box_hash, decode_hashes, object_boxes
-from zstore._format.names import HASHES
+from zstore._format import HASHES, box_hash, decode_hashes, object_boxes
 
 
 def test_object_boxes_tile_the_array_with_ragged_edges():

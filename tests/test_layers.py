@@ -2,6 +2,7 @@
 data flow, and a module imports only from its own box or the boxes below it."""
 
 import ast
+import importlib
 import pathlib
 
 import zstore
@@ -59,7 +60,8 @@ def test_no_module_imports_from_a_box_above_its_own():
             other = _box(imported)
             if other == "__init__" and imported != "zstore":
                 continue
-            if LAYERS[other] > LAYERS[own] or (own != other and {own, other} == {"_write", "_read"}):
+            if LAYERS[other] > LAYERS[own] or (
+                    own != other and {own, other} == {"_write", "_read"}):
                 upward.append(f"{module} imports {imported}")
     assert not upward, "imports against the layering:\n" + "\n".join(sorted(upward))
 
@@ -85,3 +87,37 @@ def _zarr_imports(path: pathlib.Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
     return found
+
+
+# Modules a test may import beyond the public ones and the box faces: each is where a
+# fault is injected (monkeypatched), which only works on the module that calls it.
+SEAMS = {
+    "zstore._write.writer": "_write_array, the write of one array, fails or stalls",
+    "zstore._write.lease": "replace and get_versioned, the lease's conditional writes",
+    "zstore._read.verify": "open_checkpoint, as verify reaches it; and verify(url) itself",
+    "zstore._write.delete": "delete(url), the command line's rm",
+}
+
+
+def test_no_face_hides_a_module_of_its_box():
+    """A face exporting ``verify`` from ``verify.py`` would shadow the module: then
+    ``import zstore._read.verify as m`` (and monkeypatching it) gets the function."""
+    hiding = []
+    for box in LAYERS:
+        init = PACKAGE / box / "__init__.py"
+        if init.exists():
+            face = importlib.import_module(f"zstore.{box}")
+            hiding += [f"zstore.{box}.{p.stem}" for p in init.parent.glob("*.py")
+                       if p.stem in getattr(face, "__all__", ())]
+    assert not hiding, f"faces exporting a name that is also a module of their box: {hiding}"
+
+
+def test_tests_import_the_public_api_box_faces_or_named_seams():
+    """A rename inside a box breaks no test: tests import ``zstore``, ``zstore.errors``,
+    ``zstore.testing``, a box's face (its ``__init__``), or one of ``SEAMS``."""
+    faces = {f"zstore.{box}" for box in LAYERS if box not in ("__init__",)}
+    allowed = {"zstore"} | faces | set(SEAMS)
+    tests = pathlib.Path(__file__).parent
+    reaching = sorted(f"{path.name} imports {module}" for path in tests.glob("*.py")
+                      for module in _imports(path) if module not in allowed)
+    assert not reaching, "tests importing a box's internals:\n" + "\n".join(reaching)

@@ -6,7 +6,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from zstore._format.layout import CODECS, Layout, array_metadata, layout_from_metadata
+from zstore._format import CODECS, Layout, array_metadata, layout_from_metadata
 
 SHARDED = Layout((256, 256), (3000, 256))
 

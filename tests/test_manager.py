@@ -15,9 +15,9 @@ import pytest
 import zarr
 
 import zstore
-from zstore._read.catalog import CheckpointEntry
-from zstore._series.steps import Step, doomed
-from zstore._storage.location import Location
+from zstore._read import CheckpointEntry
+from zstore._series import Step, doomed
+from zstore._storage import Location
 
 MARKER = "zstore.commit.json"
 

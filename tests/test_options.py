@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import zstore
-from zstore._read.reader import LazyTensor
-from zstore._write.lease import Lease
+from zstore._read import LazyTensor
+from zstore._write import Lease
 
 MiB = 1 << 20
 
@@ -253,7 +253,7 @@ def test_the_docstrings_name_the_settings_default_and_the_s3fs_option_apart():
 
 
 def test_lease_ttl_is_read_at_lease_creation_not_import(tmp_path):
-    from zstore._storage.location import resolve
+    from zstore._storage import resolve
 
     location = resolve(str(tmp_path / "c"))
     with zstore.configure(lease_ttl=0.4):

@@ -11,8 +11,8 @@ import pytest
 
 import zstore
 from tests.test_cli import cli_flags
-from zstore._cli.main import main
-from zstore._plan.profiles import BUILTIN, BackendProfile, named_profile, profile_for, store_profile
+from zstore._cli import main
+from zstore._plan import BUILTIN, BackendProfile, named_profile, profile_for, store_profile
 
 
 @pytest.fixture(autouse=True)

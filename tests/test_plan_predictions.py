@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import zstore
-from zstore._plan.costs import pattern_regions, region_cost
+from zstore._plan import pattern_regions, region_cost
 
 ACCESS = {
     "embed": ["rows", zstore.split(1, 4)],

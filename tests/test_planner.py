@@ -11,10 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import zstore
-from zstore._plan.access import Split
-from zstore._plan.chunking import CHUNK_FULL, INDEX_ENTRY, INDEX_SHARE, MAX_OBJECTS, TINY
-from zstore._plan.planner import plan_specs
-from zstore._plan.profiles import BUILTIN
+from zstore._plan import (
+    BUILTIN,
+    CHUNK_FULL,
+    INDEX_ENTRY,
+    INDEX_SHARE,
+    MAX_OBJECTS,
+    TINY,
+    Split,
+    plan_specs,
+)
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = [np.dtype(d) for d in ("bool", "int8", "float16", "float32", "float64", "complex128")]

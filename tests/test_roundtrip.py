@@ -136,7 +136,7 @@ class TestTorch:
     def test_bf16_crosses_to_numpy_without_a_copy(self):
         import torch
 
-        from zstore._format.tensors import numpy_to_torch, torch_to_numpy
+        from zstore._format import numpy_to_torch, torch_to_numpy
 
         tensor = torch.randn(8, dtype=torch.bfloat16)
         array = torch_to_numpy(tensor, "t")

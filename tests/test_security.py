@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from zarr.core.sync import sync
 
 import zstore
-from zstore._format.names import COMMIT_MARKER, HASHES, LEASE, ROOT
+from zstore._compat import sync
+from zstore._format import COMMIT_MARKER, HASHES, LEASE, ROOT
 from zstore._read.verify import verify
-from zstore._storage.location import resolve
+from zstore._storage import resolve
 
 PACKAGE = Path(zstore.__file__).parent
 

@@ -12,11 +12,11 @@ import asyncio
 import ml_dtypes
 import numpy as np
 import pytest
-from zarr.core.sync import sync
 
 import zstore
 from zstore._budget import ByteBudget
-from zstore._read.staging import DeviceStager
+from zstore._compat import sync
+from zstore._read import DeviceStager
 
 torch = pytest.importorskip("torch")
 
@@ -161,9 +161,11 @@ def test_a_device_that_does_not_exist_is_a_clear_error_before_any_read(ckpt):
         with pytest.raises(zstore.DeviceUnavailableError, match="CUDA") as caught:
             zstore.load(opened.url, device=missing)
     assert isinstance(caught.value, RuntimeError)
+    assert (caught.value.device, caught.value.url) == (missing, opened.url)
     assert stats.gets <= 2  # the open's metadata only: no array was read
-    with pytest.raises(zstore.DeviceUnavailableError, match="not a torch device"):
+    with pytest.raises(zstore.DeviceUnavailableError, match="not a torch device") as caught:
         opened["w"].torch(device="gpu-please")
+    assert caught.value.device == "gpu-please"
 
 
 @needs_cuda

@@ -2,7 +2,7 @@
 
 import sys
 
-from zstore._cli.main import main
+from zstore._cli import main
 
 if __name__ == "__main__":  # not on import (pytest's --doctest-modules imports every module)
     sys.exit(main())

@@ -1,5 +1,6 @@
-"""The command line, a thin layer over the public API: ``zstore ls / info / verify / plan / calibrate / rm``."""
+"""The command line, a thin layer over the public API:
+``zstore ls / info / verify / plan / calibrate / rm``."""
 
-from zstore._cli.main import main
+from zstore._cli.commands import build_parser, main
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]

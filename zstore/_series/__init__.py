@@ -6,3 +6,10 @@ restores the newest complete step; ``steps`` scans a run and decides which
 steps retention drops (pure). The top of the data flow: it uses both the
 write and the read boxes.
 """
+
+# What the command line and the tests use of a series.
+from zstore._series.steps import Step, doomed
+
+__all__ = [
+    "Step", "doomed",
+]

@@ -8,3 +8,16 @@ fences a save's writes (``gate``), request and byte counters
 (``accounting``), the shard-index cache of an open checkpoint
 (``index_cache``), and measuring a backend into a profile (``calibrate``).
 """
+
+# What the other boxes and the tests use of storage. Not the S3 backend: a local save must
+# not import an S3 client (location.resolve imports it for s3:// URLs only).
+from zstore._storage.accounting import CountingStore
+from zstore._storage.backend import FsspecBackend, open_store
+from zstore._storage.conditional import get_versioned, remove, replace
+from zstore._storage.failures import RejectedOptions, is_precondition_failure, translate
+from zstore._storage.location import Location, resolve
+
+__all__ = [
+    "CountingStore", "FsspecBackend", "Location", "RejectedOptions", "get_versioned",
+    "is_precondition_failure", "open_store", "remove", "replace", "resolve", "translate",
+]

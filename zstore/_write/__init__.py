@@ -7,3 +7,8 @@ planned layout, copies what an incremental save may reuse (``incremental``),
 and commits last. Never imports the read box: a save reads only what it
 replaces and its base's hashes.
 """
+
+# What the other boxes and the tests use of writing.
+from zstore._write.lease import Lease
+
+__all__ = ["Lease"]
