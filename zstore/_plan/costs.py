@@ -288,7 +288,7 @@ PER_ARRAY = 4e-4
 # CPU_PROBE_BYTES into fresh memory and taking their crc32c (zarr's per-byte work on a load)
 # took CPU_PROBE_SECONDS there; a machine that takes twice as long has ``cpu_speed`` 0.5.
 CPU_PROBE_BYTES = 32 << 20
-CPU_PROBE_SECONDS = 0.026
+CPU_PROBE_SECONDS = 0.031
 # Page faults on fresh memory, and whatever else runs on the cores, move a save or load on
 # that machine by up to 3x either way of this estimate (a process whose allocator holds
 # freed memory to reuse loads 96 MiB in 49 ms; a fresh one takes up to 376), so the time is
