@@ -16,14 +16,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from zstore._format.layout import object_shape
 from zstore._format.manifest import parse_json
-from zstore._format.names import HASHES, object_key
+from zstore._format.names import object_key
 
 ALGORITHM = "sha256"  # ~1.8 GB/s a core with SHA extensions, and no collisions to fear
-
-__all__ = ["ALGORITHM", "HASHES", "box_hash", "decode_hashes", "encode_hashes", "object_boxes",
-           "object_shape"]
 
 
 def object_boxes(path: str, shape: tuple[int, ...], object_shape: tuple[int, ...]

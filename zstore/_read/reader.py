@@ -115,7 +115,7 @@ class LazyTensor:
     def zarr_array(self) -> AsyncArray[Any]:
         """The underlying zarr array (built from the consolidated metadata, no I/O)."""
         if self._array is None:
-            if self._document is None or self._metadata is None:
+            if self._metadata is None:  # set exactly when there is a zarr document
                 raise ZStoreError(f"{self.name!r} is a 0-d value stored inline, not a zarr array")
             self._array = AsyncArray(
                 metadata=self._metadata, store_path=StorePath(self._store, self._path or ""))

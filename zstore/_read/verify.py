@@ -6,12 +6,14 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from zstore._format.hashes import box_hash, decode_hashes, object_boxes, object_shape
+from zstore._format.hashes import box_hash, decode_hashes, object_boxes
+from zstore._format.layout import object_shape
 from zstore._format.manifest import parse_json
 from zstore._format.names import HASHES, ROOT
 from zstore._read.reader import Checkpoint, LazyTensor
 from zstore._read.reader import open as open_checkpoint
-from zstore._storage.location import is_storage_failure, run
+from zstore._storage.failures import is_storage_failure
+from zstore._storage.location import run
 from zstore.errors import CorruptCheckpointError
 
 

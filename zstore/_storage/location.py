@@ -19,26 +19,10 @@ from typing import Any, TypeVar
 
 from zstore._compat import sync, zarr_loop
 from zstore._storage.accounting import CountingStore
-from zstore._storage.backend import (
-    Backend,
-    backend_class,
-    is_temporary,
-    protocol_of,
-    shutdown,
-    version_of,
-)
-from zstore._storage.failures import (
-    access_error,
-    is_storage_failure,
-    not_found_reason,
-    storage_errors,
-)
+from zstore._storage.backend import Backend, backend_class, protocol_of, shutdown
+from zstore._storage.failures import access_error, not_found_reason, storage_errors
 from zstore._storage.gate import WriteGate
 from zstore.errors import CheckpointNotFoundError, InvalidURLError
-
-# Where callers have always found them.
-__all__ = ["Location", "is_storage_failure", "is_temporary", "resolve", "run", "storage_errors",
-           "version_of"]
 
 T = TypeVar("T")
 

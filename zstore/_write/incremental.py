@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from zstore._format.hashes import box_hash, object_boxes, object_shape
+from zstore._format.hashes import box_hash, object_boxes
+from zstore._format.layout import object_shape
 
 
 @dataclass

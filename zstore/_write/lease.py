@@ -62,11 +62,9 @@ def _alive(holder: dict[str, Any]) -> bool:
     """Whether a lease's holder may still be writing: renewed recently, not ended in this
     process, and, when it ran in this machine's process namespace, its process still exists
     (a crashed save is taken over at once)."""
-    try:
-        if float(holder["expires"]) <= time.time():
-            return False
-    except (KeyError, TypeError, ValueError):
-        return False  # unreadable: abandoned
+    expires = _expires(holder)
+    if expires is None or expires <= time.time():  # lapsed, or unreadable: abandoned
+        return False
     if holder.get("token") in _given_up:
         return False
     pid = holder.get("pid")
@@ -231,10 +229,6 @@ class Lease:
                    asyncio.create_task(self._watch(gate))]
         try:
             yield self
-        except LeaseLostError as e:  # the gate's refusal knows only why: say whose lease
-            if e.url is None:
-                e.url = self.location.url
-            raise
         finally:
             closing = asyncio.ensure_future(gate.close(
                 f"the save to {self.location.url!r} has ended; no write of it may start now"))

@@ -57,7 +57,9 @@ from zstore._plan.access import Access
 from zstore._plan.planner import plan_specs
 from zstore._plan.profiles import BackendProfile, profile_for
 from zstore._progress import bar
-from zstore._storage.location import Location, is_temporary, resolve, storage_errors
+from zstore._storage.backend import is_temporary
+from zstore._storage.failures import storage_errors
+from zstore._storage.location import Location, resolve
 from zstore._text import contents, size
 from zstore._version import __version__
 from zstore._write.delete import delete_checkpoint, nested_checkpoints
@@ -369,17 +371,20 @@ async def _write_array(location: Location, path: str, document: dict[str, Any],
 
 async def _refuse_committed(location: Location, overwrite: bool) -> None:
     if not overwrite and await location.get(COMMIT_MARKER) is not None:
-        raise CheckpointCommittedError(
-            f"{location.url!r} already holds a committed checkpoint; pass overwrite=True to "
-            "replace it, or save to another URL", url=location.url
-        )
+        raise _committed(location)
+
+
+def _committed(location: Location) -> CheckpointCommittedError:
+    return CheckpointCommittedError(
+        f"{location.url!r} already holds a committed checkpoint; pass overwrite=True to "
+        "replace it, or save to another URL", url=location.url)
 
 
 async def _clear_destination(location: Location, overwrite: bool) -> None:
     """Under the lease: refuse foreign objects, then delete an old checkpoint, marker first."""
     marker, root = await asyncio.gather(location.get(COMMIT_MARKER), location.get(ROOT))
     if marker is not None and not overwrite:  # committed by a save that ended just now
-        await _refuse_committed(location, overwrite)
+        raise _committed(location)
     existing = await location.sizes()
     existing.pop(LEASE, None)
     if all(is_temporary(key) for key in existing):  # at most a crashed save's first write
