@@ -20,16 +20,20 @@ T = TypeVar("T")
 async def gather_all(coroutines: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
     """Await every coroutine concurrently; results in order. On the first failure the
     rest are cancelled and awaited, then that failure is raised."""
+    error: BaseException | None = None
     try:
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(c) for c in coroutines]
     except BaseExceptionGroup as failures:
-        raise _first(failures) from None
+        error = _first(failures)
+    if error is not None:  # raised here, outside the handler: its own cause and context stay
+        raise error
     return [task.result() for task in tasks]
 
 
 def _first(failures: BaseExceptionGroup) -> BaseException:
-    """The first real failure of a group (nested groups flattened). Its traceback and
-    ``__cause__`` are kept; only the group wrapper is dropped."""
+    """The first real failure of a group (nested groups flattened). Its traceback,
+    ``__cause__`` and ``__context__`` are kept; only the group wrapper is dropped (``raise
+    ... from None`` would clear the cause, which says, say, which S3 error code it was)."""
     first = failures.exceptions[0]
     return _first(first) if isinstance(first, BaseExceptionGroup) else first
