@@ -220,19 +220,18 @@ def test_a_read_only_bucket_refuses_the_save_and_keeps_the_old_checkpoint(denyin
 
 def test_a_full_disk_midway_fails_cleanly_and_the_next_save_works(tmp_path, monkeypatch):
     import errno
+    import os
 
-    from zstore._storage import CountingStore
+    real, writes = os.writev, [0]
 
-    real, writes = CountingStore.set, [0]
-
-    async def filling_up(self, key, value):
+    def filling_up(fd, buffers):  # the system call local data objects are written with
         writes[0] += 1
         if writes[0] > 5:
-            raise OSError(errno.ENOSPC, "No space left on device", key)
-        await real(self, key, value)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, buffers)
 
     zstore.save({"w": np.ones(3)}, str(tmp_path / "previous"))
-    monkeypatch.setattr(CountingStore, "set", filling_up)
+    monkeypatch.setattr(os, "writev", filling_up)
     tree = {f"a{i}": np.full(100, i) for i in range(10)}
     with pytest.raises(zstore.StorageFailedError, match="No space left") as raised:
         zstore.save(tree, str(tmp_path / "c"))

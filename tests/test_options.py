@@ -162,7 +162,8 @@ class _InFlight:
 
 def _reads_in_flight(monkeypatch) -> _InFlight:
     counter = _InFlight()
-    monkeypatch.setattr(LazyTensor, "read_async", counter.wrap(LazyTensor.read_async))
+    # the method every read of a load, load(into=) or read_many goes through
+    monkeypatch.setattr(LazyTensor, "_read", counter.wrap(LazyTensor._read))
     return counter
 
 
@@ -238,7 +239,7 @@ def test_settings_apply_to_background_saves_on_the_managers_thread(tmp_path, mon
 
 def test_the_plans_memory_model_runs_at_the_concurrency_zstore_runs_at():
     tree = {f"a{i}": np.zeros((256, 1024), np.float32) for i in range(16)}  # 1 MiB each
-    default = zstore.plan(tree, backend="local")
+    default = zstore.plan(tree, backend="s3", codec="none")  # where reads hold their objects
     load_memory, save_memory = default.load_memory, default.save_memory
     with zstore.configure(save_concurrency=1, load_concurrency=1, read_budget=1 * MiB):
         assert default.load_memory < load_memory

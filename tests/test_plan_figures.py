@@ -190,12 +190,12 @@ def _timed_child(base: str, codec: str, runs: int = 5) -> None:
     show), and the plan's range is what idle cores take."""
     state = decoder()
     zstore.save(state, f"{base}/warm-up", codec=codec)
-    os.sync()  # dirty pages of earlier tests, written back meanwhile, would slow a local save
     busy, own = _cpu_seconds()
     started_all = time.perf_counter()
     times: dict[str, list[float]] = {"save": [], "load": []}
     for op in times:
         for i in range(runs):
+            os.sync()  # each save starts with no dirty pages left by the last (write-back)
             started = time.perf_counter()
             if op == "save":
                 zstore.save(state, f"{base}/{i}", codec=codec)

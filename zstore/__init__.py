@@ -7,6 +7,7 @@
 (array([1., 0., 0.], dtype=float32), {'step': 1})
 """
 
+from zstore._format.layout import Layout
 from zstore._options import Settings, configure
 from zstore._plan.access import split
 from zstore._plan.planner import Plan, plan
@@ -56,6 +57,7 @@ __all__ = [
     "IncompleteCheckpointError",
     "InvalidKeyError",
     "InvalidURLError",
+    "Layout",
     "LazyTensor",
     "LeaseHeldError",
     "LeaseLostError",

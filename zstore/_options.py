@@ -66,19 +66,25 @@ class Settings:
             deleted in time counts as abandoned in this process at once (elsewhere once it
             expires).
         save_concurrency: arrays (default 8) a ``save`` writes at once when its
-            ``max_concurrency`` is None; zarr writes up to ``async.concurrency`` objects of
-            each. Nothing else bounds a save's memory: each writer holds about three copies of
-            each object in flight (``plan``'s save memory models this; its figures are
-            measured at 8), so a higher value buys throughput with memory.
+            ``max_concurrency`` is None; up to ``async.concurrency`` objects of each (zarr's
+            setting, 10) are encoded and written at once, within ``write_budget``.
+        write_budget: bytes (default 256 MiB) of objects a ``save`` holds in memory at once
+            while encoding and uploading them, counted at their decoded size (what their
+            arrays hold). An object written from the array's own memory (uncompressed, to
+            local disk) holds none; one larger than the budget is written alone. With the
+            client's copies (s3fs: about four of each upload) this bounds a save's extra
+            memory; ``plan``'s save memory models it.
         load_concurrency: arrays (default 32) a ``load``, ``load(into=)``, ``read_many`` or
             ``CheckpointManager.restore`` reads at once when its ``max_concurrency`` is None.
             The bytes in flight are bounded by ``read_budget`` (or ``staging_budget``) anyway,
             so more arrays in flight only overlap the round trips of many small tensors
             (optimizer states, norms, biases: tens of milliseconds each on S3).
-        read_budget: bytes (default 64 MiB) of decoded reads a ``load`` or ``read_many`` holds
-            in flight, what concurrency adds to a load's memory (one larger array is read
-            alone). With it a full load peaks at 1.20x the checkpoint's bytes locally and 1.32x
-            on S3 (README, Results); ``plan``'s load memory models it.
+        read_budget: bytes (default 64 MiB) of objects a ``load`` or ``read_many`` holds in
+            memory at once besides the arrays it returns: objects on their way from storage
+            (counted at their decoded size), none where a file is read straight into the
+            array (uncompressed, local disk). One larger object is read alone. So a full load
+            peaks at the checkpoint's bytes plus about this much (twice it where the client
+            copies downloads, as s3fs does); ``plan``'s load memory models it.
         staging_budget: bytes (default 256 MiB) of host buffers (page-locked for CUDA) in
             flight when loading onto a device (``load(device=)``) or into tensors that need a
             cast or live on an accelerator (``load(into=)``); the buffers are allocated once
@@ -91,6 +97,7 @@ class Settings:
     save_concurrency: int = _arrays(8)
     load_concurrency: int = _arrays(32)
     read_budget: int = _bytes(64 * MiB)
+    write_budget: int = _bytes(256 * MiB)
     staging_budget: int = _bytes(256 * MiB)
 
     def __post_init__(self) -> None:

@@ -31,6 +31,30 @@ class Layout:
         return self.shard_shape or self.chunk_shape
 
 
+def check_layout(layout: Any, shape: tuple[int, ...], name: str) -> Layout:
+    """``layout`` if it can store an array of ``shape``, else ``ValueError`` naming what
+    does not fit: one positive chunk extent per dim, shard extents that are whole multiples
+    of them, a known codec."""
+    if not isinstance(layout, Layout):
+        raise TypeError(f"the layout for {name!r} must be a zstore.Layout, got {layout!r}")
+    problem = None
+    dims = len(shape)
+    if len(layout.chunk_shape) != dims or any(
+            not isinstance(c, int) or c < 1 for c in layout.chunk_shape):
+        problem = f"chunk_shape {layout.chunk_shape} needs {dims} positive ints"
+    elif layout.shard_shape is not None and (
+            len(layout.shard_shape) != dims
+            or any(not isinstance(s, int) or s < 1 or s % c
+                   for s, c in zip(layout.shard_shape, layout.chunk_shape))):
+        problem = (f"shard_shape {layout.shard_shape} must be {dims} whole multiples of "
+                   f"chunk_shape {layout.chunk_shape}")
+    elif layout.codec not in CODECS:
+        problem = f"codec {layout.codec!r} is not one of {', '.join(CODECS)}"
+    if problem is not None:
+        raise ValueError(f"layout for {name!r} (shape {shape}): {problem}")
+    return layout
+
+
 def _bytes_codec(dtype: np.dtype) -> dict[str, Any]:
     if dtype.itemsize > 1:
         return {"name": "bytes", "configuration": {"endian": "little"}}

@@ -141,7 +141,7 @@ def _close_names(glob: str, names: Sequence[str], limit: int = 5) -> list[str]:
     return [n for score, n in scored[:limit] if score >= 0.7]
 
 
-def check_globs(access: Access, names: Sequence[str]) -> None:
+def check_globs(access: Access, names: Sequence[str], what: str = "access") -> None:
     """Raise ``InvalidKeyError`` for a glob of ``access`` that matches none of ``names``.
 
     A pattern given for every array (no glob) always applies; so does any glob
@@ -155,6 +155,6 @@ def check_globs(access: Access, names: Sequence[str]) -> None:
             hint = (f"close names: {', '.join(map(repr, close))}" if close
                     else f"names look like {', '.join(map(repr, list(names)[:3]))}")
             raise InvalidKeyError(
-                f"access glob {glob!r} matches no array ({hint}); globs match whole names "
+                f"{what} glob {glob!r} matches no array ({hint}); globs match whole names "
                 "case-sensitively (fnmatch), so use '*part*' to match a part of a name",
                 key=glob)

@@ -15,8 +15,8 @@ amplification compares decoded bytes (plus index bytes) with bytes asked for,
 so it means the same with or without compression.
 
 A whole save or load also costs memory and CPU; ``load_memory``,
-``save_memory`` and ``whole_seconds`` model them from what zstore and zarr
-hold at once (see each for the model and the measurements behind it).
+``save_memory`` and ``whole_seconds`` model them from what zstore's data path
+holds at once (see each for the model and the measurements behind it).
 """
 
 from __future__ import annotations
@@ -156,20 +156,25 @@ def pattern_cost(shape: tuple[int, ...], dtype: np.dtype, layout: Layout, patter
 # ---- A whole save or load: memory and time -------------------------------------------
 
 # What zstore runs at once is what zstore.Settings says when the plan is made, as a save or
-# load with max_concurrency=None would: reads of at most ``load_concurrency`` arrays and
-# ``read_budget`` decoded bytes (reader._gather; a larger array runs alone), writes of
-# ``save_concurrency`` arrays; zarr moves up to ``async.concurrency`` objects of each array
-# at once. The measurements below were made at the defaults (32 arrays, 64 MiB; 8 arrays).
-# glibc's malloc returns a freed buffer to the system at once only when it was mmapped:
-# buffers above its mmap threshold, which grows with every such free up to 32 MiB.
-MMAP_CEILING = 32 << 20
-# Writers in flight reach their peak (three copies of an object) at different moments;
-# together they hold this share of the sum of their peaks (0.5-0.7 measured on trees of
-# mixed sizes; a tree of equal large arrays reaches 1.0, see save_memory).
+# load with max_concurrency=None would: ``load_concurrency`` arrays read at once and
+# ``save_concurrency`` written, up to ``async.concurrency`` objects of each (zarr's setting),
+# the objects' decoded bytes in flight within ``read_budget`` or ``write_budget`` (one
+# larger object runs alone). The measurements below were made at the defaults.
+
+# Bytes a load holds per byte of objects in its read window, where objects come from a
+# client (not read from a file into place): the GET bodies, and briefly the client's
+# copies of them (s3fs joins what it read): fitted to the loads measured in load_memory.
+LOAD_HELD = 1.2
+# Blosc's and zstd's buffers in the coding threads' malloc arenas (glibc gives each thread
+# an arena of its own and keeps what was freed there; an encode allocates each chunk's
+# decoded size before it shrinks): 48-54 MiB measured on a load of 34 arrays with Blosc,
+# locally, where nothing else is held, and 45 on a save.
+CODEC_SCRATCH = 48 << 20
+# What a save holds however it writes: shard indexes, metadata documents, Python objects.
+SAVE_BASE = 1 << 20
+# Writers in flight reach their peak at different moments; together they hold this share of
+# the sum of their peaks (0.5-0.7 measured on trees of mixed sizes).
 SAVE_OVERLAP = 0.6
-# Blosc's per-thread block buffers while zarr compresses in its worker threads: a save of
-# 200 arrays of 256 KiB takes 24 MiB with Blosc, 8 MiB without.
-CODEC_SCRATCH = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -188,12 +193,25 @@ class Footprint:
 
     @property
     def in_flight(self) -> int:
-        """Objects of this array zarr reads or writes at once."""
+        """Objects of this array read or written at once."""
         return max(1, min(self.objects, int(zarr.config.get("async.concurrency"))))
 
     @property
     def stored_object(self) -> float:
         return self.stored / max(1, self.objects)
+
+
+def _window(arrays: Sequence[Footprint], budget: int) -> float:
+    """Stored bytes of the objects in flight when as many are as ``budget`` (in decoded
+    bytes) admits: the largest objects first, at least one, at most every object."""
+    objects = sorted(((a.object_nbytes, a.stored_object) for a in arrays
+                      for _ in range(a.objects)), reverse=True)
+    decoded, stored = 0, 0.0
+    for size, kept in objects:
+        if decoded and decoded + size > budget:
+            break
+        decoded, stored = decoded + size, stored + kept
+    return stored
 
 
 def _peak(arrays: Sequence[Footprint], slots: int, budget: int,
@@ -219,89 +237,79 @@ def _peak(arrays: Sequence[Footprint], slots: int, budget: int,
 def load_memory(arrays: Sequence[Footprint], profile: BackendProfile) -> int:
     """Peak extra resident memory of a full ``load``: the arrays, plus what reads hold.
 
-    The arrays in flight each hold, per object in flight, the bytes its GET returned.
-    With compression, every chunk is decompressed in a worker thread and each of those
-    arrays also holds its decoded objects (zarr's sharding codec decodes a shard into a
-    buffer of its own before copying it into the output). Without it, decoding runs on
-    the event loop without yielding: one object at a time, whose buffer stands in for the
-    outputs of the arrays in flight, counted whole here but not yet written. A process
-    that freed large buffers before (on ``memory://``, the save that made the checkpoint)
-    has raised glibc's mmap threshold: GET buffers under ``MMAP_CEILING`` are then kept
-    for reuse once freed, so they count twice; so do they where the client library
-    copies a download (``profile.get_copies``: s3fs joins the chunks it read).
+    zstore decodes every object straight into the arrays it returns (``_read.shards``).
+    Besides them a load holds the objects in its read window (``Settings.read_budget`` of
+    decoded bytes; ``LOAD_HELD`` per stored byte, for the client's copies), none where
+    they are files read into place (``profile.in_place``: local disk, compressed objects
+    too, read chunk by chunk into one buffer); and with a codec, its threads' scratch.
 
     Measured (peak RSS over the baseline in a fresh process, median of 3, 2-core machine; the
-    34-array, 95.7 MiB tree of tests/test_plan_figures.py): local 146-162 MiB (predicted 159),
-    with Blosc 204-208 (208); memory:// 213-221 (223), with Blosc 248-254 (257); moto S3 215-220
-    (223), with Blosc 246-258 (257). Five other trees of 1-200 arrays and 50-200 MiB: within
-    25%, but for one array of 200 MiB with Blosc (+33%: its four decoded shards do not all exist
-    at once). Before this model, the plan said (the arrays plus the largest object per stream of
-    the profile) 221 MiB locally and 111 MiB on memory:// for that tree.
+    34-array, 95.7 MiB tree of tests/test_plan_figures.py; predicted in brackets): local 97.9
+    MiB (95.7), with Blosc 149.6 (143.7); memory:// 183.9 (172.0), with Blosc 168.9 (202.1);
+    moto S3 175.5 (172.0), with Blosc 205.2 (202.1). Before zstore's data path (zarr's
+    pipeline, which decodes each shard into a buffer of its own): 146-162 MiB locally, 215-258
+    on moto.
     """
-    def held(window: list[Footprint]) -> float:
-        gets = (1 + profile.get_copies) * sum(a.in_flight * a.stored_object for a in window)
-        kept = sum(a.in_flight * a.stored_object for a in window
-                   if a.stored_object < MMAP_CEILING) if profile.in_process else 0
-        decoded = sum(a.in_flight * a.object_nbytes for a in window if a.compressed)
-        return gets + kept + decoded
-
-    settings = current()
-    return sum(a.nbytes for a in arrays) + round(
-        _peak(arrays, settings.load_concurrency, settings.read_budget, held))
+    held = 0.0 if profile.in_place else LOAD_HELD * _window(arrays, current().read_budget)
+    scratch = CODEC_SCRATCH if any(a.compressed for a in arrays) else 0
+    return sum(a.nbytes for a in arrays) + round(held) + scratch
 
 
 def save_memory(arrays: Sequence[Footprint], profile: BackendProfile) -> int:
     """Peak extra resident memory of a ``save`` of arrays already in memory.
 
-    Each object in flight is, at its peak, three copies of its stored bytes: the encoded
-    chunks, the shard zarr joins them into, and the ``bytes`` it hands to fsspec (a store
-    in this process keeps that last one: two copies, plus every stored byte kept), and
-    the client library's own (``profile.put_copies``: about four more in s3fs). With
-    compression, add the codec's output buffers, allocated at the decoded size before they
-    shrink to the compressed one. ``SAVE_OVERLAP`` of what the writers in flight hold at
-    their peaks is held at once, plus Blosc's scratch.
+    zstore writes each object from buffers it assembles (``_write.shards``): uncompressed
+    chunks are views of the arrays, compressed ones their codec's output. A file is written
+    from those buffers (``writev``); a client is handed them joined into one body, which it
+    may copy again (``profile.put_copies``), and a store in this process keeps a copy of
+    everything (``profile.in_process``). Writers hold their objects in flight within
+    ``Settings.write_budget``; ``SAVE_OVERLAP`` of what they hold at their peaks is held at
+    once.
 
-    Measured (as for ``load_memory``, the tree already in memory): local 77 MiB (predicted 93),
-    with Blosc 112-135 (118); memory:// 152-156 (158), with Blosc 157-178 (165); moto S3 208-220
-    (217), with Blosc 192-202 (212); two other trees of mixed sizes (38 and 50 arrays) within
-    16%. Known limit: where every writer in flight peaks at once, as with equal arrays of
-    several MiB without compression, a save takes up to 1.8x this (20 arrays of 8 MiB: 201 MiB,
-    predicted 115).
+    Measured (as for ``load_memory``, the tree already in memory; predicted in brackets):
+    local 1.1 MiB (1.0), with Blosc 68.7 (72.5); memory:// 122.0 (127.6), with Blosc 157.7
+    (166.9); moto S3 176.6 (155.9), with Blosc 193.4 (190.2). Before zstore's data path
+    (zarr's, three copies of each object in flight): local 77 MiB, memory:// 152-156, moto
+    S3 208-220.
     """
-    copies = (2 if profile.in_process else 3) + profile.put_copies
+    def copies(a: Footprint) -> int:
+        if profile.in_place:
+            return 1 if a.compressed else 0
+        return int(a.compressed) + 1 + profile.put_copies
 
     def held(window: list[Footprint]) -> float:
-        return sum(a.in_flight * (copies * a.stored_object
-                                  + (a.object_nbytes if a.compressed else 0)) for a in window)
+        return sum(a.in_flight * a.stored_object * copies(a) for a in window)
 
     kept = sum(a.stored for a in arrays) if profile.in_process else 0
+    peak = _peak(arrays, current().save_concurrency, 1 << 62, held)
+    bound = current().write_budget * max(map(copies, arrays), default=0)
     scratch = CODEC_SCRATCH if any(a.compressed for a in arrays) else 0
-    slots = current().save_concurrency
-    return kept + round(SAVE_OVERLAP * _peak(arrays, slots, 1 << 62, held)) + scratch
+    return SAVE_BASE + kept + round(min(SAVE_OVERLAP * peak, bound)) + scratch
 
 
-# zarr's pipeline beyond the codec (crc32c, copies into fresh memory, Python per array), on
-# the 2-core reference machine: bytes of arrays per second, and seconds per array.
-PIPELINE_RATE = {"save": 500e6, "load": 1000e6}
+# zstore's data path beyond the codec (crc32c, copies between the page cache or a client's
+# buffers and the arrays, Python per array and per object), on the 2-core reference
+# machine: bytes of arrays per second, and seconds per array (its metadata document, its
+# task; a local save writes and renames one small file per array).
+PIPELINE_RATE = {"save": 2e9, "load": 4e9}
 PER_ARRAY = 4e-4
 # How ``zstore calibrate`` compares a machine with that one: the best of 5 runs of copying
-# CPU_PROBE_BYTES into fresh memory and taking their crc32c (zarr's per-byte work on a load)
-# took CPU_PROBE_SECONDS there; a machine that takes twice as long has ``cpu_speed`` 0.5.
+# CPU_PROBE_BYTES into fresh memory and taking their crc32c (the data path's per-byte work
+# on a load) took CPU_PROBE_SECONDS there; a machine that takes twice as long has
+# ``cpu_speed`` 0.5.
 CPU_PROBE_BYTES = 32 << 20
-CPU_PROBE_SECONDS = 0.031
-# Page faults on fresh memory, and whatever else runs on the cores, move a save or load on
-# that machine by up to 3x either way of this estimate (a process whose allocator holds
-# freed memory to reuse loads 96 MiB in 49 ms; a fresh one takes up to 376), so the time is
-# a range: each of 48 medians of 3-5 runs (6 trees of 1-200 arrays and 50-200 MiB, local
-# and memory://, with and without Blosc) fell inside it, and 141 of 144 first runs in a
-# fresh process (the others up to 1.2x over its top: imports and thread pools starting).
+CPU_PROBE_SECONDS = 0.016
+# Page faults on fresh memory, the page cache's write-back (a local save of 96 MiB took
+# 0.07 s, then 0.11 and 0.18 as dirty pages piled up), and whatever else runs on the cores
+# move a save or load by up to 3x either way of this estimate, so the time is a range.
 SPREAD = 3.0
 
 
 def whole_seconds(arrays: Sequence[Footprint], io: float, cores: int, *, save: bool,
                   cpu_speed: float = 1.0) -> tuple[float, float]:
-    """(low, high) seconds of a whole save or load: the profile's I/O time ``io``, zarr's
-    pipeline and the codec on ``cores``, all overlapping (low) or one after another (high).
+    """(low, high) seconds of a whole save or load: the profile's I/O time ``io``, the data
+    path and the codec on ``cores``, all overlapping and ``SPREAD`` times faster (low), or
+    one after another and ``SPREAD`` times slower (high).
 
     The CPU rates are this project's reference machine's (2 idle cores), divided by
     ``cpu_speed`` (the machine's speed relative to it, as ``zstore calibrate`` measures);
@@ -310,4 +318,4 @@ def whole_seconds(arrays: Sequence[Footprint], io: float, cores: int, *, save: b
     rate = PIPELINE_RATE["save" if save else "load"]
     pipeline = sum(PER_ARRAY + a.nbytes / rate for a in arrays) / cpu_speed
     codec = sum(codec_seconds(a.codec, a.nbytes, cores, encode=save) for a in arrays) / cpu_speed
-    return max(io, pipeline / SPREAD, codec / SPREAD), io + (pipeline + codec) * SPREAD
+    return max(io, pipeline, codec) / SPREAD, (io + pipeline + codec) * SPREAD

@@ -8,6 +8,7 @@ saved checkpoint already has, with its measured stored sizes.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 from collections import Counter
@@ -18,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from zstore._format.dtypes import check_supported, dtype_from_name
-from zstore._format.layout import CODECS, Layout, layout_from_metadata
+from zstore._format.layout import CODECS, Layout, check_layout, layout_from_metadata
 from zstore._format.manifest import group_paths
 from zstore._format.tensors import is_torch_tensor, numpy_dtype_of
 from zstore._format.tree import flatten
@@ -152,7 +153,7 @@ class Plan:
         """(low, high) seconds of a save: I/O (the commit adds round trips) and CPU
         overlapping or not; CPU at the reference machine's rates scaled by the profile's
         ``cpu_speed`` (``costs.whole_seconds``)."""
-        io = self.profile.seconds(self.objects, self.stored_bytes, serial=4)
+        io = self.profile.seconds(self.objects, self.stored_bytes, serial=4, writing=True)
         return whole_seconds(self._footprints, io, self.cores, save=True,
                              cpu_speed=self.profile.cpu_speed)
 
@@ -237,25 +238,31 @@ def _notes(skipped: list[str]) -> tuple[str, ...]:
 
 
 def plan_specs(specs: Mapping[str, Spec], *, access: Access, profile: BackendProfile,
-               codec: str, cores: int | None) -> Plan:
-    """The plan of arrays given as {name: (shape, dtype)}; what ``save`` and ``plan`` share."""
+               codec: str, cores: int | None,
+               layouts: Mapping[str, Layout] | None = None) -> Plan:
+    """The plan of arrays given as {name: (shape, dtype)}; what ``save`` and ``plan`` share.
+    ``layouts`` ({name glob: Layout}) are taken as given where a glob matches, and costed
+    like the planner's own."""
     if codec not in (*CODECS, "auto"):
         raise ValueError(f"unknown codec {codec!r}; choose one of auto, {', '.join(CODECS)}")
     check_globs(access, list(specs))
+    check_globs(dict.fromkeys(layouts or {}, "full"), list(specs), "layouts")
     cores = cores or os.cpu_count() or 1
     chosen = resolve_codec(codec, profile, cores)
     arrays: dict[str, ArrayPlan] = {}
     skipped: list[str] = []
     for name, (shape, dtype) in specs.items():
         patterns = _patterns(name, shape, access, skipped)
-        layout = choose_layout(shape, dtype, patterns, profile, chosen)
+        given = next((g for g in layouts or {} if fnmatch.fnmatchcase(name, g)), None)
+        layout = (check_layout(layouts[given], shape, name) if layouts and given is not None
+                  else choose_layout(shape, dtype, patterns, profile, chosen))
         arrays[name] = _array_plan(name, shape, dtype, layout, patterns, profile)
     return Plan(arrays, profile, cores, notes=_notes(skipped))
 
 
 def plan(tree_or_specs: Any, *, access: Access = None,
          backend: str | BackendProfile | None = None, codec: str = "auto",
-         cores: int | None = None) -> Plan:
+         cores: int | None = None, layouts: Mapping[str, Layout] | None = None) -> Plan:
     """Choose every array's chunk and shard shapes, and predict what reads will cost.
 
     Args:
@@ -273,6 +280,9 @@ def plan(tree_or_specs: Any, *, access: Access = None,
         codec: ``"auto"`` (Blosc where the backend is slower than this
             machine's cores compress, else none), ``"blosc"``, ``"zstd"``, ``"none"``.
         cores: cores compressing; default ``os.cpu_count()``.
+        layouts: {name glob: ``zstore.Layout``}: these arrays get the layout given
+            (checked against their shapes) instead of the planner's, and are costed
+            the same way; ``save`` takes the same argument.
 
     Returns:
         A ``Plan``: per array a ``Layout`` and, per access pattern, predicted
@@ -296,7 +306,7 @@ def plan(tree_or_specs: Any, *, access: Access = None,
     else:
         profile = profile_for("s3://", backend)
     return plan_specs(specs_of(tree_or_specs), access=access, profile=profile, codec=codec,
-                      cores=cores)
+                      cores=cores, layouts=layouts)
 
 
 def _explain(ckpt: StoredCheckpoint, access: Access, profile: BackendProfile,

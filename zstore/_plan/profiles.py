@@ -37,7 +37,9 @@ class BackendProfile:
     exceed ``shard_max``. Prices (USD) are optional and only reported.
     ``in_process`` says the store keeps its objects in this process's memory
     (``memory://``): what a save stores stays resident, and a load follows the
-    save in the same process. ``get_copies`` and ``put_copies`` are the copies
+    save in the same process. ``in_place`` says objects are files of this machine, read
+    and written straight from and into the arrays' memory (local disk). ``get_copies`` and
+    ``put_copies`` are the copies
     of an object's bytes the client library makes on top of zarr's when it
     downloads or uploads one (see ``costs.load_memory`` and ``save_memory``).
     ``cpu_speed`` is this machine's speed at zarr's per-byte work (copies and
@@ -56,12 +58,16 @@ class BackendProfile:
     price_per_put: float = 0.0
     price_per_gb: float = 0.0
     in_process: bool = False
+    in_place: bool = False
+    write_bandwidth: float | None = None
     get_copies: int = 0
     put_copies: int = 0
     cpu_speed: float = 1.0
 
-    def seconds(self, requests: int, nbytes: int, serial: int = 1) -> float:
-        """Estimated time of ``requests`` moving ``nbytes``, ``serial`` of them one after another.
+    def seconds(self, requests: int, nbytes: int, serial: int = 1, writing: bool = False
+                ) -> float:
+        """Estimated time of ``requests`` moving ``nbytes``, ``serial`` of them one after another
+        (uploads at ``write_bandwidth``, when ``writing`` and the profile has one).
 
         Requests overlap up to ``concurrency``; dependent ones (a shard index
         before the chunk it locates) add a round trip each.
@@ -70,7 +76,8 @@ class BackendProfile:
             return 0.0
         rounds = max(serial, math.ceil(requests / self.concurrency))
         streams = min(self.concurrency, requests)
-        return rounds * self.latency + nbytes / (self.bandwidth * streams)
+        bandwidth = self.write_bandwidth if writing and self.write_bandwidth else self.bandwidth
+        return rounds * self.latency + nbytes / (bandwidth * streams)
 
     @property
     def aggregate_bandwidth(self) -> float:
@@ -102,7 +109,7 @@ class BackendProfile:
 # from and saved to moto: 215-258 MiB and 192-220, against 146-208 and 77-135 locally).
 BUILTIN: dict[str, BackendProfile] = {
     p.name: p for p in (
-        BackendProfile("local", latency=1e-4, bandwidth=2e9, concurrency=8),
+        BackendProfile("local", latency=1e-4, bandwidth=2e9, concurrency=8, in_place=True),
         BackendProfile("memory", latency=5e-6, bandwidth=4e9, concurrency=1, in_process=True),
         BackendProfile("s3", latency=0.03, bandwidth=85e6, concurrency=8,
                        shard_target=128 * MiB, price_per_get=4e-7, price_per_put=5e-6,

@@ -126,7 +126,7 @@ async def _copy_all(ckpt: Any, targets: Mapping[str, Any], stored: dict[str, str
     """Fill every target, recording in ``written`` when each one's memory is first touched
     and when it is complete. The first failure cancels the rest and waits for them, so
     ``written`` is final once this returns or raises (no task is left running)."""
-    shared = ByteBudget(budget)
+    shared, reads = ByteBudget(budget), ByteBudget(current().read_budget)
     stagers: dict[Any, DeviceStager] = {}
     limit = asyncio.Semaphore(max_concurrency)
 
@@ -136,7 +136,7 @@ async def _copy_all(ckpt: Any, targets: Mapping[str, Any], stored: dict[str, str
         async with limit:
             if direct is not None:  # decode into the parameter's own memory
                 written[key] = False
-                await source.read_async(out=direct)
+                await source._read(..., direct, reads)
             else:
                 if tensor.device not in stagers:
                     stagers[tensor.device] = DeviceStager(tensor.device, shared)

@@ -26,6 +26,7 @@ from zstore._format.dtypes import dtype_from_name
 from zstore._format.layout import object_shape
 from zstore._format.manifest import Manifest, read_manifest
 from zstore._format.names import COMMIT_MARKER, ROOT, object_key, step_name, step_of
+from zstore._format.shards import Box, object_format
 from zstore._format.tensors import numpy_to_torch
 from zstore._format.tree import as_framework, check_skeleton, iter_leaves, scalar_value, unflatten
 from zstore._options import concurrency, current
@@ -33,6 +34,7 @@ from zstore._progress import bar
 from zstore._read.catalog import natural, survey_at
 from zstore._read.indexing import Selection, finish, normalize
 from zstore._read.load_into import load_into
+from zstore._read.shards import missing_object, read_box
 from zstore._read.staging import DeviceStager
 from zstore._storage.index_cache import ShardIndexCache
 from zstore._storage.location import Location, resolve, run
@@ -68,6 +70,8 @@ class LazyTensor:
         self.stored_nbytes = stored_nbytes
         self._metadata = None if document is None else _checked_metadata(document, name,
                                                                           location.url)
+        # zstore's own layouts are read by its data path (``shards``), anything else by zarr
+        self._format = None if document is None else object_format(document)
         if document is not None:
             self.shape: tuple[int, ...] = tuple(document["shape"])
             self.dtype: np.dtype = dtype_from_name(document["data_type"])
@@ -124,17 +128,30 @@ class LazyTensor:
     async def read_async(self, index: Any = Ellipsis, *, out: np.ndarray | None = None
                          ) -> np.ndarray:
         """``read`` for callers already in an event loop (gather many reads at once)."""
+        return await self._read(index, out, None)
+
+    async def _read(self, index: Any, out: np.ndarray | None, budget: ByteBudget | None
+                    ) -> np.ndarray:
+        """``read_async`` within ``budget`` (shared by the reads of one load; None: one of
+        ``Settings.read_budget`` bytes for this read alone): the bytes this read holds
+        besides its result, whole objects on their way from storage or zarr's decoding."""
+        budget = budget or ByteBudget(current().read_budget)
         if self._value is not None:
             return _into(self._value[index], out)
         selection = normalize(index, self.shape, self.name)
         if out is not None:
             _check_out(out, selection.shape, self.dtype, self.name)
         direct = out is not None and selection.direct
+        box = _box(selection) if self._format is not None else None
         try:
-            result = await self.zarr_array().get_orthogonal_selection(
-                selection.zarr,
-                out=default_buffer_prototype().nd_buffer.from_numpy_array(out)
-                if direct and out is not None else None)
+            if box is not None:
+                dest = await self._read_box(box, out if direct else None, budget)
+                return out if direct else _into(finish(dest, selection), out)  # type: ignore[return-value]
+            async with budget.hold(int(np.prod(selection.read_shape)) * self.dtype.itemsize):
+                result = await self.zarr_array().get_orthogonal_selection(
+                    selection.zarr,
+                    out=default_buffer_prototype().nd_buffer.from_numpy_array(out)
+                    if direct and out is not None else None)
         except (ValueError, TypeError, KeyError, ZeroDivisionError) as e:
             if "checksum" not in str(e):
                 raise CorruptCheckpointError(
@@ -151,6 +168,17 @@ class LazyTensor:
         if direct:
             return out  # type: ignore[return-value]
         return _into(finish(np.asarray(result), selection), out)
+
+    async def _read_box(self, box: Box, out: np.ndarray | None, budget: ByteBudget
+                        ) -> np.ndarray:
+        """``box`` through zstore's data path, into ``out`` (of the box's size) if given."""
+        assert self._format is not None and self._path is not None
+        extents = tuple(hi - lo for lo, hi in box)
+        dest = np.empty(extents, self.dtype) if out is None else out.reshape(extents)
+        if dest.size:
+            await read_box(self._format, self._store, self._location.backend,
+                           self._location.url, self._path, box, dest, budget)
+        return dest
 
     async def _damaged_objects(self, selection: Selection) -> list[str]:
         """Which of the objects a failed read touched fail on their own (the error path only)."""
@@ -227,6 +255,20 @@ def _checked_metadata(document: dict[str, Any], name: str, url: str | None = Non
     return metadata
 
 
+def _box(selection: Selection) -> Box | None:
+    """The box a selection of ints and unit-step slices reads (None for other selections:
+    strided slices and integer arrays go to zarr)."""
+    box = []
+    for item in selection.zarr:
+        if isinstance(item, slice) and item.step in (None, 1):
+            box.append((item.start, max(item.start, item.stop)))
+        elif isinstance(item, (int, np.integer)):
+            box.append((int(item), int(item) + 1))
+        else:
+            return None
+    return tuple(box)
+
+
 def _positions_of(item: Any) -> np.ndarray:
     """The positions one dim of a zarr orthogonal selection reads."""
     if isinstance(item, slice):
@@ -264,10 +306,7 @@ class _CommittedObjects(RangesThroughGet, WrapperStore[Store]):
     async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
         value = await self._store.get(key, prototype, byte_range)
         if value is None:
-            raise CorruptCheckpointError(
-                f"object {key!r} of the committed checkpoint {self._url!r} is missing: it was "
-                "deleted after the save committed; run `zstore verify` to list the damage",
-                url=self._url, key=key)
+            raise missing_object(self._url, key)
         return value
 
 
@@ -437,13 +476,12 @@ class Checkpoint(Mapping[str, LazyTensor]):
 async def _gather(reads: dict[str, tuple[LazyTensor, Any]], max_concurrency: int,
                   shown: Any = None) -> dict[str, np.ndarray]:
     """Every read at once in this event loop: at most ``max_concurrency`` in flight, and
-    at most ``Settings.read_budget`` bytes of them (one larger read runs alone)."""
+    at most ``Settings.read_budget`` bytes in flight besides the results (see ``_read``)."""
     limit, budget = asyncio.Semaphore(max_concurrency), ByteBudget(current().read_budget)
 
     async def one(key: str, tensor: LazyTensor, index: Any) -> tuple[str, np.ndarray]:
-        size = tensor.nbytes if tensor._value is None and index is ... else 0
-        async with limit, budget.hold(size):
-            result = await tensor.read_async(index)
+        async with limit:
+            result = await tensor._read(index, None, budget)
         if shown is not None:
             shown.update(result.nbytes)
         return key, result

@@ -110,6 +110,12 @@ class Backend:
     def path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root
 
+    def local_file(self, key: str) -> str | None:
+        """The path of ``key``'s file where objects are files of this machine (then the data
+        path reads and writes them with ``preadv``/``writev``, straight from and into the
+        arrays' memory); None elsewhere."""
+        return None
+
     async def get(self, key: str) -> bytes | None:
         value = await self.store.get(key, default_buffer_prototype())
         return None if value is None else value.to_bytes()
@@ -117,6 +123,12 @@ class Backend:
     async def put(self, key: str, data: bytes) -> None:
         """Write a metadata object whole (an object store replaces objects atomically)."""
         await self.store.set(key, default_buffer_prototype().buffer.from_bytes(data))
+
+    async def put_parts(self, key: str, parts: list[Any]) -> None:
+        """Write one data object from buffers laid back to back (an object store takes one
+        body: they are joined)."""
+        body = b"".join(parts)
+        await self.store.set(key, default_buffer_prototype().buffer.from_bytes(body))
 
     async def put_new(self, key: str, data: bytes) -> str:
         """Write ``key`` only if absent, returning its version; ``FileExistsError`` if it

@@ -2,9 +2,8 @@
 this machine's CPU speed relative to the time model's reference machine.
 
 ``zstore calibrate URL`` writes a few scratch objects under ``URL``, times
-reads of them, deletes them, and stores the resulting ``BackendProfile`` so
-that ``plan`` and ``save`` can use it by name. Reads only are timed: a
-checkpoint is written once and read many times.
+reads of them and a few uploads of new ones, deletes them, and stores the
+resulting ``BackendProfile`` so that ``plan`` and ``save`` can use it by name.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-import google_crc32c
+import crc32c
 import numpy as np
 
 from zstore._compat import sync
@@ -54,14 +53,23 @@ async def _measure(url: str, fs: object, root: str, name: str, small: int, large
         aggregate[level] = level * large / (time.perf_counter() - started)
     best = max(aggregate.values())
     concurrency = min(level for level, rate in aggregate.items() if rate >= 0.9 * best)
+    uploads = []
+    for i in range(3):  # new objects, as a save writes: on local disk new files cost more
+        data = os.urandom(large)
+        started = time.perf_counter()
+        await fs._pipe_file(f"{root}/upload-{i}", data)  # type: ignore[attr-defined]
+        uploads.append(time.perf_counter() - started)
+    upload = min(uploads)
+    write_bandwidth = large / max(upload - latency, upload / 10)
     return replace(profile_for(url), name=name, latency=latency, bandwidth=bandwidth,
-                   concurrency=concurrency, cpu_speed=cpu_speed())
+                   concurrency=concurrency, cpu_speed=cpu_speed(),
+                   write_bandwidth=write_bandwidth)
 
 
 def cpu_speed() -> float:
-    """This machine's speed at zarr's per-byte work relative to the reference machine
+    """This machine's speed at the data path's per-byte work relative to the reference machine
     (``costs.CPU_PROBE_SECONDS``): the best of 5 copies of fresh bytes with their crc32c
-    (google-crc32c, as zarr's codec), so a busy moment lowers it little.
+    (the ``crc32c`` package, as zstore's data path), so a busy moment lowers it little.
 
     Each copy goes to a new anonymous mapping, so it pays the page faults a save or load
     pays on fresh memory whatever the allocator kept: a copy from malloc ran 3.3x faster
@@ -74,7 +82,7 @@ def cpu_speed() -> float:
         with mmap.mmap(-1, source.nbytes) as fresh:
             target = np.frombuffer(fresh, dtype=np.uint8)
             np.copyto(target, source)
-            google_crc32c.value(target)
+            crc32c.crc32c(target.data)
             del target  # the mapping closes only once no array views it
         best = min(best, time.perf_counter() - started)
     return round(CPU_PROBE_SECONDS / best, 3)

@@ -77,6 +77,13 @@ class Location:
         async with self.writing():
             await self.backend.put(key, data)
 
+    async def put_parts(self, key: str, parts: list[Any]) -> None:
+        """Write a data object from buffers laid back to back (a shard's chunks and index),
+        in one request. Not atomic on local disk: a data object counts only once the commit
+        marker is written, after every one of them."""
+        async with self.writing():
+            await self.backend.put_parts(key, parts)
+
     async def put_new(self, key: str, data: bytes) -> str:
         """Write ``key`` only if absent, returning its version (the ETag on S3, see
         ``conditional``); ``FileExistsError`` if another writer got there first.

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +33,11 @@ from zarr.abc.buffer import Buffer
 from zarr.abc.store import Store
 from zarr.storage import StorePath, WrapperStore
 
+from zstore._budget import ByteBudget
 from zstore._compat import ArrayV3Metadata, sync
 from zstore._format.dtypes import check_supported
 from zstore._format.hashes import decode_hashes, encode_hashes
-from zstore._format.layout import array_metadata
+from zstore._format.layout import Layout, array_metadata
 from zstore._format.manifest import (
     Manifest,
     check_metadata,
@@ -50,9 +51,10 @@ from zstore._format.manifest import (
     writing_document,
 )
 from zstore._format.names import COMMIT_MARKER, HASHES, LEASE, ROOT
+from zstore._format.shards import object_format
 from zstore._format.tensors import host_array, is_torch_tensor, torch_numpy_dtype
 from zstore._format.tree import FlatTree, flatten, iter_leaves
-from zstore._options import concurrency
+from zstore._options import concurrency, current
 from zstore._plan.access import Access
 from zstore._plan.planner import plan_specs
 from zstore._plan.profiles import BackendProfile, profile_for
@@ -65,6 +67,7 @@ from zstore._version import __version__
 from zstore._write.delete import delete_checkpoint, nested_checkpoints
 from zstore._write.incremental import Baseline, plan_array
 from zstore._write.lease import Lease
+from zstore._write.shards import write_objects
 from zstore.errors import (
     CheckpointCommittedError,
     CommitRaceLostError,
@@ -124,6 +127,7 @@ def save(
     timeout: float | None = None,
     max_concurrency: int | None = None,
     progress: bool | None = None,
+    layouts: Mapping[str, Layout] | None = None,
 ) -> SaveInfo:
     """Save a tree of arrays and values as a committed checkpoint at ``url``.
 
@@ -155,6 +159,9 @@ def save(
             own timeout and retries, see ``storage.S3_CONFIG``).
         progress: a progress bar on stderr (tqdm); default: only on a terminal,
             for saves over 256 MiB.
+        layouts: {name glob: ``zstore.Layout(chunk_shape, shard_shape, codec)``}:
+            these arrays are stored as given instead of as planned (``zstore.plan``
+            with the same argument shows what that costs).
         max_concurrency: arrays written at once (each also writes its shards
             concurrently, per zarr's ``async.concurrency``); None:
             ``zstore.Settings.save_concurrency`` (8), which bounds a save's memory.
@@ -182,7 +189,8 @@ def save(
     """
     return write(flatten(tree), url, storage_options=storage_options, metadata=metadata,
                  overwrite=overwrite, access=access, backend=backend, codec=codec, base=base,
-                 timeout=timeout, max_concurrency=max_concurrency, progress=progress)
+                 timeout=timeout, max_concurrency=max_concurrency, progress=progress,
+                 layouts=layouts)
 
 
 def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = None,
@@ -190,7 +198,8 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
           access: Access = None, backend: str | BackendProfile | None = None,
           codec: str = "auto", base: str | None = None, hashes: bool | None = None,
           timeout: float | None = None, max_concurrency: int | None = None,
-          progress: bool | None = None) -> SaveInfo:
+          progress: bool | None = None, layouts: Mapping[str, Layout] | None = None
+          ) -> SaveInfo:
     """``save`` of a tree already flattened (and perhaps snapshotted): see ``save``.
 
     ``hashes`` (default: only with a ``base``) records each object's hash so
@@ -204,7 +213,7 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
     specs = {path: (tuple(value.shape), _stored_dtype(value, path))
              for path, value in flat.arrays.items()}
     plan = plan_specs(specs, access=access, profile=profile_for(url, backend), codec=codec,
-                      cores=None)
+                      cores=None, layouts=layouts)
     for path, (shape, dtype) in specs.items():
         manifest.arrays[path] = array_metadata(shape, dtype, plan.arrays[path].layout)
     location = resolve(url, storage_options)
@@ -266,6 +275,7 @@ async def _save_leased(location: Location, arrays: dict[str, Any], manifest: Man
     await _clear_destination(location, overwrite)
     await location.put(ROOT, encode(writing_document()))
     limit = asyncio.Semaphore(max_concurrency)
+    budget = ByteBudget(current().write_budget)
 
     async def bounded(coroutine: Any) -> None:
         async with limit:
@@ -281,7 +291,7 @@ async def _save_leased(location: Location, arrays: dict[str, Any], manifest: Man
         host = host_array(value, path)
         document = manifest.arrays[path]
         if not hashing:
-            await _write_array(location, path, document, host, [Ellipsis])
+            await _write_array(location, path, document, host, [Ellipsis], budget)
             written(path)
             return
         reuse = await plan_array(path, host, document, baseline)
@@ -298,7 +308,7 @@ async def _save_leased(location: Location, arrays: dict[str, Any], manifest: Man
 
         await asyncio.gather(*(copy(key, box) for key, box in reuse.copy))
         await _write_array(location, path, document, host,
-                           [Ellipsis] if reuse.writes_everything else reuse.write + lost)
+                           [Ellipsis] if reuse.writes_everything else reuse.write + lost, budget)
         written(path)
 
     await asyncio.gather(*(bounded(write(path, value)) for path, value in arrays.items()))
@@ -357,8 +367,13 @@ class _NewObjectsStore(WrapperStore[Store]):
 
 
 async def _write_array(location: Location, path: str, document: dict[str, Any],
-                       host: np.ndarray, boxes: list[Any]) -> None:
-    """Write these boxes of the array (each a whole object, or ``...`` for all of it)."""
+                       host: np.ndarray, boxes: list[Any], budget: ByteBudget) -> None:
+    """Write these boxes of the array (each a whole object, or ``...`` for all of it):
+    zstore's layouts through its own data path (``shards``), any other through zarr."""
+    fmt = object_format(document)
+    if fmt is not None:
+        await write_objects(fmt, location, path, host, boxes, budget)
+        return
     store = _NewObjectsStore(location.store)
     store.location = location
     array = AsyncArray(

@@ -1,0 +1,321 @@
+"""The bytes of one stored object, as zstore lays them out: encoding and decoding chunks.
+
+zstore's layouts (``layout.codecs_json``) store each array as objects on a regular grid.
+A sharded object is its inner chunks, each encoded (``bytes``, optionally Blosc or zstd)
+and followed by its crc32c, then the shard index (an ``(offset, nbytes)`` uint64 pair per
+chunk, little-endian, in C order of the chunk grid) and the index's crc32c: Zarr v3's
+``sharding_indexed`` codec with ``index_location: end``. An unsharded object is one chunk
+so encoded. Edge chunks are stored at the full chunk shape, the part past the array's end
+filled with the fill value (zero).
+
+zarr-python's codec pipeline decodes such objects one chunk at a time through several
+buffers; ``ObjectFormat`` reads and writes them directly, and ``object_format`` says for
+which documents it can (zstore's presets; anything else goes to zarr, which reads every
+valid Zarr v3 array). CPU work only, no I/O: the callers move the bytes
+(``zstore._read.shards``, ``zstore._write.shards``).
+
+The crc32c is the ``crc32c`` package's (about 11 GB/s a core here, and it releases the
+GIL, so chunks are checked in parallel threads); zarr's codec uses google-crc32c (6 GB/s,
+holding the GIL). Both compute the same Castagnoli checksum.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import crc32c
+import numpy as np
+from numcodecs import Blosc, Zstd
+
+from zstore._format.dtypes import dtype_from_name
+
+CRC = 4  # bytes of the crc32c after every chunk and after the shard index
+EMPTY = 2**64 - 1  # an index entry of (EMPTY, EMPTY): the chunk was not written (fill value)
+_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+
+Box = tuple[tuple[int, int], ...]  # [start, stop) per dim
+
+
+def checksum(data: Any, value: int = 0) -> int:
+    """The crc32c of ``data`` (any buffer), continuing from ``value``."""
+    return int(crc32c.crc32c(data, value))
+
+
+def crc_bytes(data: Any) -> bytes:
+    return checksum(data).to_bytes(CRC, "little")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One inner chunk a read needs: where it is in its object and where its part goes.
+
+    ``source`` is the part of the chunk (in the chunk's coordinates) that lands at
+    ``target`` (in the destination's). ``flat`` is set when that part is a prefix of the
+    chunk's bytes that lands contiguously in the destination: (start, stop) in the
+    destination's bytes, so the chunk can be read or decoded straight into place.
+    """
+
+    index: int  # the chunk's position in the object's chunk grid, C order
+    source: tuple[slice, ...]
+    target: tuple[slice, ...]
+    flat: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class ObjectFormat:
+    """How one array's objects are laid out, for the arrays zstore's data path reads and
+    writes itself."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    object_shape: tuple[int, ...]
+    chunk_shape: tuple[int, ...]
+    sharded: bool
+    compressor: Blosc | Zstd | None
+
+    @property
+    def chunks_per_object(self) -> tuple[int, ...]:
+        return tuple(o // c for o, c in zip(self.object_shape, self.chunk_shape))
+
+    @property
+    def chunk_count(self) -> int:
+        return math.prod(self.chunks_per_object)
+
+    @property
+    def chunk_nbytes(self) -> int:
+        return math.prod(self.chunk_shape) * self.dtype.itemsize
+
+    @property
+    def index_nbytes(self) -> int:
+        return 16 * self.chunk_count + CRC if self.sharded else 0
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Objects along each dim."""
+        return tuple(-(-n // o) for n, o in zip(self.shape, self.object_shape))
+
+    def packed_size(self) -> int | None:
+        """The size of an object whose chunks are all uncompressed and in C order (as
+        zstore writes them), or None with a compressor."""
+        if self.compressor is not None:
+            return None
+        return self.chunk_count * (self.chunk_nbytes + CRC) + self.index_nbytes
+
+    def objects_in(self, box: Box) -> Iterator[tuple[int, ...]]:
+        """Grid indexes of the objects ``box`` touches."""
+        ranges = [range(lo // o, -(-hi // o)) for (lo, hi), o in zip(box, self.object_shape)]
+        return itertools.product(*ranges)
+
+    def object_box(self, index: Sequence[int]) -> Box:
+        return tuple((i * o, min((i + 1) * o, n))
+                     for i, o, n in zip(index, self.object_shape, self.shape))
+
+    def placements(self, index: Sequence[int], box: Box, dest_shape: tuple[int, ...]
+                   ) -> tuple[list[Placement], bool]:
+        """The chunks of object ``index`` that ``box`` needs, each placed in a destination
+        of ``dest_shape`` holding ``box``; and whether that is every chunk of the object
+        (then it is read whole, in one request)."""
+        per_dim: list[list[tuple[int, int, int]]] = []  # (local chunk, lo, hi) in array coords
+        for i, o, c, n, (lo, hi) in zip(index, self.object_shape, self.chunk_shape,
+                                        self.shape, box):
+            start = i * o
+            first, last = max(lo, start), min(hi, start + o, n)
+            chunks = range((first - start) // c, (last - 1 - start) // c + 1)
+            per_dim.append([(k, max(first, start + k * c), min(last, start + (k + 1) * c))
+                            for k in chunks])
+        whole = all(len(d) == k for d, k in zip(per_dim, self.chunks_per_object))
+        strides = [math.prod(self.chunks_per_object[d + 1:]) for d in range(len(per_dim))]
+        itemsize = self.dtype.itemsize
+        found = []
+        for combo in itertools.product(*per_dim):
+            local = sum(k * s for (k, _, _), s in zip(combo, strides))
+            origin = [i * o + k * c for i, o, c, (k, _, _)
+                      in zip(index, self.object_shape, self.chunk_shape, combo)]
+            source = tuple(slice(lo - g, hi - g) for g, (_, lo, hi) in zip(origin, combo))
+            target = tuple(slice(lo - b, hi - b) for (b, _), (_, lo, hi) in zip(box, combo))
+            flat = None
+            if _is_prefix(source, self.chunk_shape) and _is_prefix_block(target, dest_shape):
+                start = _flat_offset(target, dest_shape) * itemsize
+                flat = (start, start + math.prod(s.stop - s.start for s in source) * itemsize)
+            found.append(Placement(local, source, target, flat))
+        return found, whole
+
+    # ---- decoding ------------------------------------------------------------------
+
+    def parse_index(self, raw: Any, key: str) -> np.ndarray:
+        """The shard index (chunks x 2 uint64, C order) from its stored bytes, crc checked."""
+        data = memoryview(raw).cast("B")
+        if len(data) != self.index_nbytes or checksum(data[:-CRC]) != int.from_bytes(
+                data[-CRC:], "little"):
+            raise ValueError(f"shard index of {key!r}: checksum mismatch or wrong size")
+        return np.frombuffer(data[:-CRC], dtype="<u8").reshape(self.chunk_count, 2)
+
+    def packed_index(self) -> np.ndarray:
+        """The index of an object zstore wrote uncompressed: chunks back to back in C order."""
+        step = self.chunk_nbytes + CRC
+        offsets = np.arange(self.chunk_count, dtype="<u8") * step
+        return np.stack([offsets, np.full_like(offsets, step)], axis=1)
+
+    def decode(self, encoded: Any, placement: Placement, dest: np.ndarray, key: str) -> None:
+        """Check one chunk's crc32c and decode its needed part into ``dest``."""
+        data = memoryview(encoded).cast("B")
+        body, stored = data[:-CRC], int.from_bytes(data[-CRC:], "little")
+        if len(data) < CRC or checksum(body) != stored:
+            raise ValueError(f"chunk {placement.index} of {key!r}: checksum mismatch")
+        if placement.flat is not None:  # straight into place where the bytes allow
+            start, stop = placement.flat
+            raw = dest.reshape(-1).view(np.uint8)
+            if self.compressor is None and len(body) == self.chunk_nbytes:
+                raw[start:stop] = np.frombuffer(body, np.uint8, stop - start)
+                return
+            if self.compressor is not None and stop - start == self.chunk_nbytes:
+                self.compressor.decode(body, out=raw[start:stop])
+                return
+        dest[placement.target] = self.decoded(body)[placement.source]
+
+    def decoded(self, body: Any) -> np.ndarray:
+        """A whole chunk, decoded (uncompressed bodies are viewed, not copied)."""
+        if self.compressor is None:
+            flat = np.frombuffer(body, np.uint8)
+        else:
+            flat = np.empty(self.chunk_nbytes, np.uint8)
+            self.compressor.decode(body, out=flat)
+        if flat.size != self.chunk_nbytes:
+            raise ValueError(f"a chunk decoded to {flat.size} bytes, not {self.chunk_nbytes}")
+        return flat.view(self.dtype).reshape(self.chunk_shape)
+
+    # ---- encoding ------------------------------------------------------------------
+
+    def chunk_origins(self, index: Sequence[int]) -> list[tuple[int, ...]]:
+        """The array coordinates where each chunk of object ``index`` starts, C order."""
+        return [tuple(i * o + k * c for i, o, c, k
+                      in zip(index, self.object_shape, self.chunk_shape, local))
+                for local in itertools.product(*(range(k) for k in self.chunks_per_object))]
+
+    def encode_chunk(self, array: np.ndarray, origin: Sequence[int]) -> Any:
+        """The chunk of ``array`` at ``origin``, encoded, without its crc32c. Uncompressed,
+        a chunk that is contiguous in ``array`` is a view of its memory, not a copy."""
+        return self._chunk_bytes(array, origin)
+
+    def assemble(self, bodies: Sequence[Any]) -> list[Any]:
+        """An object's buffers, to be written back to back: each chunk body (C order) and
+        its crc32c, then (sharded) the index and its crc32c."""
+        parts: list[Any] = []
+        entries = []
+        offset = 0
+        for body in bodies:
+            parts += [body, crc_bytes(body)]
+            size = len(body) + CRC
+            entries.append((offset, size))
+            offset += size
+        if self.sharded:
+            table = np.asarray(entries, dtype="<u8").tobytes()
+            parts += [table, crc_bytes(table)]
+        return parts
+
+    def _chunk_bytes(self, array: np.ndarray, origin: Sequence[int]) -> Any:
+        region = tuple(slice(g, min(g + c, n))
+                       for g, c, n in zip(origin, self.chunk_shape, self.shape))
+        part = array[region]
+        if part.shape != self.chunk_shape:  # an edge chunk: stored at full size, zero-filled
+            padded = np.zeros(self.chunk_shape, self.dtype)
+            padded[tuple(slice(0, s) for s in part.shape)] = part
+            part = padded
+        raw = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
+        if self.compressor is None:
+            return raw.data
+        return self.compressor.encode(raw)
+
+
+def object_format(document: dict[str, Any]) -> ObjectFormat | None:
+    """The ``ObjectFormat`` of an array's ``zarr.json``, or None where zstore's data path
+    does not read and write it itself (then zarr does): another codec chain or chunk key
+    encoding, a non-zero fill value, a shard index not at the end, a big-endian host."""
+    try:
+        return _object_format(document)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
+def _object_format(document: dict[str, Any]) -> ObjectFormat | None:
+    keys = document.get("chunk_key_encoding", {})
+    if (sys.byteorder != "little" or keys.get("name") != "default"
+            or keys.get("configuration", {}).get("separator", "/") != "/"
+            or document.get("fill_value") not in (0, False, [0.0, 0.0], 0.0)
+            or document["chunk_grid"]["name"] != "regular"):
+        return None
+    dtype = dtype_from_name(document["data_type"])
+    shape = tuple(int(n) for n in document["shape"])
+    grid = tuple(int(n) for n in document["chunk_grid"]["configuration"]["chunk_shape"])
+    codecs = document["codecs"]
+    sharded = len(codecs) == 1 and codecs[0]["name"] == "sharding_indexed"
+    chunk = grid
+    if sharded:
+        config = codecs[0]["configuration"]
+        if (config.get("index_location", "end") != "end"
+                or not _plain_index(config.get("index_codecs", []))):
+            return None
+        chunk, codecs = tuple(int(n) for n in config["chunk_shape"]), config["codecs"]
+        if len(chunk) != len(grid) or any(c <= 0 or o % c for o, c in zip(grid, chunk)):
+            return None
+    if not shape or len(grid) != len(shape) or any(n <= 0 for n in grid):
+        return None
+    compressor = _chunk_codecs(codecs, dtype)
+    if compressor is False:
+        return None
+    return ObjectFormat(shape, dtype, grid, chunk, sharded,
+                        compressor if compressor is not True else None)
+
+
+def _plain_index(codecs: list[dict[str, Any]]) -> bool:
+    names = [c["name"] for c in codecs]
+    endian = codecs[0].get("configuration", {}).get("endian", "little") if codecs else None
+    return names == ["bytes", "crc32c"] and endian == "little"
+
+
+def _chunk_codecs(codecs: list[dict[str, Any]], dtype: np.dtype) -> Blosc | Zstd | bool:
+    """The compressor of ``bytes [, blosc | zstd], crc32c`` (True: none); False for any
+    other chain."""
+    names = [c["name"] for c in codecs]
+    if names[:1] != ["bytes"] or names[-1:] != ["crc32c"] or len(names) > 3:
+        return False
+    endian = codecs[0].get("configuration", {}).get("endian", "little")
+    if dtype.itemsize > 1 and endian != "little":
+        return False
+    if len(names) == 2:
+        return True
+    name, config = names[1], codecs[1].get("configuration", {})
+    if name == "blosc":
+        return Blosc(cname=config["cname"], clevel=int(config["clevel"]),
+                     shuffle=_SHUFFLE[config["shuffle"]], blocksize=int(config["blocksize"]),
+                     typesize=int(config["typesize"]))
+    if name == "zstd" and not config.get("checksum", False):
+        return Zstd(level=int(config["level"]))
+    return False
+
+
+def _is_prefix(region: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
+    """Whether ``region`` (starting at the origin) is a prefix of ``shape``'s C order: every
+    dim after the first one longer than 1 is whole."""
+    if any(s.start for s in region):
+        return False
+    extents = [s.stop - s.start for s in region]
+    first = next((d for d, e in enumerate(extents) if e != 1), len(extents))
+    return all(e == n for e, n in zip(extents[first + 1:], shape[first + 1:]))
+
+
+def _is_prefix_block(region: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
+    """Whether ``region`` of an array of ``shape`` is one contiguous run of its C order."""
+    extents = [s.stop - s.start for s in region]
+    first = next((d for d, e in enumerate(extents) if e != 1), len(extents))
+    return all(s.start == 0 and e == n for s, e, n
+               in zip(region[first + 1:], extents[first + 1:], shape[first + 1:]))
+
+
+def _flat_offset(region: tuple[slice, ...], shape: tuple[int, ...]) -> int:
+    return sum(s.start * math.prod(shape[d + 1:]) for d, s in enumerate(region))

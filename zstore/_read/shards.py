@@ -1,0 +1,216 @@
+"""Reading a box of an array stored in zstore's layouts, straight into the caller's memory.
+
+For each object the box touches: where it needs every chunk, the whole object is read at
+once (one GET; on local disk one ``preadv`` whose buffers are the destination's own memory,
+so uncompressed chunks land in place with no copy at all); otherwise its index (remembered,
+see ``index_cache``) and then each needed chunk by range, as zarr does. Every chunk's
+crc32c is checked, and decoding runs in worker threads (crc32c, Blosc and zstd release the
+GIL), so the cores work in parallel. The requests are zarr's, one for one: the plan's
+request counts describe both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.abc.store import RangeByteRequest, Store, SuffixByteRequest
+from zarr.buffer import default_buffer_prototype
+
+from zstore._budget import ByteBudget
+from zstore._format.names import object_key
+from zstore._format.shards import CRC, EMPTY, Box, ObjectFormat, Placement, checksum
+from zstore._storage.accounting import record
+from zstore._storage.backend import Backend
+from zstore._storage.vectored import read_into
+from zstore._tasks import gather_all
+from zstore.errors import CorruptCheckpointError
+
+
+def missing_object(url: str, key: str) -> CorruptCheckpointError:
+    """A committed checkpoint's object that does not exist: every object of a committed save
+    is written (all-zero ones too), so one that is absent was deleted after the commit."""
+    return CorruptCheckpointError(
+        f"object {key!r} of the committed checkpoint {url!r} is missing: it was deleted "
+        "after the save committed; run `zstore verify` to list the damage", url=url, key=key)
+
+
+async def read_box(fmt: ObjectFormat, store: Store, backend: Backend, url: str, path: str,
+                   box: Box, dest: np.ndarray, budget: ByteBudget) -> None:
+    """Fill ``dest`` (C-contiguous, of the box's extents) with ``box`` of the array at
+    ``path``. A damaged chunk raises ``ValueError`` saying "checksum".
+
+    Each object in flight holds its bytes (at most its decoded size) of ``budget`` while
+    they are in memory: none where they are read from a file straight into ``dest``.
+    """
+    limit = asyncio.Semaphore(max(1, int(zarr.config.get("async.concurrency"))))
+    in_place = backend.local_file("") is not None and fmt.compressor is None
+
+    async def one(index: tuple[int, ...]) -> None:
+        placements, whole = fmt.placements(index, box, dest.shape)
+        key = object_key(path, index)
+        held = 0 if in_place and whole else fmt.chunk_nbytes * (
+            fmt.chunk_count if whole else len(placements))
+        async with limit, budget.hold(held):
+            if whole:
+                await _read_whole(fmt, store, backend, url, key, placements, dest)
+            else:
+                await _read_chunks(fmt, store, key, placements, dest)
+
+    await gather_all(one(index) for index in fmt.objects_in(box))
+
+
+async def _read_whole(fmt: ObjectFormat, store: Store, backend: Backend, url: str, key: str,
+                      placements: list[Placement], dest: np.ndarray) -> None:
+    file = backend.local_file(key)
+    if file is not None:
+        started = time.perf_counter()
+        try:
+            size = await asyncio.to_thread(_read_file, fmt, file, placements, dest, key)
+        except FileNotFoundError:
+            raise missing_object(url, key) from None
+        record("gets", size, (started, time.perf_counter()))
+        return
+    value = await store.get(key, default_buffer_prototype())
+    if value is None:
+        raise missing_object(url, key)
+    data = value.as_numpy_array().view(np.uint8)
+    if not fmt.sharded:
+        await asyncio.to_thread(fmt.decode, data, placements[0], dest, key)
+        return
+    table = fmt.parse_index(data[len(data) - fmt.index_nbytes:], key)
+    end = len(data) - fmt.index_nbytes
+    await _decode_all(fmt, [(p, _slice(data, table[p.index], end, key)) for p in placements],
+                      dest, key)
+
+
+async def _read_chunks(fmt: ObjectFormat, store: Store, key: str,
+                       placements: list[Placement], dest: np.ndarray) -> None:
+    """Part of a shard: its index, then each needed chunk by range."""
+    prototype = default_buffer_prototype()
+    raw = await store.get(key, prototype, SuffixByteRequest(fmt.index_nbytes))
+    if raw is None:
+        raise FileNotFoundError(key)  # the store of a committed checkpoint raises first
+    table = fmt.parse_index(raw.as_numpy_array(), key)
+
+    async def fetch(placement: Placement) -> tuple[Placement, Any]:
+        offset, nbytes = (int(v) for v in table[placement.index])
+        if offset == EMPTY:
+            return placement, None
+        value = await store.get(key, prototype, RangeByteRequest(offset, offset + nbytes))
+        if value is None or len(value) != nbytes:
+            raise ValueError(f"chunk {placement.index} of {key!r}: checksum mismatch "
+                             "(the shard is shorter than its index says)")
+        return placement, value.as_numpy_array()
+
+    await _decode_all(fmt, await gather_all(fetch(p) for p in placements), dest, key)
+
+
+def _slice(data: np.ndarray, entry: np.ndarray, end: int, key: str) -> Any:
+    offset, nbytes = (int(v) for v in entry)
+    if offset == EMPTY:
+        return None
+    if offset + nbytes > end:
+        raise ValueError(f"{key!r}: checksum mismatch (its index points past its chunks)")
+    return data[offset:offset + nbytes]
+
+
+async def _decode_all(fmt: ObjectFormat, chunks: Sequence[tuple[Placement, Any]],
+                      dest: np.ndarray, key: str) -> None:
+    """Decode each chunk into place, the chunks spread over worker threads (a chunk never
+    written, as zarr may leave one, is the fill value: zero)."""
+    def decode(placement: Placement, encoded: Any) -> None:
+        if encoded is None:
+            dest[placement.target] = 0
+        else:
+            fmt.decode(encoded, placement, dest, key)
+
+    if len(chunks) == 1:
+        await asyncio.to_thread(decode, *chunks[0])
+        return
+    await gather_all(asyncio.to_thread(decode, p, e) for p, e in chunks)
+
+
+def _read_file(fmt: ObjectFormat, file: str, placements: list[Placement], dest: np.ndarray,
+               key: str) -> int:
+    """Read a whole object from a local file into ``dest``; the bytes read.
+
+    An object zstore wrote uncompressed is its chunks back to back in C order, then the
+    index: one ``preadv`` then reads every chunk whose part is a contiguous run of ``dest``
+    into that run (the rest into scratch), and the index read with it confirms the guess.
+    Otherwise (compressed, or another writer's order) the index is read first, then each
+    chunk into one reused buffer and decoded into place: the object's bytes are never all
+    in memory at once.
+    """
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size == fmt.packed_size() and _read_packed(fmt, fd, placements, dest, key):
+            return size
+        if not fmt.sharded:
+            data = np.empty(size, np.uint8)
+            read_into(fd, [data], 0)
+            fmt.decode(data, placements[0], dest, key)
+            return size
+        end = size - fmt.index_nbytes
+        if end < 0:
+            raise ValueError(f"{key!r}: checksum mismatch (shorter than its shard index)")
+        index = np.empty(fmt.index_nbytes, np.uint8)
+        read_into(fd, [index], end)
+        table = fmt.parse_index(index, key)
+        scratch = np.empty(0, np.uint8)
+        for placement in placements:
+            offset, nbytes = (int(v) for v in table[placement.index])
+            if offset == EMPTY:
+                dest[placement.target] = 0
+                continue
+            if offset + nbytes > end:
+                raise ValueError(f"{key!r}: checksum mismatch (its index points past its chunks)")
+            if len(scratch) < nbytes:
+                scratch = np.empty(nbytes, np.uint8)
+            read_into(fd, [scratch[:nbytes]], offset)
+            fmt.decode(scratch[:nbytes], placement, dest, key)
+    finally:
+        os.close(fd)
+    return size
+
+
+def _read_packed(fmt: ObjectFormat, fd: int, placements: list[Placement], dest: np.ndarray,
+                 key: str) -> bool:
+    """The one-``preadv`` read of an uncompressed object in zstore's order; False (nothing
+    decoded) where its index says the chunks lie elsewhere."""
+    raw = dest.reshape(-1).view(np.uint8)
+    ordered = sorted(placements, key=lambda p: p.index)
+    buffers: list[Any] = []
+    pieces: list[tuple[Placement, Any, Any, bytearray]] = []  # placement, body, spill, crc
+    for placement in ordered:
+        crc = bytearray(CRC)
+        if placement.flat is not None:
+            start, stop = placement.flat
+            body: Any = raw[start:stop]
+            spill = np.empty(fmt.chunk_nbytes - (stop - start), np.uint8)
+            buffers += [body, spill, crc] if len(spill) else [body, crc]
+        else:
+            body, spill = np.empty(fmt.chunk_nbytes, np.uint8), None
+            buffers += [body, crc]
+        pieces.append((placement, body, spill, crc))
+    index = bytearray(fmt.index_nbytes)
+    if fmt.sharded:
+        buffers.append(index)
+    read_into(fd, buffers, 0)
+    if fmt.sharded and not np.array_equal(fmt.parse_index(index, key), fmt.packed_index()):
+        return False
+    for placement, body, spill, crc in pieces:
+        value = checksum(body)
+        if spill is not None and len(spill):
+            value = checksum(spill, value)
+        if value != int.from_bytes(crc, "little"):
+            raise ValueError(f"chunk {placement.index} of {key!r}: checksum mismatch")
+        if placement.flat is None:
+            dest[placement.target] = fmt.decoded(body)[placement.source]
+    return True
