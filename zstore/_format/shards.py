@@ -101,7 +101,8 @@ class ObjectFormat:
 
     def packed_size(self) -> int | None:
         """The size of an object whose chunks are all uncompressed and in C order (as
-        zstore writes them), or None with a compressor."""
+        zstore writes them), or None with a compressor. (An edge object whose chunk slots
+        past the array's end are empty is smaller, and read from its index.)"""
         if self.compressor is not None:
             return None
         return self.chunk_count * (self.chunk_nbytes + CRC) + self.index_nbytes
@@ -198,17 +199,23 @@ class ObjectFormat:
                 for local in itertools.product(*(range(k) for k in self.chunks_per_object))]
 
     def encode_chunk(self, array: np.ndarray, origin: Sequence[int]) -> Any:
-        """The chunk of ``array`` at ``origin``, encoded, without its crc32c. Uncompressed,
+        """The chunk of ``array`` at ``origin``, encoded, without its crc32c; None for a
+        chunk wholly past the array's end (a shard at the edge: not stored). Uncompressed,
         a chunk that is contiguous in ``array`` is a view of its memory, not a copy."""
+        if any(g >= n for g, n in zip(origin, self.shape)):
+            return None
         return self._chunk_bytes(array, origin)
 
     def assemble(self, bodies: Sequence[Any]) -> list[Any]:
         """An object's buffers, to be written back to back: each chunk body (C order) and
-        its crc32c, then (sharded) the index and its crc32c."""
+        its crc32c, then (sharded) the index and its crc32c (None bodies: empty entries)."""
         parts: list[Any] = []
         entries = []
         offset = 0
         for body in bodies:
+            if body is None:
+                entries.append((EMPTY, EMPTY))
+                continue
             parts += [body, crc_bytes(body)]
             size = len(body) + CRC
             entries.append((offset, size))

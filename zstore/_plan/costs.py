@@ -1,13 +1,12 @@
 """The cost model: requests, bytes and seconds of reading a region of a laid-out array.
 
-Pure arithmetic over a ``Layout``, mirroring how zarr reads (3.1 and later):
+Pure arithmetic over a ``Layout``, mirroring how zstore's data path reads (``_read.shards``):
 
 - an unsharded chunk is one GET of the whole object;
 - a shard whose every inner chunk is needed is one GET of the whole shard;
-- otherwise zarr GETs the shard index (a suffix range of ``16 * chunks + 4``
-  bytes), then each needed inner chunk with its own ranged GET, after the
-  index arrives (two round trips). zarr 3.2+ may merge neighbouring ranges,
-  so for such reads the prediction is an upper bound on requests.
+- otherwise the shard index (a suffix range of ``16 * chunks + 4`` bytes),
+  then one ranged GET per run of needed inner chunks that lie back to back,
+  after the index arrives (two round trips).
 
 Stored bytes are estimated from the compression ratios measured on trained
 weights (``RATIO``); other dtypes are assumed incompressible. Read
@@ -22,7 +21,9 @@ holds at once (see each for the model and the measurements behind it).
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -95,6 +96,23 @@ def _spans(n: int, obj: int, chunk: int, lo: int, hi: int) -> list[tuple[int, in
     return spans
 
 
+def _partial_runs(per_dim: list[list[tuple[int, int, bool]]]) -> int:
+    """Ranged GETs of the partly read objects: one per run of needed chunks that lie back
+    to back (zstore writes a shard's chunks in C order, and stores none past the array's
+    end). In an object, a run spans every dim after the last one whose existing chunks are
+    not all needed, so its runs are the product of the needed chunks along the dims
+    before it. Objects alike along every dim are counted once, times their number."""
+    runs = 0
+    for combo in itertools.product(*(Counter(spans).items() for spans in per_dim)):
+        spans = [span for span, _ in combo]
+        if all(full for *_, full in spans):
+            continue
+        cut = max((d for d, (held, touched, _) in enumerate(spans) if touched < held),
+                  default=0)
+        runs += math.prod(n for _, n in combo) * math.prod(t for _, t, _ in spans[:cut])
+    return runs
+
+
 def region_cost(shape: tuple[int, ...], dtype: np.dtype, layout: Layout, region: Region,
                 profile: BackendProfile, ratio: float) -> Cost:
     """What reading ``region`` (a [start, stop) per dim) of the array costs.
@@ -120,9 +138,9 @@ def region_cost(shape: tuple[int, ...], dtype: np.dtype, layout: Layout, region:
     whole = math.prod(sum(1 for *_, full in spans if full) for spans in per_dim)
     whole_chunks = math.prod(sum(h for h, _, full in spans if full) for spans in per_dim)
     whole_touched = math.prod(sum(t for _, t, full in spans if full) for spans in per_dim)
-    # ... the others, an index GET and then one ranged GET per needed chunk.
+    # ... the others, an index GET and then one ranged GET per run of needed chunks.
     partial, partial_chunks = objects - whole, touched - whole_touched
-    requests = whole + partial + partial_chunks
+    requests = whole + partial + _partial_runs(per_dim)
     nbytes = (whole_chunks + partial_chunks) * stored_chunk + objects * index
     seconds = profile.seconds(requests, nbytes, serial=2 if partial else 1)
     return Cost(requests, nbytes, asked, touched * chunk_bytes + objects * index, seconds)

@@ -3,10 +3,10 @@
 For each object the box touches: where it needs every chunk, the whole object is read at
 once (one GET; on local disk one ``preadv`` whose buffers are the destination's own memory,
 so uncompressed chunks land in place with no copy at all); otherwise its index (remembered,
-see ``index_cache``) and then each needed chunk by range, as zarr does. Every chunk's
+see ``index_cache``) and then each run of needed chunks that lie back to back, by range. Every chunk's
 crc32c is checked, and decoding runs in worker threads (crc32c, Blosc and zstd release the
-GIL), so the cores work in parallel. The requests are zarr's, one for one: the plan's
-request counts describe both.
+GIL), so the cores work in parallel. The plan's request counts (``costs.region_cost``)
+describe these reads exactly.
 """
 
 from __future__ import annotations
@@ -91,24 +91,35 @@ async def _read_whole(fmt: ObjectFormat, store: Store, backend: Backend, url: st
 
 async def _read_chunks(fmt: ObjectFormat, store: Store, key: str,
                        placements: list[Placement], dest: np.ndarray) -> None:
-    """Part of a shard: its index, then each needed chunk by range."""
+    """Part of a shard: its index, then the needed chunks, one ranged GET per run of them
+    that lie back to back in the object (zstore writes a shard's chunks in C order, so a
+    row range of a shard, or one member of a stacked array, is one run)."""
     prototype = default_buffer_prototype()
     raw = await store.get(key, prototype, SuffixByteRequest(fmt.index_nbytes))
     if raw is None:
         raise FileNotFoundError(key)  # the store of a committed checkpoint raises first
     table = fmt.parse_index(raw.as_numpy_array(), key)
+    empty = [(p, None) for p in placements if int(table[p.index][0]) == EMPTY]
+    stored = sorted(((int(table[p.index][0]), int(table[p.index][1]), p) for p in placements
+                     if int(table[p.index][0]) != EMPTY), key=lambda e: e[0])
+    runs: list[list[tuple[int, int, Placement]]] = []
+    for entry in stored:
+        if runs and runs[-1][-1][0] + runs[-1][-1][1] == entry[0]:
+            runs[-1].append(entry)
+        else:
+            runs.append([entry])
 
-    async def fetch(placement: Placement) -> tuple[Placement, Any]:
-        offset, nbytes = (int(v) for v in table[placement.index])
-        if offset == EMPTY:
-            return placement, None
-        value = await store.get(key, prototype, RangeByteRequest(offset, offset + nbytes))
-        if value is None or len(value) != nbytes:
-            raise ValueError(f"chunk {placement.index} of {key!r}: checksum mismatch "
-                             "(the shard is shorter than its index says)")
-        return placement, value.as_numpy_array()
+    async def fetch(run: list[tuple[int, int, Placement]]) -> list[tuple[Placement, Any]]:
+        start, end = run[0][0], run[-1][0] + run[-1][1]
+        value = await store.get(key, prototype, RangeByteRequest(start, end))
+        if value is None or len(value) != end - start:
+            raise ValueError(f"{key!r}: checksum mismatch (the shard is shorter than its "
+                             "index says)")
+        data = value.as_numpy_array()
+        return [(p, data[offset - start:offset - start + nbytes]) for offset, nbytes, p in run]
 
-    await _decode_all(fmt, await gather_all(fetch(p) for p in placements), dest, key)
+    fetched = [chunk for run in await gather_all(fetch(r) for r in runs) for chunk in run]
+    await _decode_all(fmt, fetched + empty, dest, key)
 
 
 def _slice(data: np.ndarray, entry: np.ndarray, end: int, key: str) -> Any:
