@@ -3,10 +3,10 @@
 For each object the box touches: where it needs every chunk, the whole object is read at
 once (one GET; on local disk one ``preadv`` whose buffers are the destination's own memory,
 so uncompressed chunks land in place with no copy at all); otherwise its index (remembered,
-see ``index_cache``) and then each run of needed chunks that lie back to back, by range. Every chunk's
-crc32c is checked, and decoding runs in worker threads (crc32c, Blosc and zstd release the
-GIL), so the cores work in parallel. The plan's request counts (``costs.region_cost``)
-describe these reads exactly.
+see ``index_cache``) and then each run of needed chunks that lie back to back, by range.
+Every chunk's crc32c is checked, and decoding runs in worker threads (crc32c, Blosc and
+zstd release the GIL), so the cores work in parallel. The plan's request counts
+(``costs.region_cost``) describe these reads exactly.
 """
 
 from __future__ import annotations
