@@ -12,11 +12,13 @@ bfloat16/float8 data types (``dtypes``) and the torch/numpy bridge
 # What the other boxes and the tests use of the format.
 from zstore._format.hashes import box_hash, decode_hashes, object_boxes
 from zstore._format.layout import CODECS, Layout, array_metadata, layout_from_metadata
+from zstore._format.manifest import STACKED_FORMAT
 from zstore._format.names import COMMIT_MARKER, HASHES, LEASE, ROOT, object_key, step_name, step_of
 from zstore._format.tensors import numpy_to_torch, torch_to_numpy
 
 __all__ = [
-    "CODECS", "COMMIT_MARKER", "HASHES", "LEASE", "Layout", "ROOT", "array_metadata",
+    "CODECS", "COMMIT_MARKER", "HASHES", "LEASE", "Layout", "ROOT", "STACKED_FORMAT",
+    "array_metadata",
     "box_hash", "decode_hashes", "layout_from_metadata", "numpy_to_torch", "object_boxes",
     "object_key", "step_name", "step_of", "torch_to_numpy",
 ]

@@ -7,6 +7,7 @@ checkpoint's layout can be explained with the same cost model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,8 +88,10 @@ def codecs_json(layout: Layout, dtype: np.dtype) -> list[dict[str, Any]]:
     }}]
 
 
-def array_metadata(shape: tuple[int, ...], dtype: np.dtype, layout: Layout) -> dict[str, Any]:
-    """The plain Zarr v3 ``zarr.json`` document of one array."""
+def array_metadata(shape: tuple[int, ...], dtype: np.dtype, layout: Layout,
+                   members: Sequence[str] = ()) -> dict[str, Any]:
+    """The plain Zarr v3 ``zarr.json`` document of one array; a stacked array's lists its
+    ``members`` (the tensor at each index of dim 0) in its attributes."""
     fill: Any = False if dtype.kind == "b" else [0.0, 0.0] if dtype.kind == "c" else 0
     return {
         "zarr_format": 3,
@@ -100,8 +103,16 @@ def array_metadata(shape: tuple[int, ...], dtype: np.dtype, layout: Layout) -> d
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
         "fill_value": fill,
         "codecs": codecs_json(layout, dtype),
-        "attributes": {},
+        "attributes": {"zstore": {"members": list(members)}} if members else {},
     }
+
+
+def stacked_members(document: dict[str, Any]) -> list[str]:
+    """The tensors a stacked array holds, one per index of dim 0 (empty for one tensor)."""
+    attributes = document.get("attributes")
+    own = attributes.get("zstore") if isinstance(attributes, dict) else None
+    members = own.get("members") if isinstance(own, dict) else None
+    return [m for m in members if isinstance(m, str)] if isinstance(members, list) else []
 
 
 def object_shape(document: dict[str, Any]) -> tuple[int, ...]:

@@ -31,7 +31,10 @@ from zstore.errors import (
     UnsupportedTypeError,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this zstore reads and writes
+# Format 2 adds stacked arrays (tree leaves with an "index"); a checkpoint without them is
+# written as format 1, which every zstore reads.
+STACKED_FORMAT = 2
 MAX_METADATA_BYTES = 1 << 20
 
 __all__ = ["FORMAT_VERSION", "Manifest"]
@@ -47,6 +50,7 @@ class Manifest:
     stored_bytes: dict[str, int] = field(default_factory=dict)  # path -> bytes in storage
     created: float = 0.0
     zstore_version: str = ""
+    format: int = 1
 
 
 def encode(document: Any) -> bytes:
@@ -180,7 +184,7 @@ def root_document(manifest: Manifest) -> dict[str, Any]:
     """The final root ``zarr.json``: manifest in attributes, every node consolidated."""
     doc = _group(consolidated=True)
     doc["attributes"] = {"zstore": {
-        "format": FORMAT_VERSION,
+        "format": manifest.format,
         "state": "complete",
         "zstore_version": manifest.zstore_version,
         "created": manifest.created,
@@ -198,9 +202,9 @@ def root_document(manifest: Manifest) -> dict[str, Any]:
     return doc
 
 
-def commit_document(root_bytes: bytes) -> bytes:
+def commit_document(root_bytes: bytes, format: int) -> bytes:  # noqa: A002
     return encode({
-        "format": FORMAT_VERSION,
+        "format": format,
         "committed": time.time(),
         "zarr_json_sha256": hashlib.sha256(root_bytes).hexdigest(),
     })
@@ -263,6 +267,7 @@ def read_manifest(root: bytes | None, commit: bytes | None, url: str) -> Manifes
             stored_bytes=info.get("stored_bytes", {}),
             created=info.get("created", 0.0),
             zstore_version=info.get("zstore_version", ""),
+            format=version,
         )
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
         raise CorruptCheckpointError(f"{url}/{ROOT} is not a zstore manifest: {e!r}", url=url,

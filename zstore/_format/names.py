@@ -16,6 +16,7 @@ COMMIT_MARKER = "zstore.commit.json"  # written last; its hash pins the committe
 LEASE = "zstore.lease.json"  # one writer per URL while a save runs; absent once it ends
 HASHES = "zstore.hashes.json"  # SHA-256 per stored object, for incremental saves and verify
 RESERVED_PREFIX = "zstore."  # top-level names zstore keeps for itself
+STACKED = "zstore.stacked"  # the folder of stacked arrays: many same-shape tensors in one
 
 _STEP = re.compile(r"step-(0|[1-9][0-9]*)")
 

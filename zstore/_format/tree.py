@@ -9,7 +9,7 @@ keys, list, tuple) so that a round trip gives back the same structure.
 Skeleton nodes::
 
     {"dict": [[key, node], ...]}  {"list": [node, ...]}  {"tuple": [node, ...]}
-    {"array": path, "kind": "numpy" | "torch"}
+    {"array": path, "kind": "numpy" | "torch"}   (+ "index": i, a member of a stacked array)
     {"scalar": hex bytes, "dtype": name, "kind": "numpy" | "torch" | "npscalar"}
     {"int": 3}  {"float": "0x1.8p+0"}  {"bool": true}  {"str": "x"}  {"none": null}
 
@@ -277,10 +277,19 @@ def check_skeleton(node: Any) -> None:
     elif kind in _KINDS:
         if not isinstance(body, str) or node.get("kind") not in _KINDS[kind]:
             raise ValueError(f"malformed {kind} node {node!r}")
+        if "index" in node and not (_BODIES["int"](node["index"]) and node["index"] >= 0):
+            raise ValueError(f"malformed {kind} node {node!r}")
         if kind == "scalar":
             scalar_value(node)  # its dtype and bytes must decode
     elif kind not in _BODIES or not _BODIES[kind](body):
         raise ValueError(f"unknown or malformed tree node {node!r}")
+
+
+def leaf_key(node: dict[str, Any]) -> str:
+    """What an array leaf's data is: its array's path, and for a member of a stacked array
+    (``{"array": path, "index": i}``, see ``docs/format.md``) its index there too."""
+    path: str = node["array"]
+    return path if "index" not in node else f"{path}[{node['index']}]"
 
 
 def iter_leaves(skeleton: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -309,8 +318,8 @@ def unflatten(
     """Rebuild the saved tree from its skeleton and the arrays loaded for it.
 
     ``framework`` None gives each leaf back as it was saved; "numpy" or "torch"
-    converts every array leaf to that framework. A path loaded once stays one
-    object, so tied tensors come back sharing memory.
+    converts every array leaf to that framework. ``arrays`` is keyed by ``leaf_key``; a
+    key loaded once stays one object, so tied tensors come back sharing memory.
     """
     converted: dict[str, Any] = {}
 
@@ -323,10 +332,10 @@ def unflatten(
             children = [build(child) for child in body]
             return tuple(children) if kind == "tuple" else children
         if kind == "array":
-            path = node["array"]
-            if path not in converted:
-                converted[path] = as_framework(arrays[path], node["kind"], framework)
-            return converted[path]
+            key = leaf_key(node)
+            if key not in converted:
+                converted[key] = as_framework(arrays[key], node["kind"], framework)
+            return converted[key]
         if kind == "scalar":
             return as_framework(scalar_value(node), node["kind"], framework)
         return _PYTHON_LEAVES[kind](body)

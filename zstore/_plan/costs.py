@@ -164,10 +164,15 @@ def pattern_regions(shape: tuple[int, ...], pattern: Pattern) -> list[list[tuple
 
 
 def pattern_cost(shape: tuple[int, ...], dtype: np.dtype, layout: Layout, pattern: Pattern,
-                 profile: BackendProfile, ratio: float) -> Cost:
-    """The cost for one reader of ``pattern``; for a split, the rank that fetches the most."""
-    costs = [region_cost(shape, dtype, layout, r, profile, ratio)
-             for r in pattern_regions(shape, pattern)]
+                 profile: BackendProfile, ratio: float, stacked: bool = False) -> Cost:
+    """The cost for one reader of ``pattern``; for a split, the rank that fetches the most.
+    In a ``stacked`` array (members along dim 0) every pattern but ``full`` reads one
+    member, the first (all cost alike)."""
+    if stacked and pattern != "full":
+        regions = [[(0, 1), *r] for r in pattern_regions(shape[1:], pattern)]
+    else:
+        regions = pattern_regions(shape, pattern)
+    costs = [region_cost(shape, dtype, layout, r, profile, ratio) for r in regions]
     return max(costs, key=lambda c: (c.bytes, c.requests))
 
 

@@ -19,7 +19,13 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from zstore._format.dtypes import check_supported, dtype_from_name
-from zstore._format.layout import CODECS, Layout, check_layout, layout_from_metadata
+from zstore._format.layout import (
+    CODECS,
+    Layout,
+    check_layout,
+    layout_from_metadata,
+    stacked_members,
+)
 from zstore._format.manifest import group_paths
 from zstore._format.tensors import is_torch_tensor, numpy_dtype_of
 from zstore._format.tree import flatten
@@ -36,6 +42,7 @@ from zstore._plan.costs import (
     whole_seconds,
 )
 from zstore._plan.profiles import BackendProfile, profile_for
+from zstore._plan.stacking import find_stacks, stacked_layout
 from zstore._text import duration, duration_range, size, table
 from zstore._text import shape as show_shape
 from zstore.errors import UnsupportedTypeError
@@ -66,6 +73,7 @@ class ArrayPlan:
     objects: int
     stored_bytes: int
     ratio: float  # stored / raw bytes of an inner chunk: estimated, or measured once saved
+    members: tuple[str, ...] = ()  # a stacked array's tensors, one per index of dim 0
 
     @property
     def nbytes(self) -> int:
@@ -92,6 +100,17 @@ class Plan:
     cores: int
     measured: bool = False
     notes: tuple[str, ...] = ()
+
+    def array_of(self, name: str) -> ArrayPlan:
+        """The array tensor ``name`` is stored in: its own, or the stacked array holding it
+        (whose costs, but for ``full``, are those of reading one member)."""
+        if name in self.arrays:
+            return self.arrays[name]
+        for a in self.arrays.values():
+            if name in a.members:
+                return a
+        some = [m for a in list(self.arrays.values())[:3] for m in a.members or [a.name]]
+        raise KeyError(f"no tensor {name!r} in this plan; tensors look like {some[:3]}")
 
     @property
     def layouts(self) -> dict[str, Layout]:
@@ -202,17 +221,18 @@ class Plan:
 
 def _array_plan(name: str, shape: tuple[int, ...], dtype: np.dtype, layout: Layout,
                 patterns: tuple[Pattern, ...], profile: BackendProfile,
-                stored: int | None = None) -> ArrayPlan:
+                stored: int | None = None, members: tuple[str, ...] = ()) -> ArrayPlan:
     ratio = stored_ratio(layout.codec, dtype)
     full = pattern_cost(shape, dtype, layout, "full", profile, ratio)
     if stored is not None and full.bytes:  # measured: scale every estimate to the real size
         ratio *= stored / full.bytes
         full = pattern_cost(shape, dtype, layout, "full", profile, ratio)
-    costs = {str(p): full if p == "full" else pattern_cost(shape, dtype, layout, p, profile, ratio)
+    costs = {str(p): full if p == "full" else pattern_cost(shape, dtype, layout, p, profile,
+                                                            ratio, stacked=bool(members))
              for p in patterns}
     objects = math.prod(-(-n // o) for n, o in zip(shape, layout.object_shape)) if shape else 1
     return ArrayPlan(name, shape, dtype, layout, patterns, costs, objects,
-                     full.bytes if stored is None else stored, ratio)
+                     full.bytes if stored is None else stored, ratio, members)
 
 
 def _patterns(name: str, shape: tuple[int, ...], access: Access, skipped: list[str]
@@ -239,30 +259,54 @@ def _notes(skipped: list[str]) -> tuple[str, ...]:
 
 def plan_specs(specs: Mapping[str, Spec], *, access: Access, profile: BackendProfile,
                codec: str, cores: int | None,
-               layouts: Mapping[str, Layout] | None = None) -> Plan:
+               layouts: Mapping[str, Layout] | None = None, stack: bool = True) -> Plan:
     """The plan of arrays given as {name: (shape, dtype)}; what ``save`` and ``plan`` share.
     ``layouts`` ({name glob: Layout}) are taken as given where a glob matches, and costed
-    like the planner's own."""
+    like the planner's own; with ``stack``, tensors that repeat are stacked (``stacking``)."""
     if codec not in (*CODECS, "auto"):
         raise ValueError(f"unknown codec {codec!r}; choose one of auto, {', '.join(CODECS)}")
     check_globs(access, list(specs))
     check_globs(dict.fromkeys(layouts or {}, "full"), list(specs), "layouts")
     cores = cores or os.cpu_count() or 1
     chosen = resolve_codec(codec, profile, cores)
-    arrays: dict[str, ArrayPlan] = {}
     skipped: list[str] = []
+    patterns = {name: _patterns(name, shape, access, skipped) for name, (shape, _) in specs.items()}
+    given = {name: next(g for g in layouts if fnmatch.fnmatchcase(name, g))
+             for name in specs if layouts and any(fnmatch.fnmatchcase(name, g) for g in layouts)}
+    stacks = find_stacks(specs, patterns, profile, set(given)) if stack else {}
+    first = {names[0]: path for path, names in stacks.items()}
+    stacked = {name for names in stacks.values() for name in names}
+    arrays: dict[str, ArrayPlan] = {}
     for name, (shape, dtype) in specs.items():
-        patterns = _patterns(name, shape, access, skipped)
-        given = next((g for g in layouts or {} if fnmatch.fnmatchcase(name, g)), None)
-        layout = (check_layout(layouts[given], shape, name) if layouts and given is not None
-                  else choose_layout(shape, dtype, patterns, profile, chosen))
-        arrays[name] = _array_plan(name, shape, dtype, layout, patterns, profile)
-    return Plan(arrays, profile, cores, notes=_notes(skipped))
+        if name in first:  # a stacked array, where its first member was
+            path, members = first[name], stacks[first[name]]
+            member = choose_layout(shape, dtype, patterns[name], profile, chosen)
+            layout = stacked_layout(member, len(members), math.prod(shape) * dtype.itemsize,
+                                    profile)
+            arrays[path] = _array_plan(path, (len(members), *shape), dtype, layout,
+                                       patterns[name], profile, members=tuple(members))
+        elif name not in stacked:
+            layout = (check_layout(layouts[given[name]], shape, name) if layouts and name in given
+                      else choose_layout(shape, dtype, patterns[name], profile, chosen))
+            arrays[name] = _array_plan(name, shape, dtype, layout, patterns[name], profile)
+    return Plan(arrays, profile, cores, notes=_notes(skipped) + _stack_notes(stacks))
+
+
+def _stack_notes(stacks: dict[str, list[str]]) -> tuple[str, ...]:
+    if not stacks:
+        return ()
+    tensors = sum(len(names) for names in stacks.values())
+    return (f"{tensors} tensors stacked into {len(stacks)} arrays (same shape and dtype, names "
+            "differing only in integers; each still read alone by its name): "
+            + ", ".join(f"{path.split('/', 1)[1]} ({len(names)})"
+                        for path, names in list(stacks.items())[:4])
+            + (", ..." if len(stacks) > 4 else ""),)
 
 
 def plan(tree_or_specs: Any, *, access: Access = None,
          backend: str | BackendProfile | None = None, codec: str = "auto",
-         cores: int | None = None, layouts: Mapping[str, Layout] | None = None) -> Plan:
+         cores: int | None = None, layouts: Mapping[str, Layout] | None = None,
+         stack: bool = True) -> Plan:
     """Choose every array's chunk and shard shapes, and predict what reads will cost.
 
     Args:
@@ -283,6 +327,10 @@ def plan(tree_or_specs: Any, *, access: Access = None,
         layouts: {name glob: ``zstore.Layout``}: these arrays get the layout given
             (checked against their shapes) instead of the planner's, and are costed
             the same way; ``save`` takes the same argument.
+        stack: store tensors of one shape and dtype whose names differ only in
+            integers (layers, experts, optimizer slots) as one array with a leading
+            index dimension (``Plan.notes`` says which; each keeps its name and is read
+            alone). ``save`` takes the same argument; False: one array per tensor.
 
     Returns:
         A ``Plan``: per array a ``Layout`` and, per access pattern, predicted
@@ -306,19 +354,23 @@ def plan(tree_or_specs: Any, *, access: Access = None,
     else:
         profile = profile_for("s3://", backend)
     return plan_specs(specs_of(tree_or_specs), access=access, profile=profile, codec=codec,
-                      cores=cores, layouts=layouts)
+                      cores=cores, layouts=layouts, stack=stack)
 
 
 def _explain(ckpt: StoredCheckpoint, access: Access, profile: BackendProfile,
              cores: int | None) -> Plan:
     documents = ckpt.array_documents()
-    check_globs(access, list(documents))
+    check_globs(access, [name for path, (document, _) in documents.items()
+                         for name in stacked_members(document) or [path]])
     arrays: dict[str, ArrayPlan] = {}
     skipped: list[str] = []
     for path, (document, stored) in documents.items():
         shape, dtype = tuple(document["shape"]), dtype_from_name(document["data_type"])
+        members = tuple(stacked_members(document))
+        patterns = _patterns(members[0] if members else path, shape[1:] if members else shape,
+                             access, skipped)
         arrays[path] = _array_plan(path, shape, dtype, layout_from_metadata(document),
-                                   _patterns(path, shape, access, skipped), profile, stored)
+                                   patterns, profile, stored, members)
     return Plan(arrays, profile, cores or os.cpu_count() or 1, measured=True,
                 notes=_notes(skipped))
 

@@ -28,7 +28,14 @@ from zstore._format.manifest import Manifest, read_manifest
 from zstore._format.names import COMMIT_MARKER, ROOT, object_key, step_name, step_of
 from zstore._format.shards import Box, object_format
 from zstore._format.tensors import numpy_to_torch
-from zstore._format.tree import as_framework, check_skeleton, iter_leaves, scalar_value, unflatten
+from zstore._format.tree import (
+    as_framework,
+    check_skeleton,
+    iter_leaves,
+    leaf_key,
+    scalar_value,
+    unflatten,
+)
 from zstore._options import concurrency, current
 from zstore._progress import bar
 from zstore._read.catalog import natural, survey_at
@@ -58,7 +65,7 @@ class LazyTensor:
 
     def __init__(self, name: str, location: Location, store: ShardIndexCache, path: str | None,
                  document: dict[str, Any] | None, value: np.ndarray | None, kind: str,
-                 stored_nbytes: int) -> None:
+                 stored_nbytes: int, member: int | None = None) -> None:
         self.name = name
         self.kind = kind  # "numpy" or "torch": what was saved
         self._location = location
@@ -66,6 +73,7 @@ class LazyTensor:
         self._path = path
         self._document = document
         self._value = value  # inline 0-d values live in the manifest
+        self._member = member  # a member of a stacked array: its index along dim 0
         self._array: AsyncArray[Any] | None = None
         self.stored_nbytes = stored_nbytes
         self._metadata = None if document is None else _checked_metadata(document, name,
@@ -73,8 +81,12 @@ class LazyTensor:
         # zstore's own layouts are read by its data path (``shards``), anything else by zarr
         self._format = None if document is None else object_format(document)
         if document is not None:
-            self.shape: tuple[int, ...] = tuple(document["shape"])
+            self.shape: tuple[int, ...] = tuple(document["shape"])[member is not None:]
             self.dtype: np.dtype = dtype_from_name(document["data_type"])
+            if member is not None and not 0 <= member < document["shape"][0]:
+                raise CorruptCheckpointError(
+                    f"{name!r} is member {member} of a stacked array of "
+                    f"{document['shape'][0]}", url=location.url, array=name)
         else:
             assert value is not None
             self.shape, self.dtype = value.shape, value.dtype
@@ -93,20 +105,28 @@ class LazyTensor:
 
     @property
     def chunk_shape(self) -> tuple[int, ...] | None:
-        """Shape of the smallest independently readable piece (None for inline values)."""
+        """Shape of the smallest independently readable piece (None for inline values; for
+        a member of a stacked array, the part of each chunk within the member)."""
         if self._document is None:
             return None
         codec = self._document["codecs"][0]
         if codec["name"] == "sharding_indexed":
-            return tuple(codec["configuration"]["chunk_shape"])
+            return tuple(codec["configuration"]["chunk_shape"])[self._member is not None:]
         return self.shard_shape
 
     @property
     def shard_shape(self) -> tuple[int, ...] | None:
-        """Shape of one stored object (None for inline values)."""
+        """Shape of one stored object (None for inline values; for a member of a stacked
+        array, the part of an object within the member: the object holds several)."""
         if self._document is None:
             return None
-        return object_shape(self._document)
+        return object_shape(self._document)[self._member is not None:]
+
+    @property
+    def stacked(self) -> str | None:
+        """The stacked array this tensor is stored in (``zstore.stacked/...``), or None
+        when it is an array of its own."""
+        return self._path if self._member is not None else None
 
     def __len__(self) -> int:
         if not self.shape:
@@ -143,13 +163,18 @@ class LazyTensor:
             _check_out(out, selection.shape, self.dtype, self.name)
         direct = out is not None and selection.direct
         box = _box(selection) if self._format is not None else None
+        stored = selection.zarr if self._member is None else (self._member, *selection.zarr)
         try:
             if box is not None:
+                if self._member is not None:
+                    box = ((self._member, self._member + 1), *box)
                 dest = await self._read_box(box, out if direct else None, budget)
-                return out if direct else _into(finish(dest, selection), out)  # type: ignore[return-value]
+                if direct:
+                    return out  # type: ignore[return-value]
+                return _into(finish(dest.reshape(selection.read_shape), selection), out)
             async with budget.hold(int(np.prod(selection.read_shape)) * self.dtype.itemsize):
                 result = await self.zarr_array().get_orthogonal_selection(
-                    selection.zarr,
+                    stored,
                     out=default_buffer_prototype().nd_buffer.from_numpy_array(out)
                     if direct and out is not None else None)
         except (ValueError, TypeError, KeyError, ZeroDivisionError) as e:
@@ -158,7 +183,7 @@ class LazyTensor:
                     f"array {self.name!r} in {self._location.url!r} could not be decoded "
                     f"({type(e).__name__}: {e}); its metadata or data is damaged",
                     url=self._location.url, array=self.name) from None
-            damaged = await self._damaged_objects(selection)
+            damaged = await self._damaged_objects(stored)
             raise CorruptCheckpointError(
                 f"array {self.name!r} in {self._location.url!r}: stored object(s) "
                 f"{damaged or ['(not located)']} failed their crc32c check while reading index "
@@ -180,15 +205,16 @@ class LazyTensor:
                            self._location.url, self._path, box, dest, budget)
         return dest
 
-    async def _damaged_objects(self, selection: Selection) -> list[str]:
-        """Which of the objects a failed read touched fail on their own (the error path only)."""
-        assert self.shard_shape is not None and self._path is not None
-        per_dim = [np.unique(_positions_of(item) // size)
-                   for item, size in zip(selection.zarr, self.shard_shape)]
+    async def _damaged_objects(self, stored: tuple[Any, ...]) -> list[str]:
+        """Which of the objects a failed read (``stored``: its zarr selection of the stored
+        array) touched fail on their own (the error path only)."""
+        assert self._document is not None and self._path is not None
+        grid, shape = object_shape(self._document), tuple(self._document["shape"])
+        per_dim = [np.unique(_positions_of(item) // size) for item, size in zip(stored, grid)]
         damaged = []
         for index in itertools.product(*per_dim):
             box = tuple(slice(int(i) * s, min((int(i) + 1) * s, n))
-                        for i, s, n in zip(index, self.shard_shape, self.shape))
+                        for i, s, n in zip(index, grid, shape))
             try:
                 await self.zarr_array().get_orthogonal_selection(box)
             except ValueError:
@@ -324,13 +350,16 @@ class Checkpoint(Mapping[str, LazyTensor]):
         self._manifest = manifest
         self._tensors: dict[str, LazyTensor] = {}
         # one per open checkpoint, shared by its arrays
-        store = ShardIndexCache(_CommittedObjects(location.store, location.url))
+        store = self._store = ShardIndexCache(_CommittedObjects(location.store, location.url))
+        self._by_key: dict[str, LazyTensor] = {}  # tree.leaf_key -> the tensor it reads
         for name, node in iter_leaves(manifest.tree):
             if "array" in node:
-                path = node["array"]
-                self._tensors[name] = LazyTensor(
-                    name, location, store, path, manifest.arrays[path], None, node["kind"],
-                    manifest.stored_bytes.get(path, 0))
+                path, member = node["array"], node.get("index")
+                document = manifest.arrays[path]
+                share = 1 if member is None else max(1, document["shape"][0])
+                self._tensors[name] = self._by_key.setdefault(leaf_key(node), LazyTensor(
+                    name, location, store, path, document, None, node["kind"],
+                    manifest.stored_bytes.get(path, 0) // share, member))
             elif "scalar" in node:
                 self._tensors[name] = LazyTensor(
                     name, location, store, None, None, scalar_value(node), node["kind"], 0)
@@ -379,7 +408,22 @@ class Checkpoint(Mapping[str, LazyTensor]):
                 for path, doc in self._manifest.arrays.items()}
 
     def _unique_arrays(self) -> dict[str, int]:
-        return {t._path: t.nbytes for t in self._tensors.values() if t._path is not None}
+        """Each stored array's logical bytes, by path (a stacked array's are its members')."""
+        return {path: int(np.prod(doc["shape"])) * dtype_from_name(doc["data_type"]).itemsize
+                for path, doc in self._manifest.arrays.items()}
+
+    def stored_arrays(self) -> dict[str, LazyTensor]:
+        """Every stored array as a tensor of its own, by path: a stacked array whole (its
+        members are ``self[name]``); what checks every object reads."""
+        by_path: dict[str, LazyTensor] = {}
+        for tensor in self._tensors.values():
+            path = tensor._path
+            if path is None or path in by_path:
+                continue
+            by_path[path] = tensor if tensor._member is None else LazyTensor(
+                path, self._location, self._store, path, self._manifest.arrays[path], None,
+                tensor.kind, self._manifest.stored_bytes.get(path, 0))
+        return by_path
 
     def names(self, *globs: str) -> list[str]:
         """Names matching any of ``globs`` (fnmatch), in checkpoint order.
@@ -443,9 +487,9 @@ class Checkpoint(Mapping[str, LazyTensor]):
             reads = {name: (self[name], ...) for name in names}
         else:
             skeleton = self._skeleton(entries)
-            by_path = {t._path: t for t in self._tensors.values() if t._path is not None}
-            reads = {node["array"]: (by_path[node["array"]], ...)
+            reads = {leaf_key(node): (self._by_key[leaf_key(node)], ...)
                      for _, node in iter_leaves(skeleton) if "array" in node}
+            reads, members = self._whole_stacks(reads)
         shown = bar(sum(t.nbytes for t, _ in reads.values()), f"loading {self.url}", progress)
         try:
             if device is None or _is_cpu(device):
@@ -456,7 +500,30 @@ class Checkpoint(Mapping[str, LazyTensor]):
             shown.close()
         if keys is not None:
             return {n: as_framework(arrays[n], self[n].kind, framework) for n in names}
+        for key, (path, index) in members.items():  # views of their stacked array
+            arrays[key] = arrays[path][index]
+        for path in set(path for path, _ in members.values()):
+            del arrays[path]
         return unflatten(skeleton, arrays, framework)
+
+    def _whole_stacks(self, reads: dict[str, tuple[LazyTensor, Any]]
+                      ) -> tuple[dict[str, tuple[LazyTensor, Any]], dict[str, tuple[str, int]]]:
+        """``reads`` with each stacked array whose every member is read whole read as one
+        array instead (one GET per shard, as the plan counts), and where each of those
+        members is in it: {read key: (stacked path, index)}."""
+        wanted: dict[str, list[str]] = {}
+        for key, (tensor, index) in reads.items():
+            if tensor._member is not None and index is Ellipsis and tensor._path is not None:
+                wanted.setdefault(tensor._path, []).append(key)
+        stored = self.stored_arrays()
+        members: dict[str, tuple[str, int]] = {}
+        for path, keys in wanted.items():
+            if len({reads[k][0]._member for k in keys}) < stored[path].shape[0]:
+                continue  # some members only: each read alone
+            for key in keys:
+                members[key] = (path, reads.pop(key)[0]._member)  # type: ignore[assignment]
+            reads[path] = (stored[path], ...)
+        return reads, members
 
     def _skeleton(self, entries: Sequence[str | int] | None) -> dict[str, Any]:
         tree = self._manifest.tree

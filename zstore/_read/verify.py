@@ -86,10 +86,7 @@ async def _verify(ckpt: Checkpoint, max_concurrency: int) -> VerifyReport:
                                    "metadata (plain zarr readers would misread this array)")
 
     jobs = []
-    for tensor in ckpt.values():
-        if tensor._path is None:
-            continue
-        path = tensor._path
+    for path, tensor in ckpt.stored_arrays().items():
         report.arrays.append(path)
         document, _ = documents[path]
         jobs.append(check_document(path, document))

@@ -39,6 +39,7 @@ from zstore._format.dtypes import check_supported
 from zstore._format.hashes import decode_hashes, encode_hashes
 from zstore._format.layout import Layout, array_metadata
 from zstore._format.manifest import (
+    STACKED_FORMAT,
     Manifest,
     check_metadata,
     commit_document,
@@ -52,11 +53,12 @@ from zstore._format.manifest import (
 )
 from zstore._format.names import COMMIT_MARKER, HASHES, LEASE, ROOT
 from zstore._format.shards import object_format
+from zstore._format.stacked import Stacked
 from zstore._format.tensors import host_array, is_torch_tensor, torch_numpy_dtype
 from zstore._format.tree import FlatTree, flatten, iter_leaves
 from zstore._options import concurrency, current
 from zstore._plan.access import Access
-from zstore._plan.planner import plan_specs
+from zstore._plan.planner import Plan, plan_specs
 from zstore._plan.profiles import BackendProfile, profile_for
 from zstore._progress import bar
 from zstore._storage.backend import is_temporary
@@ -128,6 +130,7 @@ def save(
     max_concurrency: int | None = None,
     progress: bool | None = None,
     layouts: Mapping[str, Layout] | None = None,
+    stack: bool = True,
 ) -> SaveInfo:
     """Save a tree of arrays and values as a committed checkpoint at ``url``.
 
@@ -162,6 +165,10 @@ def save(
         layouts: {name glob: ``zstore.Layout(chunk_shape, shard_shape, codec)``}:
             these arrays are stored as given instead of as planned (``zstore.plan``
             with the same argument shows what that costs).
+        stack: store tensors of one shape and dtype whose names differ only in
+            integers (layers, experts, optimizer slots) as one array with a leading
+            index dimension: fewer objects and requests, each tensor still read alone
+            by its name (``zstore.plan`` shows which). False: one array per tensor.
         max_concurrency: arrays written at once (each also writes its shards
             concurrently, per zarr's ``async.concurrency``); None:
             ``zstore.Settings.save_concurrency`` (8), which bounds a save's memory.
@@ -190,7 +197,7 @@ def save(
     return write(flatten(tree), url, storage_options=storage_options, metadata=metadata,
                  overwrite=overwrite, access=access, backend=backend, codec=codec, base=base,
                  timeout=timeout, max_concurrency=max_concurrency, progress=progress,
-                 layouts=layouts)
+                 layouts=layouts, stack=stack)
 
 
 def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = None,
@@ -198,8 +205,8 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
           access: Access = None, backend: str | BackendProfile | None = None,
           codec: str = "auto", base: str | None = None, hashes: bool | None = None,
           timeout: float | None = None, max_concurrency: int | None = None,
-          progress: bool | None = None, layouts: Mapping[str, Layout] | None = None
-          ) -> SaveInfo:
+          progress: bool | None = None, layouts: Mapping[str, Layout] | None = None,
+          stack: bool = True) -> SaveInfo:
     """``save`` of a tree already flattened (and perhaps snapshotted): see ``save``.
 
     ``hashes`` (default: only with a ``base``) records each object's hash so
@@ -213,13 +220,16 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
     specs = {path: (tuple(value.shape), _stored_dtype(value, path))
              for path, value in flat.arrays.items()}
     plan = plan_specs(specs, access=access, profile=profile_for(url, backend), codec=codec,
-                      cores=None, layouts=layouts)
-    for path, (shape, dtype) in specs.items():
-        manifest.arrays[path] = array_metadata(shape, dtype, plan.arrays[path].layout)
+                      cores=None, layouts=layouts, stack=stack)
+    arrays = _stack(flat, plan, specs)
+    for path, a in plan.arrays.items():
+        manifest.arrays[path] = array_metadata(a.shape, a.dtype, a.layout, a.members)
+    if len(arrays) < len(flat.arrays):
+        manifest.format = STACKED_FORMAT
     location = resolve(url, storage_options)
     source = resolve(base, storage_options) if base is not None else None
     shown = bar(plan.nbytes, f"saving {url}", progress)
-    work = _save(location, flat.arrays, manifest, overwrite, max_concurrency,
+    work = _save(location, arrays, manifest, overwrite, max_concurrency,
                  lambda path: shown.update(plan.arrays[path].nbytes), source,
                  base is not None if hashes is None else hashes)
     with storage_errors(url, saving=True):
@@ -235,7 +245,7 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
             shown.close()
     return SaveInfo(
         url=url,
-        arrays=len(flat.arrays),
+        arrays=len(arrays),
         logical_bytes=plan.nbytes,
         stored_bytes=sum(manifest.stored_bytes.values()),
         objects=outcome.objects,
@@ -244,6 +254,23 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
         copied_bytes=outcome.copied_bytes,
         inline_values=sum("scalar" in node for _, node in iter_leaves(flat.skeleton)),
     )
+
+
+def _stack(flat: FlatTree, plan: Plan, specs: dict[str, tuple[tuple[int, ...], np.dtype]]
+           ) -> dict[str, Any]:
+    """The arrays to write, the plan's stacked ones in place of their members; the members'
+    tree leaves now point at their index in the stacked array."""
+    arrays = dict(flat.arrays)
+    position: dict[str, tuple[str, int]] = {}
+    for path, a in plan.arrays.items():
+        if a.members:
+            arrays[path] = Stacked([arrays.pop(m) for m in a.members], a.members,
+                                   specs[a.members[0]][1])
+            position.update((m, (path, i)) for i, m in enumerate(a.members))
+    for _, node in iter_leaves(flat.skeleton):
+        if "array" in node and node["array"] in position:
+            node["array"], node["index"] = position[node["array"]]
+    return arrays
 
 
 def _stored_dtype(value: Any, path: str) -> np.dtype:
@@ -288,7 +315,7 @@ async def _save_leased(location: Location, arrays: dict[str, Any], manifest: Man
     copied: list[str] = []
 
     async def write(path: str, value: Any) -> None:
-        host = host_array(value, path)
+        host: Any = value if isinstance(value, Stacked) else host_array(value, path)
         document = manifest.arrays[path]
         if not hashing:
             await _write_array(location, path, document, host, [Ellipsis], budget)
@@ -323,7 +350,7 @@ async def _save_leased(location: Location, arrays: dict[str, Any], manifest: Man
     root = encode(root_document(manifest))
     await location.put(ROOT, root)
     await lease.check()
-    marker = commit_document(root)
+    marker = commit_document(root, manifest.format)
     try:
         await location.put_new(COMMIT_MARKER, marker)
     except FileExistsError:

@@ -1,0 +1,84 @@
+"""Many tensors, few objects: stacking same-shape tensors whose names differ only in integers.
+
+A model's tensors repeat: one set per layer, per expert, per parameter of an optimizer.
+Stored one array each, a tensor costs at least two objects (its ``zarr.json`` and a shard)
+and a GET on load, so 3,000 small tensors cost 6,000 objects. Tensors with the same shape,
+dtype and access patterns whose names differ only in whole integer segments
+(``layers.3.mlp.experts.7.w1``, ``optim/state/12/exp_avg``) are stored instead as one
+array with a leading index dimension, named by their pattern with ``{}`` for each integer
+(``zstore.stacked/layers.{}.mlp.experts.{}.w1``), its members listed in order in its
+attributes. Each member keeps its own name and reads only its own bytes; a plain Zarr
+reader sees one meaningful array per group.
+
+Only tensors up to ``STACK_SHARE`` of the profile's shard target are stacked: a larger
+tensor fills shards of its own, and its ``zarr.json`` costs nothing beside its bytes.
+Pure: names, shapes and dtypes in, groups out.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Mapping
+
+import numpy as np
+
+from zstore._format.layout import Layout
+from zstore._format.names import STACKED
+from zstore._plan.access import Pattern
+from zstore._plan.profiles import BackendProfile
+
+STACK_SHARE = 8  # members are at most shard_target / STACK_SHARE bytes (16 MiB on S3)
+_INTEGER = re.compile(r"(?<![^./])[0-9]+(?![^./])")  # a whole segment between '.' and '/'
+_DIGITS = re.compile(r"([0-9]+)")
+
+Spec = tuple[tuple[int, ...], np.dtype]
+
+
+def stack_pattern(name: str) -> str | None:
+    """``name`` with each whole integer segment replaced by ``{}``; None if it has none."""
+    pattern = _INTEGER.sub("{}", name)
+    return None if pattern == name else pattern
+
+
+def _natural(name: str) -> list[object]:
+    return [int(part) if part.isdigit() else part for part in _DIGITS.split(name)]
+
+
+def find_stacks(specs: Mapping[str, Spec], patterns: Mapping[str, tuple[Pattern, ...]],
+                profile: BackendProfile, fixed: set[str]) -> dict[str, list[str]]:
+    """{stacked array path: member names in natural order} for every group of two or more
+    tensors that may share an array; ``fixed`` names (given a layout) stay alone."""
+    limit = profile.shard_target // STACK_SHARE
+    groups: dict[tuple[str, tuple[int, ...], str, str], list[str]] = defaultdict(list)
+    for name, (shape, dtype) in specs.items():
+        pattern = stack_pattern(name)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if pattern is None or name in fixed or not shape or not 0 < nbytes <= limit:
+            continue
+        groups[(pattern, shape, str(dtype), repr(patterns[name]))].append(name)
+    stacks: dict[str, list[str]] = {}
+    taken: dict[str, int] = defaultdict(int)
+    for (pattern, *_), names in sorted(groups.items(), key=lambda g: (g[0][0], -len(g[1]))):
+        if len(names) < 2:
+            continue
+        suffix = f"~{taken[pattern]}" if taken[pattern] else ""
+        taken[pattern] += 1
+        stacks[f"{STACKED}/{pattern}{suffix}"] = sorted(names, key=_natural)
+    return stacks
+
+
+def stacked_layout(member: Layout, count: int, member_nbytes: int,
+                   profile: BackendProfile) -> Layout:
+    """The layout of ``count`` members stacked along a new leading dim, from one member's:
+    chunks of one member (so each member's bytes are its own chunks, read alone), shards
+    of as many members as fill the profile's shard target: a divisor of ``count`` not under
+    half that, so shards tile the array (a full load reads every shard whole), else that
+    many (the last shard is partly empty, and read from its index)."""
+    fill = max(1, min(count, profile.shard_target // max(1, member_nbytes)))
+    divisor = max(d for d in range(1, fill + 1) if count % d == 0)
+    per_shard = divisor if 2 * divisor >= fill else fill
+    chunk = (1, *member.chunk_shape)
+    shard = (per_shard, *(member.shard_shape or member.chunk_shape))
+    return Layout(chunk, shard if shard != chunk else None, member.codec)
