@@ -5,6 +5,8 @@ same bytes, interleaved, median of ``--reps`` rounds with min and max):
 
 - throughput: save and full load, zstore against raw storage, safetensors,
   torch.save and PyTorch DCP, on a local folder and on S3 (moto over HTTP);
+- many tensors: 3,000 tensors of 64 KiB against DCP (time, requests, objects), one
+  of them read lazily, and a 100,000-tensor tree planned and saved;
 - lazy reads: open, time to first tensor, one embedding row, tensor-parallel
   quarters along each dim, one whole layer; latency plus requests and bytes
   fetched against bytes asked for (read amplification);
@@ -116,6 +118,73 @@ def throughput(report: Report, backends: Backends, backend: str, label: str,
                            f"{baseline} {size / theirs.median / 1e6:.0f} MB/s {seconds(theirs)}",
                            ratio(theirs, mine),
                            {"bytes": size, "zstore": mine.as_dict(), "baseline": theirs.as_dict()}))
+
+
+def many(report: Report, backends: Backends, backend: str, reps: int, quick: bool) -> None:
+    """3,000 tensors of 64 KiB (an MoE-like state): zstore against DCP, time and the
+    requests each sends (on S3, counted on moto's wire) and objects each leaves; one
+    tensor read lazily; and how long a 100,000-tensor tree takes to plan and save."""
+    state = workloads.moe(1000 if quick else 3000)
+    label = f"{len(state)} x 64 KiB"
+    systems: list[System] = [Zstore(), DCP()]
+    for system in systems:
+        system.prepare(state)
+    times = {(s.name, op): Stat() for s in systems for op in ("save", "load")}
+    requests: dict[tuple[str, str], int] = {}
+    objects: dict[str, int] = {}
+    wire = backends.s3.log if backends.s3 is not None and backend == "s3" else None
+    for rep in range(reps):
+        for system in systems:
+            target = backends.target(backend, f"many-{system.name}-{rep}")
+            for op in ("save", "load"):
+                if wire is not None:
+                    wire.clear()
+                if op == "save":
+                    took, _ = timed(lambda s=system, t=target: s.save(state, t))
+                else:
+                    took, _ = timed(lambda s=system, t=target: touch(s.load(t)))
+                times[(system.name, op)].samples.append(took)
+                if wire is not None:
+                    requests[(system.name, op)] = len(wire.requests)
+            objects[system.name] = len(target.fs().find(target.url))
+            if rep < reps - 1 or system.name != "zstore":
+                backends.remove(target)
+            else:
+                kept = target
+        print(f"    round {rep + 1}/{reps} {backend} {label}", file=sys.stderr, flush=True)
+    size = workloads.nbytes(state)
+    for op in ("save", "load"):
+        mine, theirs = times[("zstore", op)], times[("dcp", op)]
+        extra = (f", {requests[('zstore', op)]} requests vs {requests[('dcp', op)]}"
+                 if requests else "")
+        report.add(Row("many", backend, label, f"{op}: zstore vs dcp",
+                       f"{size / mine.median / 1e6:.0f} MB/s {seconds(mine)}{extra}",
+                       f"dcp {size / theirs.median / 1e6:.0f} MB/s {seconds(theirs)}",
+                       ratio(theirs, mine),
+                       {"bytes": size, "zstore": mine.as_dict(), "baseline": theirs.as_dict(),
+                        "requests": {f"{k[0]} {k[1]}": v for k, v in requests.items()}}))
+    report.add(Row("many", backend, label, "objects written",
+                   f"{objects['zstore']}", f"dcp {objects['dcp']}", None, dict(objects)))
+    ckpt = zstore.open(kept.url, storage_options=kept.options)
+    name = next(iter(state))
+    with zstore.io_stats() as io:
+        ckpt[name][...]
+    report.add(Row("many", backend, label, "one tensor read lazily (after open)",
+                   f"{io.gets} GETs, {io.bytes_read} bytes", f"tensor {state[name].nbytes} bytes",
+                   None, {"gets": io.gets, "bytes": io.bytes_read}))
+    backends.remove(kept)
+    if backend != "local":
+        return
+    huge = {f"layers.{i // 1000}.experts.{i % 1000}.b": np.full(16, i, np.float32)
+            for i in range(100_000)}
+    planned, plan = timed(lambda: zstore.plan(huge, backend="local"))
+    target = backends.target(backend, "many-100k")
+    saved, info = timed(lambda: zstore.save(huge, target.url))
+    report.add(Row("many", backend, "100,000 x 64 B", "plan, then save",
+                   f"plan {planned:.2f} s ({len(plan.arrays)} array), save {saved:.2f} s "
+                   f"({info.objects} objects)", "", None,
+                   {"plan_seconds": planned, "save_seconds": saved, "objects": info.objects}))
+    backends.remove(target)
 
 
 def _lazy_cases(state: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
@@ -347,7 +416,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab", type=int, help="embedding rows (default 32000, quick 8000)")
     parser.add_argument("--reps", type=int, default=5, help="rounds per figure (>= 5)")
     parser.add_argument("--backends", default="local,s3", help="comma-separated: local,s3")
-    parser.add_argument("--sections", default="throughput,lazy,memory,compression,series,gpu")
+    parser.add_argument("--sections",
+                        default="throughput,many,lazy,memory,compression,series,gpu")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON record")
     args = parser.parse_args(argv)
     layers = args.layers or (2 if args.quick else 24)
@@ -371,6 +441,10 @@ def main(argv: list[str] | None = None) -> None:
                 throughput(report, backends, "local", f"fp32 {max(1, layers // 4)}L", fp32,
                            args.reps)
                 del fp32
+        if "many" in sections:
+            report.section("many tensors: an MoE-like state (speed ratio = dcp time / zstore)")
+            for backend in names:
+                many(report, backends, backend, args.reps, args.quick)
         if "lazy" in sections:
             report.section("lazy reads "
                            "(ratio = baseline time / zstore time; amp = bytes fetched / asked)")

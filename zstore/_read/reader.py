@@ -26,7 +26,7 @@ from zstore._format.dtypes import dtype_from_name
 from zstore._format.layout import object_shape
 from zstore._format.manifest import Manifest, read_manifest
 from zstore._format.names import COMMIT_MARKER, ROOT, object_key, step_name, step_of
-from zstore._format.shards import Box, object_format
+from zstore._format.shards import Box, ObjectFormat, object_format
 from zstore._format.tensors import numpy_to_torch
 from zstore._format.tree import (
     as_framework,
@@ -65,7 +65,8 @@ class LazyTensor:
 
     def __init__(self, name: str, location: Location, store: ShardIndexCache, path: str | None,
                  document: dict[str, Any] | None, value: np.ndarray | None, kind: str,
-                 stored_nbytes: int, member: int | None = None) -> None:
+                 stored_nbytes: int, member: int | None = None,
+                 parsed: tuple[ArrayV3Metadata, ObjectFormat | None] | None = None) -> None:
         self.name = name
         self.kind = kind  # "numpy" or "torch": what was saved
         self._location = location
@@ -76,10 +77,13 @@ class LazyTensor:
         self._member = member  # a member of a stacked array: its index along dim 0
         self._array: AsyncArray[Any] | None = None
         self.stored_nbytes = stored_nbytes
-        self._metadata = None if document is None else _checked_metadata(document, name,
-                                                                          location.url)
-        # zstore's own layouts are read by its data path (``shards``), anything else by zarr
-        self._format = None if document is None else object_format(document)
+        # ``parsed``: the document's zarr metadata and object format, where the caller has
+        # them (the members of a stacked array share one document). zstore's own layouts are
+        # read by its data path (``shards``), anything else by zarr.
+        if document is not None and parsed is None:
+            parsed = parse_document(document, name, location.url)
+        self._metadata: ArrayV3Metadata | None = parsed[0] if parsed is not None else None
+        self._format: ObjectFormat | None = parsed[1] if parsed is not None else None
         if document is not None:
             self.shape: tuple[int, ...] = tuple(document["shape"])[member is not None:]
             self.dtype: np.dtype = dtype_from_name(document["data_type"])
@@ -258,6 +262,13 @@ class LazyTensor:
 MAX_ELEMENTS = 1 << 50  # no real array is larger; a manifest that says so is damaged
 
 
+def parse_document(document: dict[str, Any], name: str, url: str | None = None
+                   ) -> tuple[ArrayV3Metadata, ObjectFormat | None]:
+    """An array document's checked zarr metadata, and its ``ObjectFormat`` (None where
+    zarr reads it)."""
+    return _checked_metadata(document, name, url), object_format(document)
+
+
 def _checked_metadata(document: dict[str, Any], name: str, url: str | None = None
                       ) -> ArrayV3Metadata:
     """The array's zarr metadata, or ``CorruptCheckpointError`` if the manifest's entry is
@@ -352,14 +363,17 @@ class Checkpoint(Mapping[str, LazyTensor]):
         # one per open checkpoint, shared by its arrays
         store = self._store = ShardIndexCache(_CommittedObjects(location.store, location.url))
         self._by_key: dict[str, LazyTensor] = {}  # tree.leaf_key -> the tensor it reads
+        self._parsed: dict[str, tuple[ArrayV3Metadata, ObjectFormat | None]] = {}
         for name, node in iter_leaves(manifest.tree):
             if "array" in node:
                 path, member = node["array"], node.get("index")
                 document = manifest.arrays[path]
+                if path not in self._parsed:
+                    self._parsed[path] = parse_document(document, name, location.url)
                 share = 1 if member is None else max(1, document["shape"][0])
                 self._tensors[name] = self._by_key.setdefault(leaf_key(node), LazyTensor(
                     name, location, store, path, document, None, node["kind"],
-                    manifest.stored_bytes.get(path, 0) // share, member))
+                    manifest.stored_bytes.get(path, 0) // share, member, self._parsed[path]))
             elif "scalar" in node:
                 self._tensors[name] = LazyTensor(
                     name, location, store, None, None, scalar_value(node), node["kind"], 0)
@@ -422,7 +436,7 @@ class Checkpoint(Mapping[str, LazyTensor]):
                 continue
             by_path[path] = tensor if tensor._member is None else LazyTensor(
                 path, self._location, self._store, path, self._manifest.arrays[path], None,
-                tensor.kind, self._manifest.stored_bytes.get(path, 0))
+                tensor.kind, self._manifest.stored_bytes.get(path, 0), None, self._parsed[path])
         return by_path
 
     def names(self, *globs: str) -> list[str]:
