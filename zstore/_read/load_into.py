@@ -129,6 +129,22 @@ async def _copy_all(ckpt: Any, targets: Mapping[str, Any], stored: dict[str, str
     shared, reads = ByteBudget(budget), ByteBudget(current().read_budget)
     stagers: dict[Any, DeviceStager] = {}
     limit = asyncio.Semaphore(max_concurrency)
+    stacks = _whole_stacks(ckpt, targets, stored, keys)
+    in_stacks = {key for members in stacks.values() for key, _ in members.values()}
+
+    async def block(whole: Any, members: dict[int, tuple[str, np.ndarray]], start: int,
+                    stop: int) -> None:
+        """Members [start, stop) of a stack: one shard's worth, read whole (one GET), then
+        copied into their tensors."""
+        nbytes = (stop - start) * whole.nbytes // whole.shape[0]
+        async with limit, shared.hold(nbytes):
+            data = await whole._read((slice(start, stop),), None, reads)
+            for i in range(start, stop):
+                key, view = members[i]
+                written[key] = False
+                np.copyto(view, data[i - start])
+                written[key] = True
+                shown.update(view.nbytes)
 
     async def one(key: str) -> None:
         tensor, source = targets[key], ckpt[stored[key]]
@@ -145,9 +161,31 @@ async def _copy_all(ckpt: Any, targets: Mapping[str, Any], stored: dict[str, str
         written[key] = True
         shown.update(source.nbytes)
 
-    await gather_all(one(k) for k in keys)
+    jobs = [one(k) for k in keys if k not in in_stacks]
+    for whole, members in stacks.items():
+        per = (whole.shard_shape or whole.shape)[0]
+        jobs += [block(whole, members, start, min(start + per, whole.shape[0]))
+                 for start in range(0, whole.shape[0], per)]
+    await gather_all(jobs)
     for stager in stagers.values():
         stager.finish()
+
+
+def _whole_stacks(ckpt: Any, targets: Mapping[str, Any], stored: dict[str, str],
+                  keys: list[str]) -> dict[Any, dict[int, tuple[str, np.ndarray]]]:
+    """The stacked arrays every member of which goes straight into a CPU tensor: read shard
+    by shard (one GET each), not member by member. {whole array: {index: (key, view)}}."""
+    found: dict[str, dict[int, tuple[str, np.ndarray]]] = {}
+    for key in keys:
+        source = ckpt[stored[key]]
+        if source.stacked is None:
+            continue
+        view = _host_view(targets[key], source.dtype, key)
+        if view is not None:
+            found.setdefault(source.stacked, {})[source._member] = (key, view)
+    arrays = ckpt.stored_arrays()
+    return {arrays[path]: members for path, members in found.items()
+            if len(members) == arrays[path].shape[0]}
 
 
 def _host_view(tensor: Any, dtype: np.dtype, name: str) -> np.ndarray | None:
