@@ -644,3 +644,24 @@ def test_an_error_leaving_the_block_is_not_masked_by_a_failed_background_save():
         with zstore.CheckpointManager(root) as mgr:
             mgr.save(1, _state(), blocking=False)  # fails: step 1 exists
             raise KeyError("the user's own")
+
+
+def test_background_saves_copy_into_the_buffers_of_a_finished_save(tmp_path):
+    import tracemalloc
+
+    state = {"w": np.arange(2 << 20, dtype=np.float32)}  # 8 MiB
+    with zstore.CheckpointManager(str(tmp_path / "run"), incremental=False) as mgr:
+        for step in (1, 2):  # with one save pending at most, two sets of buffers take turns
+            mgr.save(step, state, blocking=False)
+            mgr.wait()
+        state["w"][0] = 3.0
+        tracemalloc.start()
+        try:
+            mgr.save(3, state, blocking=False)
+            _, copying = tracemalloc.get_traced_memory()
+            mgr.wait()
+        finally:
+            tracemalloc.stop()
+        assert copying < 1 << 20, copying  # no new 8 MiB buffer: a finished save's was reused
+        state["w"][0] = 4.0  # the snapshot is the manager's own copy, not a view of ``state``
+        assert mgr.restore(3)[1]["w"][0] == 3.0

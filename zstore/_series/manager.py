@@ -17,13 +17,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from zstore._format.names import step_name
-from zstore._format.tensors import host_copy
 from zstore._format.tree import FlatTree, flatten
 from zstore._options import concurrency
 from zstore._plan.access import Access
 from zstore._plan.profiles import BackendProfile
 from zstore._read.reader import Checkpoint
 from zstore._read.reader import open as open_checkpoint
+from zstore._series.snapshot import SnapshotPool
 from zstore._series.steps import Step, doomed, scan
 from zstore._storage.location import resolve, run
 from zstore._write.delete import delete_checkpoint
@@ -90,6 +90,7 @@ class CheckpointManager:
             "progress": progress, "max_concurrency": max_concurrency}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zstore-save")
         self._slots = threading.BoundedSemaphore(max_pending)
+        self._snapshots = SnapshotPool()  # background saves' host copies, reused
         self._pending: list[tuple[int, Future[SaveInfo]]] = []
         self._lock = threading.Lock()
         self._newest: int | None = None  # newest step this manager committed
@@ -121,7 +122,9 @@ class CheckpointManager:
 
         Keys and types are checked here, before anything is queued or written.
         A background save holds a host copy of every array, so the caller may
-        change its tensors as soon as this returns. Its result (a ``SaveInfo``)
+        change its tensors as soon as this returns; the copy goes into the buffers of
+        a save that finished (``snapshot``), so at most ``max_pending + 1`` copies
+        of the state exist and none pays for fresh memory after the first two. Its result (a ``SaveInfo``)
         or error comes from the returned future, ``wait()``, or, for an error,
         the next call to this manager.
 
@@ -133,11 +136,15 @@ class CheckpointManager:
         self._raise_failures()
         url = self.url(step)
         flat = flatten(tree)
+        snapshot = None
         if not blocking:
-            flat = FlatTree(flat.skeleton, {p: host_copy(v, p) for p, v in flat.arrays.items()})
+            snapshot = self._snapshots.snapshot(flat.arrays)
+            flat = FlatTree(flat.skeleton, dict(snapshot))
         self._slots.acquire()
         future = self._worker.submit(self._write, step, url, flat, metadata, overwrite)
         future.add_done_callback(lambda _: self._slots.release())
+        if snapshot is not None:
+            future.add_done_callback(lambda _: self._snapshots.give_back(snapshot))
         if blocking:
             return future.result()
         with self._lock:
@@ -243,6 +250,7 @@ class CheckpointManager:
             self.wait()
         finally:
             self._worker.shutdown(wait=True)
+            self._snapshots.clear()
 
     # finding and reading
 
