@@ -124,9 +124,9 @@ class CheckpointManager:
         A background save holds a host copy of every array, so the caller may
         change its tensors as soon as this returns; the copy goes into the buffers of
         a save that finished (``snapshot``), so at most ``max_pending + 1`` copies
-        of the state exist and none pays for fresh memory after the first two. Its result (a ``SaveInfo``)
-        or error comes from the returned future, ``wait()``, or, for an error,
-        the next call to this manager.
+        of the state exist and none pays for fresh memory after the first two. Its
+        result (a ``SaveInfo``) or error comes from the returned future, ``wait()``,
+        or, for an error, the next call to this manager.
 
         Raises:
             the error of an earlier background save that nobody has seen yet.
