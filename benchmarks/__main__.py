@@ -7,6 +7,7 @@ same bytes, interleaved, median of ``--reps`` rounds with min and max):
   torch.save and PyTorch DCP, on a local folder and on S3 (moto over HTTP);
 - many tensors: 3,000 tensors of 64 KiB against DCP (time, requests, objects), one
   of them read lazily, and a 100,000-tensor tree planned and saved;
+- clients: obstore against s3fs, whole-object PUTs and GETs on moto and SeaweedFS;
 - lazy reads: open, time to first tensor, one embedding row, tensor-parallel
   quarters along each dim, one whole layer; latency plus requests and bytes
   fetched against bytes asked for (read amplification);
@@ -34,7 +35,7 @@ import numpy as np
 from zarr.core.sync import sync
 
 import zstore
-from benchmarks import series, workloads
+from benchmarks import clients, series, workloads
 from benchmarks.measure import Stat, interleave, ratio, timed
 from benchmarks.report import Report, Row, seconds
 from benchmarks.systems import (
@@ -417,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=5, help="rounds per figure (>= 5)")
     parser.add_argument("--backends", default="local,s3", help="comma-separated: local,s3")
     parser.add_argument("--sections",
-                        default="throughput,many,lazy,memory,compression,series,gpu")
+                        default="throughput,many,clients,lazy,memory,compression,series,gpu")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON record")
     args = parser.parse_args(argv)
     layers = args.layers or (2 if args.quick else 24)
@@ -445,6 +446,9 @@ def main(argv: list[str] | None = None) -> None:
             report.section("many tensors: an MoE-like state (speed ratio = dcp time / zstore)")
             for backend in names:
                 many(report, backends, backend, args.reps, args.quick)
+        if "clients" in sections and backends.s3 is not None:
+            report.section("clients: S3 libraries on the same server (ratio = s3fs / obstore)")
+            clients.clients(report, backends.s3, args.reps)
         if "lazy" in sections:
             report.section("lazy reads "
                            "(ratio = baseline time / zstore time; amp = bytes fetched / asked)")
