@@ -104,6 +104,7 @@ def test_torch_members_are_stacked_and_loaded_into_a_model(tmp_path):
     with zstore.io_stats() as io:
         zstore.load(url, into=fresh)  # each stack read shard by shard, not member by member
     assert io.gets == zstore.plan(model.state_dict(), backend="local").load_requests == 4
+    # (2 for open, one shard per stack: tensors of 1 KiB fill no stream)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                  fresh.state_dict().values()))
 
@@ -142,6 +143,6 @@ def test_a_hundred_thousand_tensors_are_one_array(tmp_path):
             for i in range(100_000)}
     plan = zstore.plan(tree, backend="local")
     info = zstore.save(tree, str(tmp_path / "c"))
-    assert len(plan.arrays) == 1 and info.objects == plan.objects < 10
+    assert len(plan.arrays) == 1 and info.objects == plan.objects <= 20
     ckpt = zstore.open(str(tmp_path / "c"))
     assert np.array_equal(ckpt["layers.57.experts.321.b"][...], np.full(16, 57321 % 7))

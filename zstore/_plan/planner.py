@@ -281,8 +281,8 @@ def plan_specs(specs: Mapping[str, Spec], *, access: Access, profile: BackendPro
         if name in first:  # a stacked array, where its first member was
             path, members = first[name], stacks[first[name]]
             member = choose_layout(shape, dtype, patterns[name], profile, chosen)
-            layout = stacked_layout(member, len(members), math.prod(shape) * dtype.itemsize,
-                                    profile)
+            layout = stacked_layout(member, shape, len(members),
+                                    math.prod(shape) * dtype.itemsize, profile)
             arrays[path] = _array_plan(path, (len(members), *shape), dtype, layout,
                                        patterns[name], profile, members=tuple(members))
         elif name not in stacked:

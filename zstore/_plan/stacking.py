@@ -69,16 +69,23 @@ def find_stacks(specs: Mapping[str, Spec], patterns: Mapping[str, tuple[Pattern,
     return stacks
 
 
-def stacked_layout(member: Layout, count: int, member_nbytes: int,
+def stacked_layout(member: Layout, shape: tuple[int, ...], count: int, member_nbytes: int,
                    profile: BackendProfile) -> Layout:
-    """The layout of ``count`` members stacked along a new leading dim, from one member's:
-    chunks of one member (so each member's bytes are its own chunks, read alone), shards
-    of as many members as fill the profile's shard target: a divisor of ``count`` not under
-    half that, so shards tile the array (a full load reads every shard whole), else that
-    many (the last shard is partly empty, and read from its index)."""
-    fill = max(1, min(count, profile.shard_target // max(1, member_nbytes)))
+    """The layout of ``count`` members of ``shape`` stacked along a new leading dim, from
+    one member's: its chunks, each within one member (so a member's bytes are its own
+    chunks, back to back in their shard: one member, or one part of it, is the shard's
+    index and one ranged GET), in shards of whole members: as many as fill the profile's
+    shard target, but no more than leave a shard for each of the profile's useful streams
+    (a full load reads them in parallel) unless that makes shards smaller than what one
+    stream moves in a request's latency; a divisor of ``count`` not under half that, so
+    shards tile the array (a full load reads every shard whole), else that many (the last
+    shard is partly empty)."""
+    size = max(1, member_nbytes)
+    streams = max(-(-count // profile.concurrency),
+                  -(-round(profile.latency * profile.bandwidth) // size))
+    fill = max(1, min(count, profile.shard_target // size, streams))
     divisor = max(d for d in range(1, fill + 1) if count % d == 0)
     per_shard = divisor if 2 * divisor >= fill else fill
     chunk = (1, *member.chunk_shape)
-    shard = (per_shard, *(member.shard_shape or member.chunk_shape))
+    shard = (per_shard, *shape)
     return Layout(chunk, shard if shard != chunk else None, member.codec)
