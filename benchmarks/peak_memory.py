@@ -1,6 +1,7 @@
 """Peak resident memory of one save or load, measured in a fresh process.
 
-Run as ``python -m benchmarks.peak_memory OP URL OPTIONS_JSON [LAYERS VOCAB DTYPE]``; prints
+Run as ``python -m benchmarks.peak_memory OP URL OPTIONS_JSON [LAYERS VOCAB DTYPE | one]``
+(``one``: a single 512 MiB fp32 tensor); prints
 JSON with the process's resident memory before the operation and its peak during
 it. Linux resets the peak (VmHWM) when 5 is written to /proc/self/clear_refs, so
 what the workload generator used before the save is not counted.
@@ -28,12 +29,15 @@ def _reset_peak() -> None:
 
 
 def measure(op: str, url: str, options: dict[str, Any], workload: list[str]) -> dict[str, int]:
-    import numpy  # noqa: F401 - imported before the baseline like every op needs
+    import numpy  # imported before the baseline like every op needs
 
     import zstore
 
     state = None
-    if op == "zstore-save":
+    if op == "zstore-save" and workload == ["one"]:  # one 512 MiB fp32 tensor
+        state = {"w": numpy.random.default_rng(0).standard_normal((16384, 8192),
+                                                                   dtype=numpy.float32)}
+    elif op == "zstore-save":
         from benchmarks.workloads import transformer
 
         state = transformer(workload[2], layers=int(workload[0]), vocab=int(workload[1]))

@@ -185,9 +185,11 @@ def pattern_cost(shape: tuple[int, ...], dtype: np.dtype, layout: Layout, patter
 # larger object runs alone). The measurements below were made at the defaults.
 
 # Bytes a load holds per byte of objects in its read window, where objects come from a
-# client (not read from a file into place): the GET bodies, and briefly the client's
-# copies of them (s3fs joins what it read): fitted to the loads measured in load_memory.
+# client (not read from a file into place): the GET bodies (fitted to the loads measured in
+# load_memory: 1.2), and for each copy the client makes of a download (s3fs joins what it
+# read) 0.2 more: that copy lives briefly.
 LOAD_HELD = 1.2
+COPY_HELD = 0.2
 # Blosc's and zstd's buffers in the coding threads' malloc arenas (glibc gives each thread
 # an arena of its own and keeps what was freed there; an encode allocates each chunk's
 # decoded size before it shrinks): 48-54 MiB measured on a load of 34 arrays with Blosc,
@@ -262,19 +264,24 @@ def load_memory(arrays: Sequence[Footprint], profile: BackendProfile) -> int:
 
     zstore decodes every object straight into the arrays it returns (``_read.shards``).
     Besides them a load holds the objects in its read window (``Settings.read_budget`` of
-    decoded bytes; ``LOAD_HELD`` per stored byte, for the client's copies), none where
-    they are files read into place (``profile.in_place``: local disk, compressed objects
-    too, read chunk by chunk into one buffer); and with a codec, its threads' scratch.
+    decoded bytes; ``LOAD_HELD`` per stored byte, ``COPY_HELD`` more per copy the client
+    makes), none where they are files read into place (``profile.in_place``: local disk,
+    compressed objects too, read chunk by chunk into one buffer); and with a codec, its
+    threads' scratch, which a store in this process (``memory://``, read in those same
+    threads) shares with its reads.
 
     Measured (peak RSS over the baseline in a fresh process, median of 3, 2-core machine; the
-    34-array, 95.7 MiB tree of tests/test_plan_figures.py; predicted in brackets): local 97.9
-    MiB (95.7), with Blosc 149.6 (143.7); memory:// 183.9 (172.0), with Blosc 168.9 (202.1);
-    moto S3 175.5 (172.0), with Blosc 205.2 (202.1). Before zstore's data path (zarr's
-    pipeline, which decodes each shard into a buffer of its own): 146-162 MiB locally, 215-258
-    on moto.
+    34-array, 95.7 MiB tree of tests/test_plan_figures.py, stacked into 11 arrays; predicted
+    in brackets): local 97.6 MiB (95.7), with Blosc 152.5 (143.7); memory:// 175.6 (172.0),
+    with Blosc 153.1 (154.1); moto S3 187.1 (184.7), with Blosc 204.8 (211.8). Before zstore's
+    data path (zarr's pipeline, which decodes each shard into a buffer of its own): 146-162
+    MiB locally, 215-258 on moto.
     """
-    held = 0.0 if profile.in_place else LOAD_HELD * _window(arrays, current().read_budget)
+    held = 0.0 if profile.in_place else (
+        (LOAD_HELD + COPY_HELD * profile.get_copies) * _window(arrays, current().read_budget))
     scratch = CODEC_SCRATCH if any(a.compressed for a in arrays) else 0
+    if profile.in_process:  # its reads run in the decoding threads: their arenas are shared
+        return sum(a.nbytes for a in arrays) + round(max(held, scratch))
     return sum(a.nbytes for a in arrays) + round(held) + scratch
 
 
@@ -290,8 +297,8 @@ def save_memory(arrays: Sequence[Footprint], profile: BackendProfile) -> int:
     once.
 
     Measured (as for ``load_memory``, the tree already in memory; predicted in brackets):
-    local 1.1 MiB (1.0), with Blosc 68.7 (72.5); memory:// 122.0 (127.6), with Blosc 157.7
-    (166.9); moto S3 176.6 (155.9), with Blosc 193.4 (190.2). Before zstore's data path
+    local 1.0 MiB (1.0), with Blosc 87.4 (91.5); memory:// 135.8 (154.0), with Blosc 209.8
+    (204.8); moto S3 321.6 (287.9), with Blosc 331.5 (303.9). Before zstore's data path
     (zarr's, three copies of each object in flight): local 77 MiB, memory:// 152-156, moto
     S3 208-220.
     """

@@ -74,16 +74,17 @@ def stacked_layout(member: Layout, shape: tuple[int, ...], count: int, member_nb
     """The layout of ``count`` members of ``shape`` stacked along a new leading dim, from
     one member's: its chunks, each within one member (so a member's bytes are its own
     chunks, back to back in their shard: one member, or one part of it, is the shard's
-    index and one ranged GET), in shards of whole members: as many as fill the profile's
-    shard target, but no more than leave a shard for each of the profile's useful streams
-    (a full load reads them in parallel) unless that makes shards smaller than what one
-    stream moves in a request's latency; a divisor of ``count`` not under half that, so
-    shards tile the array (a full load reads every shard whole), else that many (the last
-    shard is partly empty)."""
+    index and one ranged GET), in shards of whole members: as many as fill
+    ``1 / STACK_SHARE`` of the profile's shard target (so an incremental save that changes
+    one member uploads at most that much beside it: 16 MiB on S3), but no more than leave
+    a shard for each of the profile's useful streams (a full load reads them in parallel)
+    unless that makes shards smaller than what one stream moves in a request's latency;
+    a divisor of ``count`` not under half that, so shards tile the array (a full load reads
+    every shard whole), else that many (the last shard is partly empty)."""
     size = max(1, member_nbytes)
     streams = max(-(-count // profile.concurrency),
                   -(-round(profile.latency * profile.bandwidth) // size))
-    fill = max(1, min(count, profile.shard_target // size, streams))
+    fill = max(1, min(count, profile.shard_target // STACK_SHARE // size, streams))
     divisor = max(d for d in range(1, fill + 1) if count % d == 0)
     per_shard = divisor if 2 * divisor >= fill else fill
     chunk = (1, *member.chunk_shape)
