@@ -46,15 +46,16 @@ async def read_box(fmt: ObjectFormat, store: Store, backend: Backend, url: str, 
     ``path``. A damaged chunk raises ``ValueError`` saying "checksum".
 
     Each object in flight holds its bytes (at most its decoded size) of ``budget`` while
-    they are in memory: none where they are read from a file straight into ``dest``.
+    they are in memory: none where a whole one is read from a file (straight into ``dest``,
+    or chunk by chunk through one reused buffer).
     """
     limit = asyncio.Semaphore(max(1, int(zarr.config.get("async.concurrency"))))
-    in_place = backend.local_file("") is not None and fmt.compressor is None
 
     async def one(index: tuple[int, ...]) -> None:
         placements, whole = fmt.placements(index, box, dest.shape)
         key = object_key(path, index)
-        held = 0 if in_place and whole else fmt.chunk_nbytes * (
+        from_file = whole and backend.local_file(key) is not None
+        held = 0 if from_file else fmt.chunk_nbytes * (
             fmt.chunk_count if whole else len(placements))
         async with limit, budget.hold(held):
             if whole:

@@ -41,11 +41,12 @@ async def write_objects(fmt: ObjectFormat, location: Location, path: str, array:
     else:
         indexes = [tuple(s.start // o for s, o in zip(box, fmt.object_shape)) for box in boxes]
     limit = asyncio.Semaphore(max(1, int(zarr.config.get("async.concurrency"))))
-    in_place = location.backend.local_file("") is not None and fmt.compressor is None
-    held = 0 if in_place else fmt.chunk_count * fmt.chunk_nbytes
+    decoded = fmt.chunk_count * fmt.chunk_nbytes
 
     async def one(index: tuple[int, ...]) -> None:
-        async with limit, budget.hold(held):
+        key = object_key(path, index)
+        in_place = fmt.compressor is None and location.backend.local_file(key) is not None
+        async with limit, budget.hold(0 if in_place else decoded):
             origins = fmt.chunk_origins(index)
             if fmt.compressor is None or len(origins) == 1:
                 bodies = await asyncio.to_thread(
@@ -54,6 +55,6 @@ async def write_objects(fmt: ObjectFormat, location: Location, path: str, array:
                 bodies = await gather_all(asyncio.to_thread(fmt.encode_chunk, array, o)
                                           for o in origins)
             parts = await asyncio.to_thread(fmt.assemble, bodies)
-            await location.put_parts(object_key(path, index), parts)
+            await location.put_parts(key, parts)
 
     await gather_all(one(index) for index in indexes)
