@@ -175,17 +175,15 @@ def _whole_stacks(ckpt: Any, targets: Mapping[str, Any], stored: dict[str, str],
                   keys: list[str]) -> dict[Any, dict[int, tuple[str, np.ndarray]]]:
     """The stacked arrays every member of which goes straight into a CPU tensor: read shard
     by shard (one GET each), not member by member. {whole array: {index: (key, view)}}."""
-    found: dict[str, dict[int, tuple[str, np.ndarray]]] = {}
+    views: dict[str, np.ndarray] = {}
     for key in keys:
         source = ckpt[stored[key]]
-        if source.stacked is None:
-            continue
-        view = _host_view(targets[key], source.dtype, key)
+        view = _host_view(targets[key], source.dtype, key) if source.stacked else None
         if view is not None:
-            found.setdefault(source.stacked, {})[source._member] = (key, view)
-    arrays = ckpt.stored_arrays()
-    return {arrays[path]: members for path, members in found.items()
-            if len(members) == arrays[path].shape[0]}
+            views[key] = view
+    direct = {key: ckpt[stored[key]] for key in views}
+    return {stack: {index: (key, views[key]) for index, key in members.items()}
+            for stack, members in ckpt.whole_stacks(direct).items()}
 
 
 def _host_view(tensor: Any, dtype: np.dtype, name: str) -> np.ndarray | None:

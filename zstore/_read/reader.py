@@ -12,7 +12,7 @@ import asyncio
 import fnmatch
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from zarr import AsyncArray
@@ -48,6 +48,8 @@ from zstore._storage.location import Location, resolve, run
 from zstore._tasks import gather_all
 from zstore._text import contents, size
 from zstore.errors import CheckpointNotFoundError, CorruptCheckpointError, ZStoreError
+
+K = TypeVar("K")
 
 
 class LazyTensor:
@@ -362,6 +364,7 @@ class Checkpoint(Mapping[str, LazyTensor]):
         self._tensors: dict[str, LazyTensor] = {}
         # one per open checkpoint, shared by its arrays
         store = self._store = ShardIndexCache(_CommittedObjects(location.store, location.url))
+        self._stored: dict[str, LazyTensor] | None = None  # stored_arrays(), once built
         self._by_key: dict[str, LazyTensor] = {}  # tree.leaf_key -> the tensor it reads
         self._parsed: dict[str, tuple[ArrayV3Metadata, ObjectFormat | None]] = {}
         for name, node in iter_leaves(manifest.tree):
@@ -428,16 +431,30 @@ class Checkpoint(Mapping[str, LazyTensor]):
 
     def stored_arrays(self) -> dict[str, LazyTensor]:
         """Every stored array as a tensor of its own, by path: a stacked array whole (its
-        members are ``self[name]``); what checks every object reads."""
-        by_path: dict[str, LazyTensor] = {}
-        for tensor in self._tensors.values():
-            path = tensor._path
-            if path is None or path in by_path:
-                continue
-            by_path[path] = tensor if tensor._member is None else LazyTensor(
-                path, self._location, self._store, path, self._manifest.arrays[path], None,
-                tensor.kind, self._manifest.stored_bytes.get(path, 0), None, self._parsed[path])
-        return by_path
+        members are ``self[name]``); what checks every object reads. Built once."""
+        if self._stored is None:
+            self._stored = {}
+            for tensor in self._tensors.values():
+                path = tensor._path
+                if path is None or path in self._stored:
+                    continue
+                self._stored[path] = tensor if tensor._member is None else LazyTensor(
+                    path, self._location, self._store, path, self._manifest.arrays[path],
+                    None, tensor.kind, self._manifest.stored_bytes.get(path, 0), None,
+                    self._parsed[path])
+        return self._stored
+
+    def whole_stacks(self, tensors: Mapping[K, LazyTensor]) -> dict[LazyTensor, dict[int, K]]:
+        """The stacked arrays every member of which is among ``tensors`` (by any key), each
+        whole with {member index: key}: what a load reads stack by stack, one GET per shard,
+        instead of member by member."""
+        found: dict[str, dict[int, K]] = {}
+        for key, tensor in tensors.items():
+            if tensor._member is not None and tensor._path is not None:
+                found.setdefault(tensor._path, {})[tensor._member] = key
+        stored = self.stored_arrays()
+        return {stored[path]: members for path, members in found.items()
+                if len(members) == stored[path].shape[0]}
 
     def names(self, *globs: str) -> list[str]:
         """Names matching any of ``globs`` (fnmatch), in checkpoint order.
@@ -525,18 +542,14 @@ class Checkpoint(Mapping[str, LazyTensor]):
         """``reads`` with each stacked array whose every member is read whole read as one
         array instead (one GET per shard, as the plan counts), and where each of those
         members is in it: {read key: (stacked path, index)}."""
-        wanted: dict[str, list[str]] = {}
-        for key, (tensor, index) in reads.items():
-            if tensor._member is not None and index is Ellipsis and tensor._path is not None:
-                wanted.setdefault(tensor._path, []).append(key)
-        stored = self.stored_arrays()
         members: dict[str, tuple[str, int]] = {}
-        for path, keys in wanted.items():
-            if len({reads[k][0]._member for k in keys}) < stored[path].shape[0]:
-                continue  # some members only: each read alone
-            for key in keys:
-                members[key] = (path, reads.pop(key)[0]._member)  # type: ignore[assignment]
-            reads[path] = (stored[path], ...)
+        whole = {key: tensor for key, (tensor, index) in reads.items() if index is Ellipsis}
+        for stack, keys in self.whole_stacks(whole).items():
+            assert stack._path is not None
+            for index, key in keys.items():
+                del reads[key]
+                members[key] = (stack._path, index)
+            reads[stack._path] = (stack, ...)
         return reads, members
 
     def _skeleton(self, entries: Sequence[str | int] | None) -> dict[str, Any]:
