@@ -94,11 +94,6 @@ class ObjectFormat:
     def index_nbytes(self) -> int:
         return 16 * self.chunk_count + CRC if self.sharded else 0
 
-    @property
-    def grid(self) -> tuple[int, ...]:
-        """Objects along each dim."""
-        return tuple(-(-n // o) for n, o in zip(self.shape, self.object_shape))
-
     def packed_size(self) -> int | None:
         """The size of an object whose chunks are all uncompressed and in C order (as
         zstore writes them), or None with a compressor. (An edge object whose chunk slots
@@ -111,10 +106,6 @@ class ObjectFormat:
         """Grid indexes of the objects ``box`` touches."""
         ranges = [range(lo // o, -(-hi // o)) for (lo, hi), o in zip(box, self.object_shape)]
         return itertools.product(*ranges)
-
-    def object_box(self, index: Sequence[int]) -> Box:
-        return tuple((i * o, min((i + 1) * o, n))
-                     for i, o, n in zip(index, self.object_shape, self.shape))
 
     def placements(self, index: Sequence[int], box: Box, dest_shape: tuple[int, ...]
                    ) -> tuple[list[Placement], bool]:
@@ -204,7 +195,17 @@ class ObjectFormat:
         a chunk that is contiguous in ``array`` is a view of its memory, not a copy."""
         if any(g >= n for g, n in zip(origin, self.shape)):
             return None
-        return self._chunk_bytes(array, origin)
+        region = tuple(slice(g, min(g + c, n))
+                       for g, c, n in zip(origin, self.chunk_shape, self.shape))
+        part = array[region]
+        if part.shape != self.chunk_shape:  # an edge chunk: stored at full size, zero-filled
+            padded = np.zeros(self.chunk_shape, self.dtype)
+            padded[tuple(slice(0, s) for s in part.shape)] = part
+            part = padded
+        raw = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
+        if self.compressor is None:
+            return raw.data
+        return self.compressor.encode(raw)
 
     def assemble(self, bodies: Sequence[Any]) -> list[Any]:
         """An object's buffers, to be written back to back: each chunk body (C order) and
@@ -224,19 +225,6 @@ class ObjectFormat:
             table = np.asarray(entries, dtype="<u8").tobytes()
             parts += [table, crc_bytes(table)]
         return parts
-
-    def _chunk_bytes(self, array: np.ndarray, origin: Sequence[int]) -> Any:
-        region = tuple(slice(g, min(g + c, n))
-                       for g, c, n in zip(origin, self.chunk_shape, self.shape))
-        part = array[region]
-        if part.shape != self.chunk_shape:  # an edge chunk: stored at full size, zero-filled
-            padded = np.zeros(self.chunk_shape, self.dtype)
-            padded[tuple(slice(0, s) for s in part.shape)] = part
-            part = padded
-        raw = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
-        if self.compressor is None:
-            return raw.data
-        return self.compressor.encode(raw)
 
 
 def object_format(document: dict[str, Any]) -> ObjectFormat | None:

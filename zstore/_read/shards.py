@@ -54,21 +54,21 @@ async def read_box(fmt: ObjectFormat, store: Store, backend: Backend, url: str, 
     async def one(index: tuple[int, ...]) -> None:
         placements, whole = fmt.placements(index, box, dest.shape)
         key = object_key(path, index)
-        from_file = whole and backend.local_file(key) is not None
-        held = 0 if from_file else fmt.chunk_nbytes * (
+        file = backend.local_file(key) if whole else None
+        held = 0 if file is not None else fmt.chunk_nbytes * (
             fmt.chunk_count if whole else len(placements))
         async with limit, budget.hold(held):
             if whole:
-                await _read_whole(fmt, store, backend, url, key, placements, dest)
+                await _read_whole(fmt, store, file, url, key, placements, dest)
             else:
                 await _read_chunks(fmt, store, key, placements, dest)
 
     await gather_all(one(index) for index in fmt.objects_in(box))
 
 
-async def _read_whole(fmt: ObjectFormat, store: Store, backend: Backend, url: str, key: str,
+async def _read_whole(fmt: ObjectFormat, store: Store, file: str | None, url: str, key: str,
                       placements: list[Placement], dest: np.ndarray) -> None:
-    file = backend.local_file(key)
+    """A whole object: from its local ``file`` where it has one, else one GET."""
     if file is not None:
         started = time.perf_counter()
         try:
@@ -84,10 +84,14 @@ async def _read_whole(fmt: ObjectFormat, store: Store, backend: Backend, url: st
     if not fmt.sharded:
         await asyncio.to_thread(fmt.decode, data, placements[0], dest, key)
         return
-    table = fmt.parse_index(data[len(data) - fmt.index_nbytes:], key)
     end = len(data) - fmt.index_nbytes
-    await _decode_all(fmt, [(p, _slice(data, table[p.index], end, key)) for p in placements],
-                      dest, key)
+    table = fmt.parse_index(data[end:], key)
+    chunks = []
+    for placement in placements:
+        entry = _entry(table, placement, end, key)
+        chunks.append((placement, None if entry is None
+                       else data[entry[0]:entry[0] + entry[1]]))
+    await _decode_all(fmt, chunks, dest, key)
 
 
 async def _read_chunks(fmt: ObjectFormat, store: Store, key: str,
@@ -100,9 +104,9 @@ async def _read_chunks(fmt: ObjectFormat, store: Store, key: str,
     if raw is None:
         raise FileNotFoundError(key)  # the store of a committed checkpoint raises first
     table = fmt.parse_index(raw.as_numpy_array(), key)
-    empty = [(p, None) for p in placements if int(table[p.index][0]) == EMPTY]
-    stored = sorted(((int(table[p.index][0]), int(table[p.index][1]), p) for p in placements
-                     if int(table[p.index][0]) != EMPTY), key=lambda e: e[0])
+    entries = [(p, _entry(table, p, None, key)) for p in placements]
+    empty: list[tuple[Placement, Any]] = [(p, None) for p, e in entries if e is None]
+    stored = sorted(((e[0], e[1], p) for p, e in entries if e is not None), key=lambda s: s[0])
     runs: list[list[tuple[int, int, Placement]]] = []
     for entry in stored:
         if runs and runs[-1][-1][0] + runs[-1][-1][1] == entry[0]:
@@ -123,24 +127,33 @@ async def _read_chunks(fmt: ObjectFormat, store: Store, key: str,
     await _decode_all(fmt, fetched + empty, dest, key)
 
 
-def _slice(data: np.ndarray, entry: np.ndarray, end: int, key: str) -> Any:
-    offset, nbytes = (int(v) for v in entry)
+def _entry(table: np.ndarray, placement: Placement, end: int | None, key: str
+           ) -> tuple[int, int] | None:
+    """(offset, nbytes) of a placement's chunk in its object, None for a chunk never
+    written; ``ValueError`` where the index points past the chunks (``end``, if known)."""
+    offset, nbytes = (int(v) for v in table[placement.index])
     if offset == EMPTY:
         return None
-    if offset + nbytes > end:
+    if end is not None and offset + nbytes > end:
         raise ValueError(f"{key!r}: checksum mismatch (its index points past its chunks)")
-    return data[offset:offset + nbytes]
+    return offset, nbytes
+
+
+def _decode(fmt: ObjectFormat, placement: Placement, encoded: Any, dest: np.ndarray,
+            key: str) -> None:
+    """Decode one chunk into place; a chunk never written (as zarr may leave one) is the
+    fill value, zero."""
+    if encoded is None:
+        dest[placement.target] = 0
+    else:
+        fmt.decode(encoded, placement, dest, key)
 
 
 async def _decode_all(fmt: ObjectFormat, chunks: Sequence[tuple[Placement, Any]],
                       dest: np.ndarray, key: str) -> None:
-    """Decode each chunk into place, the chunks spread over worker threads (a chunk never
-    written, as zarr may leave one, is the fill value: zero)."""
+    """Decode each chunk into place, the chunks spread over worker threads."""
     def decode(placement: Placement, encoded: Any) -> None:
-        if encoded is None:
-            dest[placement.target] = 0
-        else:
-            fmt.decode(encoded, placement, dest, key)
+        _decode(fmt, placement, encoded, dest, key)
 
     if len(chunks) == 1:
         await asyncio.to_thread(decode, *chunks[0])
@@ -177,16 +190,13 @@ def _read_file(fmt: ObjectFormat, file: str, placements: list[Placement], dest: 
         table = fmt.parse_index(index, key)
         scratch = np.empty(0, np.uint8)
         for placement in placements:
-            offset, nbytes = (int(v) for v in table[placement.index])
-            if offset == EMPTY:
-                dest[placement.target] = 0
-                continue
-            if offset + nbytes > end:
-                raise ValueError(f"{key!r}: checksum mismatch (its index points past its chunks)")
-            if len(scratch) < nbytes:
-                scratch = np.empty(nbytes, np.uint8)
-            read_into(fd, [scratch[:nbytes]], offset)
-            fmt.decode(scratch[:nbytes], placement, dest, key)
+            entry = _entry(table, placement, end, key)
+            if entry is not None:
+                offset, nbytes = entry
+                if len(scratch) < nbytes:
+                    scratch = np.empty(nbytes, np.uint8)
+                read_into(fd, [scratch[:nbytes]], offset)
+            _decode(fmt, placement, None if entry is None else scratch[:nbytes], dest, key)
     finally:
         os.close(fd)
     return size
