@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -68,31 +68,40 @@ def seaweedfs() -> Iterator[str | None]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+async def _timed(put: Callable[[int], Awaitable[None]], get: Callable[[int], Awaitable[None]]
+                 ) -> tuple[float, float]:
+    """Seconds to PUT every object, then to GET every one, ``IN_FLIGHT`` at a time."""
+    limit = asyncio.Semaphore(IN_FLIGHT)
+
+    async def bounded(call: Callable[[int], Awaitable[None]], i: int) -> None:
+        async with limit:
+            await call(i)
+
+    seconds = []
+    for call in (put, get):
+        started = time.perf_counter()
+        await asyncio.gather(*(bounded(call, i) for i in range(OBJECTS)))
+        seconds.append(time.perf_counter() - started)
+    return seconds[0], seconds[1]
+
+
 async def _s3fs_round(endpoint: str, options: dict[str, Any], bucket: str, prefix: str,
                       data: bytes) -> tuple[float, float]:
     import s3fs
 
     fs = s3fs.S3FileSystem(asynchronous=True, **options)
     session = await fs.set_session()
-    limit = asyncio.Semaphore(IN_FLIGHT)
 
     async def put(i: int) -> None:
-        async with limit:
-            await fs._pipe_file(f"{bucket}/{prefix}{i}", data)
+        await fs._pipe_file(f"{bucket}/{prefix}{i}", data)
 
-    async def get(i: int) -> bytes:
-        async with limit:
-            got: bytes = await fs._cat_file(f"{bucket}/{prefix}{i}")
-            return got
+    async def get(i: int) -> None:
+        await fs._cat_file(f"{bucket}/{prefix}{i}")
 
-    started = time.perf_counter()
-    await asyncio.gather(*(put(i) for i in range(OBJECTS)))
-    put_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    await asyncio.gather(*(get(i) for i in range(OBJECTS)))
-    get_seconds = time.perf_counter() - started
-    await session.close()
-    return put_seconds, get_seconds
+    try:
+        return await _timed(put, get)
+    finally:
+        await session.close()
 
 
 async def _obstore_round(endpoint: str, options: dict[str, Any], bucket: str, prefix: str,
@@ -103,24 +112,14 @@ async def _obstore_round(endpoint: str, options: dict[str, Any], bucket: str, pr
     store = S3Store(bucket, endpoint=endpoint, access_key_id=options["key"],
                     secret_access_key=options["secret"], region="us-east-1",
                     virtual_hosted_style_request=False, client_options={"allow_http": True})
-    limit = asyncio.Semaphore(IN_FLIGHT)
 
     async def put(i: int) -> None:
-        async with limit:
-            await obstore.put_async(store, f"{prefix}{i}", data)
+        await obstore.put_async(store, f"{prefix}{i}", data)
 
-    async def get(i: int) -> bytes:
-        async with limit:
-            result = await obstore.get_async(store, f"{prefix}{i}")
-            return bytes(await result.bytes_async())
+    async def get(i: int) -> None:
+        await (await obstore.get_async(store, f"{prefix}{i}")).bytes_async()
 
-    started = time.perf_counter()
-    await asyncio.gather(*(put(i) for i in range(OBJECTS)))
-    put_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    await asyncio.gather(*(get(i) for i in range(OBJECTS)))
-    get_seconds = time.perf_counter() - started
-    return put_seconds, get_seconds
+    return await _timed(put, get)
 
 
 def _compare(report: Report, server: str, endpoint: str, options: dict[str, Any], bucket: str,
