@@ -221,10 +221,10 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
              for path, value in flat.arrays.items()}
     plan = plan_specs(specs, access=access, profile=profile_for(url, backend), codec=codec,
                       cores=None, layouts=layouts, stack=stack)
-    arrays = _stack(flat, plan, specs)
+    arrays = _stack(flat, plan)
     for path, a in plan.arrays.items():
         manifest.arrays[path] = array_metadata(a.shape, a.dtype, a.layout, a.members)
-    if len(arrays) < len(flat.arrays):
+    if any(a.members for a in plan.arrays.values()):
         manifest.format = STACKED_FORMAT
     location = resolve(url, storage_options)
     source = resolve(base, storage_options) if base is not None else None
@@ -256,16 +256,14 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
     )
 
 
-def _stack(flat: FlatTree, plan: Plan, specs: dict[str, tuple[tuple[int, ...], np.dtype]]
-           ) -> dict[str, Any]:
+def _stack(flat: FlatTree, plan: Plan) -> dict[str, Any]:
     """The arrays to write, the plan's stacked ones in place of their members; the members'
     tree leaves now point at their index in the stacked array."""
     arrays = dict(flat.arrays)
     position: dict[str, tuple[str, int]] = {}
     for path, a in plan.arrays.items():
         if a.members:
-            arrays[path] = Stacked([arrays.pop(m) for m in a.members], a.members,
-                                   specs[a.members[0]][1])
+            arrays[path] = Stacked([arrays.pop(m) for m in a.members], a.members, a.dtype)
             position.update((m, (path, i)) for i, m in enumerate(a.members))
     for _, node in iter_leaves(flat.skeleton):
         if "array" in node and node["array"] in position:
