@@ -229,13 +229,14 @@ class Footprint:
 def _window(arrays: Sequence[Footprint], budget: int) -> float:
     """Stored bytes of the objects in flight when as many are as ``budget`` (in decoded
     bytes) admits: the largest objects first, at least one, at most every object."""
-    objects = sorted(((a.object_nbytes, a.stored_object) for a in arrays
-                      for _ in range(a.objects)), reverse=True)
     decoded, stored = 0, 0.0
-    for size, kept in objects:
-        if decoded and decoded + size > budget:
+    for size, kept, count in sorted(((a.object_nbytes, a.stored_object, a.objects)
+                                     for a in arrays), reverse=True):
+        fits = count if size == 0 else min(count, max(0, budget - decoded) // size)
+        taken = max(fits, 1 if decoded == 0 else 0)  # one larger than the budget runs alone
+        decoded, stored = decoded + taken * size, stored + taken * kept
+        if taken < count:
             break
-        decoded, stored = decoded + size, stored + kept
     return stored
 
 
