@@ -157,3 +157,29 @@ def test_a_save_writes_each_object_in_one_request(s3):
     assert not [path for method, path, _ in s3.wire.requests  # never read-modify-write
                 if method == "GET" and "/c/" in path]
     assert io.puts == s3.wire.methods()["PUT"]
+
+
+def test_a_client_reads_a_large_shard_in_parts_within_the_read_budget(s3):
+    array = values((3072, 4096), np.dtype(np.float32))  # 48 MiB, one shard of 24 chunks
+    layout = zstore.Layout((128, 4096), (3072, 4096), "none")
+    zstore.save({"a": array}, s3.url(), layouts={"a": layout}, codec="none",
+                storage_options=s3.storage_options)
+    ckpt = zstore.open(s3.url(), storage_options=s3.storage_options)
+    out = np.empty_like(array)
+    with zstore.configure(read_budget=8 << 20):
+        s3.wire.clear()
+        tracemalloc.start()
+        try:
+            ckpt["a"].read(out=out)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert same_bytes(out, array)
+    # Its index, then six ranged GETs of 8 MiB (four 2 MiB chunks), as the plan counts.
+    assert s3.wire.methods() == {"GET": 7}
+    assert zstore.plan(ckpt).load_requests == 2 + 7
+    # One GET of the whole shard holds it three times over (moto, in this process, reads
+    # the object from its store; s3fs joins what it read): 144 MiB. Parts of 8 MiB, one at
+    # a time, hold a few of them (56 MiB measured, moto's 48 MiB read of the object for
+    # each ranged GET included).
+    assert peak < 72 << 20, peak

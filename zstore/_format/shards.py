@@ -37,6 +37,10 @@ from zstore._format.dtypes import dtype_from_name
 CRC = 4  # bytes of the crc32c after every chunk and after the shard index
 EMPTY = 2**64 - 1  # an index entry of (EMPTY, EMPTY): the chunk was not written (fill value)
 _SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+# Decoded bytes of one ranged GET where a client reads a large object in parts: what the
+# read budget holds per request, so that a 128 MiB shard is never all in memory at once
+# (8 MiB parts keep a request's fixed cost under 1% on S3, as the raw baseline's do).
+READ_PART = 8 << 20
 
 Box = tuple[tuple[int, int], ...]  # [start, stop) per dim
 
@@ -44,6 +48,12 @@ Box = tuple[tuple[int, int], ...]  # [start, stop) per dim
 def checksum(data: Any, value: int = 0) -> int:
     """The crc32c of ``data`` (any buffer), continuing from ``value``."""
     return int(crc32c.crc32c(data, value))
+
+
+def chunks_per_part(chunk_nbytes: int) -> int:
+    """Inner chunks per ranged GET of an object read in parts: ``READ_PART`` bytes' worth,
+    at least one."""
+    return max(1, READ_PART // max(1, chunk_nbytes))
 
 
 def crc_bytes(data: Any) -> bytes:

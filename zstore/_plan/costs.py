@@ -6,7 +6,10 @@ Pure arithmetic over a ``Layout``, mirroring how zstore's data path reads (``_re
 - a shard whose every inner chunk is needed is one GET of the whole shard;
 - otherwise the shard index (a suffix range of ``16 * chunks + 4`` bytes),
   then one ranged GET per run of needed inner chunks that lie back to back,
-  after the index arrives (two round trips).
+  after the index arrives (two round trips);
+- from a client (not a file of this machine, not a store in this process), a run of more
+  inner chunks than ``READ_PART`` bytes hold is read in parts of that many, and so is a
+  whole shard larger than that (its index first, as above).
 
 Stored bytes are estimated from the compression ratios measured on trained
 weights (``RATIO``); other dtypes are assumed incompressible. Read
@@ -31,6 +34,7 @@ import numpy as np
 import zarr
 
 from zstore._format.layout import Layout
+from zstore._format.shards import chunks_per_part
 from zstore._options import current
 from zstore._plan.access import Pattern, Split
 from zstore._plan.chunking import INDEX_ENTRY
@@ -96,12 +100,13 @@ def _spans(n: int, obj: int, chunk: int, lo: int, hi: int) -> list[tuple[int, in
     return spans
 
 
-def _partial_runs(per_dim: list[list[tuple[int, int, bool]]]) -> int:
+def _partial_runs(per_dim: list[list[tuple[int, int, bool]]], group: int | None) -> int:
     """Ranged GETs of the partly read objects: one per run of needed chunks that lie back
     to back (zstore writes a shard's chunks in C order, and stores none past the array's
-    end). In an object, a run spans every dim after the last one whose existing chunks are
-    not all needed, so its runs are the product of the needed chunks along the dims
-    before it. Objects alike along every dim are counted once, times their number."""
+    end), or per ``group`` chunks of a longer run. In an object, a run spans every dim
+    after the last one whose existing chunks are not all needed, so its runs are the
+    product of the needed chunks along the dims before it. Objects alike along every dim
+    are counted once, times their number."""
     runs = 0
     for combo in itertools.product(*(Counter(spans).items() for spans in per_dim)):
         spans = [span for span, _ in combo]
@@ -109,7 +114,10 @@ def _partial_runs(per_dim: list[list[tuple[int, int, bool]]]) -> int:
             continue
         cut = max((d for d, (held, touched, _) in enumerate(spans) if touched < held),
                   default=0)
-        runs += math.prod(n for _, n in combo) * math.prod(t for _, t, _ in spans[:cut])
+        run = spans[cut][1] * math.prod(h for h, _, _ in spans[cut + 1:])
+        pieces = -(-run // group) if group else 1
+        runs += (math.prod(n for _, n in combo) * math.prod(t for _, t, _ in spans[:cut])
+                 * pieces)
     return runs
 
 
@@ -132,17 +140,21 @@ def region_cost(shape: tuple[int, ...], dtype: np.dtype, layout: Layout, region:
     if layout.shard_shape is None:
         return Cost(objects, objects * stored_chunk, asked, objects * chunk_bytes,
                     profile.seconds(objects, objects * stored_chunk))
-    index = math.prod(o // c for o, c in zip(layout.object_shape, layout.chunk_shape))
-    index = index * INDEX_ENTRY + CRC
-    # Shards with every inner chunk needed are one GET of the whole shard ...
+    count = math.prod(o // c for o, c in zip(layout.object_shape, layout.chunk_shape))
+    index = count * INDEX_ENTRY + CRC
+    group = None if profile.in_place or profile.in_process else chunks_per_part(chunk_bytes)
+    # Shards with every inner chunk needed are one GET of the whole shard (from a client,
+    # one larger than a part is its index and a GET per part) ...
     whole = math.prod(sum(1 for *_, full in spans if full) for spans in per_dim)
     whole_chunks = math.prod(sum(h for h, _, full in spans if full) for spans in per_dim)
     whole_touched = math.prod(sum(t for _, t, full in spans if full) for spans in per_dim)
+    parted = whole if group is not None and count > group else 0
     # ... the others, an index GET and then one ranged GET per run of needed chunks.
     partial, partial_chunks = objects - whole, touched - whole_touched
-    requests = whole + partial + _partial_runs(per_dim)
+    requests = (whole + parted * -(-count // (group or 1)) + partial
+                + _partial_runs(per_dim, group))
     nbytes = (whole_chunks + partial_chunks) * stored_chunk + objects * index
-    seconds = profile.seconds(requests, nbytes, serial=2 if partial else 1)
+    seconds = profile.seconds(requests, nbytes, serial=2 if partial or parted else 1)
     return Cost(requests, nbytes, asked, touched * chunk_bytes + objects * index, seconds)
 
 
@@ -211,6 +223,7 @@ class Footprint:
     objects: int
     object_nbytes: int  # decoded bytes of one object (of the array, if it is smaller)
     codec: str
+    part_nbytes: int  # decoded bytes of one object's read where a client reads it in parts
 
     @property
     def compressed(self) -> bool:
@@ -226,12 +239,17 @@ class Footprint:
         return self.stored / max(1, self.objects)
 
 
-def _window(arrays: Sequence[Footprint], budget: int) -> float:
-    """Stored bytes of the objects in flight when as many are as ``budget`` (in decoded
-    bytes) admits: the largest objects first, at least one, at most every object."""
+def _window(arrays: Sequence[Footprint], budget: int, parted: bool) -> float:
+    """Stored bytes of the reads in flight when as many are as ``budget`` (in decoded
+    bytes) admits: the largest first, at least one, at most every object (or, ``parted``,
+    every part of an object a client reads in parts)."""
+    reads = []
+    for a in arrays:
+        size = a.part_nbytes if parted else a.object_nbytes
+        parts = -(-a.object_nbytes // size) if size else 1
+        reads.append((size, a.stored_object / parts, a.objects * parts))
     decoded, stored = 0, 0.0
-    for size, kept, count in sorted(((a.object_nbytes, a.stored_object, a.objects)
-                                     for a in arrays), reverse=True):
+    for size, kept, count in sorted(reads, reverse=True):
         fits = count if size == 0 else min(count, max(0, budget - decoded) // size)
         taken = max(fits, 1 if decoded == 0 else 0)  # one larger than the budget runs alone
         decoded, stored = decoded + taken * size, stored + taken * kept
@@ -266,7 +284,8 @@ def load_memory(arrays: Sequence[Footprint], profile: BackendProfile) -> int:
     zstore decodes every object straight into the arrays it returns (``_read.shards``).
     Besides them a load holds the objects in its read window (``Settings.read_budget`` of
     decoded bytes; ``LOAD_HELD`` per stored byte, ``COPY_HELD`` more per copy the client
-    makes), none where they are files read into place (``profile.in_place``: local disk,
+    makes; a client reads a large shard in parts, each within the window), none where they
+    are files read into place (``profile.in_place``: local disk,
     compressed objects too, read chunk by chunk into one buffer); and with a codec, its
     threads' scratch, which a store in this process (``memory://``, read in those same
     threads) shares with its reads.
@@ -279,7 +298,8 @@ def load_memory(arrays: Sequence[Footprint], profile: BackendProfile) -> int:
     MiB locally, 215-258 on moto.
     """
     held = 0.0 if profile.in_place else (
-        (LOAD_HELD + COPY_HELD * profile.get_copies) * _window(arrays, current().read_budget))
+        (LOAD_HELD + COPY_HELD * profile.get_copies)
+        * _window(arrays, current().read_budget, parted=not profile.in_process))
     scratch = CODEC_SCRATCH if any(a.compressed for a in arrays) else 0
     if profile.in_process:  # its reads run in the decoding threads: their arenas are shared
         return sum(a.nbytes for a in arrays) + round(max(held, scratch))

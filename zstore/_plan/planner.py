@@ -27,6 +27,7 @@ from zstore._format.layout import (
     stacked_members,
 )
 from zstore._format.manifest import group_paths
+from zstore._format.shards import chunks_per_part
 from zstore._format.tensors import is_torch_tensor, numpy_dtype_of
 from zstore._format.tree import flatten
 from zstore._plan.access import Access, Pattern, Split, check_globs, check_split, patterns_for
@@ -36,6 +37,7 @@ from zstore._plan.costs import (
     Footprint,
     load_memory,
     pattern_cost,
+    region_cost,
     resolve_codec,
     save_memory,
     stored_ratio,
@@ -81,9 +83,13 @@ class ArrayPlan:
 
     @property
     def footprint(self) -> Footprint:
-        object_nbytes = math.prod(self.layout.object_shape) * self.dtype.itemsize
-        return Footprint(self.nbytes, self.stored_bytes, self.objects,
-                         min(self.nbytes, object_nbytes), self.layout.codec)
+        object_nbytes = min(self.nbytes, math.prod(self.layout.object_shape) * self.dtype.itemsize)
+        part_nbytes = object_nbytes
+        if self.layout.shard_shape is not None:
+            chunk = math.prod(self.layout.chunk_shape) * self.dtype.itemsize
+            part_nbytes = min(object_nbytes, chunks_per_part(chunk) * chunk)
+        return Footprint(self.nbytes, self.stored_bytes, self.objects, object_nbytes,
+                         self.layout.codec, part_nbytes)
 
 
 @dataclass(frozen=True)
@@ -148,8 +154,12 @@ class Plan:
     @property
     def load_requests(self) -> int:
         """GETs of a full load, ``open`` included: the root metadata, the commit marker,
-        then one per data object (zarr reads a shard it needs whole in one GET)."""
-        return 2 + self.data_objects
+        then each array's whole read (``costs.region_cost``: one GET per object, but
+        where a client reads a shard in parts, or an edge shard by its index)."""
+        return 2 + sum(
+            region_cost(a.shape, a.dtype, a.layout, [(0, n) for n in a.shape], self.profile,
+                        a.ratio).requests
+            for a in self.arrays.values())
 
     @property
     def load_memory(self) -> int:

@@ -4,6 +4,8 @@ For each object the box touches: where it needs every chunk, the whole object is
 once (one GET; on local disk one ``preadv`` whose buffers are the destination's own memory,
 so uncompressed chunks land in place with no copy at all); otherwise its index (remembered,
 see ``index_cache``) and then each run of needed chunks that lie back to back, by range.
+A client reads a whole shard larger than ``READ_PART`` the second way too, in parts of
+that size, so that what a load holds besides its arrays stays within the read budget.
 Every chunk's crc32c is checked, and decoding runs in worker threads (crc32c, Blosc and
 zstd release the GIL), so the cores work in parallel. The plan's request counts
 (``costs.region_cost``) describe these reads exactly.
@@ -24,7 +26,15 @@ from zarr.buffer import default_buffer_prototype
 
 from zstore._budget import ByteBudget
 from zstore._format.names import object_key
-from zstore._format.shards import CRC, EMPTY, Box, ObjectFormat, Placement, checksum
+from zstore._format.shards import (
+    CRC,
+    EMPTY,
+    Box,
+    ObjectFormat,
+    Placement,
+    checksum,
+    chunks_per_part,
+)
 from zstore._storage.accounting import record
 from zstore._storage.backend import Backend
 from zstore._storage.vectored import read_into
@@ -45,23 +55,26 @@ async def read_box(fmt: ObjectFormat, store: Store, backend: Backend, url: str, 
     """Fill ``dest`` (C-contiguous, of the box's extents) with ``box`` of the array at
     ``path``. A damaged chunk raises ``ValueError`` saying "checksum".
 
-    Each object in flight holds its bytes (at most its decoded size) of ``budget`` while
-    they are in memory: none where a whole one is read from a file (straight into ``dest``,
-    or chunk by chunk through one reused buffer).
+    What is in memory holds its decoded size of ``budget``: a whole object read in one GET,
+    each piece of one read by ranges (a client reads a shard of more than ``READ_PART``
+    bytes in parts, so a read holds at most about the budget however large the objects
+    are), and nothing where a whole object is read from a file (straight into ``dest``, or
+    chunk by chunk through one reused buffer).
     """
     limit = asyncio.Semaphore(max(1, int(zarr.config.get("async.concurrency"))))
+    group = chunks_per_part(fmt.chunk_nbytes) if backend.read_parts and fmt.sharded else None
 
     async def one(index: tuple[int, ...]) -> None:
         placements, whole = fmt.placements(index, box, dest.shape)
         key = object_key(path, index)
-        file = backend.local_file(key) if whole else None
-        held = 0 if file is not None else fmt.chunk_nbytes * (
-            fmt.chunk_count if whole else len(placements))
-        async with limit, budget.hold(held):
-            if whole:
+        if whole and (group is None or len(placements) <= group):
+            file = backend.local_file(key)
+            held = 0 if file is not None else fmt.chunk_nbytes * fmt.chunk_count
+            async with limit, budget.hold(held):
                 await _read_whole(fmt, store, file, url, key, placements, dest)
-            else:
-                await _read_chunks(fmt, store, key, placements, dest)
+        else:
+            async with limit:
+                await _read_chunks(fmt, store, key, placements, dest, budget, group)
 
     await gather_all(one(index) for index in fmt.objects_in(box))
 
@@ -95,10 +108,14 @@ async def _read_whole(fmt: ObjectFormat, store: Store, file: str | None, url: st
 
 
 async def _read_chunks(fmt: ObjectFormat, store: Store, key: str,
-                       placements: list[Placement], dest: np.ndarray) -> None:
-    """Part of a shard: its index, then the needed chunks, one ranged GET per run of them
-    that lie back to back in the object (zstore writes a shard's chunks in C order, so a
-    row range of a shard, or one member of a stacked array, is one run)."""
+                       placements: list[Placement], dest: np.ndarray, budget: ByteBudget,
+                       group: int | None) -> None:
+    """Part of a shard, or a whole one a client reads in parts: its index, then the needed
+    chunks, one ranged GET per run of them that lie back to back in the object (zstore
+    writes a shard's chunks in C order, so a row range of a shard, or one member of a
+    stacked array, is one run), a run of more than ``group`` chunks (if given) in pieces of
+    ``group``. Each piece holds its decoded bytes of ``budget`` from its GET to its
+    decoding."""
     prototype = default_buffer_prototype()
     raw = await store.get(key, prototype, SuffixByteRequest(fmt.index_nbytes))
     if raw is None:
@@ -107,24 +124,27 @@ async def _read_chunks(fmt: ObjectFormat, store: Store, key: str,
     entries = [(p, _entry(table, p, None, key)) for p in placements]
     empty: list[tuple[Placement, Any]] = [(p, None) for p, e in entries if e is None]
     stored = sorted(((e[0], e[1], p) for p, e in entries if e is not None), key=lambda s: s[0])
-    runs: list[list[tuple[int, int, Placement]]] = []
+    pieces: list[list[tuple[int, int, Placement]]] = []
     for entry in stored:
-        if runs and runs[-1][-1][0] + runs[-1][-1][1] == entry[0]:
-            runs[-1].append(entry)
+        last = pieces[-1][-1] if pieces else None
+        if (last is not None and last[0] + last[1] == entry[0]
+                and (group is None or len(pieces[-1]) < group)):
+            pieces[-1].append(entry)
         else:
-            runs.append([entry])
+            pieces.append([entry])
 
-    async def fetch(run: list[tuple[int, int, Placement]]) -> list[tuple[Placement, Any]]:
+    async def piece(run: list[tuple[int, int, Placement]]) -> None:
         start, end = run[0][0], run[-1][0] + run[-1][1]
-        value = await store.get(key, prototype, RangeByteRequest(start, end))
-        if value is None or len(value) != end - start:
-            raise ValueError(f"{key!r}: checksum mismatch (the shard is shorter than its "
-                             "index says)")
-        data = value.as_numpy_array()
-        return [(p, data[offset - start:offset - start + nbytes]) for offset, nbytes, p in run]
+        async with budget.hold(fmt.chunk_nbytes * len(run)):
+            value = await store.get(key, prototype, RangeByteRequest(start, end))
+            if value is None or len(value) != end - start:
+                raise ValueError(f"{key!r}: checksum mismatch (the shard is shorter than "
+                                 "its index says)")
+            data = value.as_numpy_array()
+            await _decode_all(fmt, [(p, data[offset - start:offset - start + nbytes])
+                                    for offset, nbytes, p in run], dest, key)
 
-    fetched = [chunk for run in await gather_all(fetch(r) for r in runs) for chunk in run]
-    await _decode_all(fmt, fetched + empty, dest, key)
+    await gather_all([*(piece(run) for run in pieces), _decode_all(fmt, empty, dest, key)])
 
 
 def _entry(table: np.ndarray, placement: Placement, end: int | None, key: str
@@ -155,8 +175,9 @@ async def _decode_all(fmt: ObjectFormat, chunks: Sequence[tuple[Placement, Any]]
     def decode(placement: Placement, encoded: Any) -> None:
         _decode(fmt, placement, encoded, dest, key)
 
-    if len(chunks) == 1:
-        await asyncio.to_thread(decode, *chunks[0])
+    if len(chunks) <= 1:
+        if chunks:
+            await asyncio.to_thread(decode, *chunks[0])
         return
     await gather_all(asyncio.to_thread(decode, p, e) for p, e in chunks)
 

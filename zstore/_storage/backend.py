@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import fsspec
 from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+from fsspec.implementations.memory import MemoryFileSystem
 from zarr.buffer import default_buffer_prototype
 from zarr.storage import FsspecStore
 
@@ -91,6 +92,10 @@ class Backend:
 
     writes_in_threads: ClassVar[bool] = False
     """Whether writes run in worker threads, which cancelling their task would not stop."""
+    read_parts: bool = True
+    """Whether the data path reads a large object in ranged parts (``shards.READ_PART``)
+    rather than in one GET: where a GET's body is a copy the client makes (and s3fs makes
+    two), parts bound what a read holds; a file, or a store in this process, gains nothing."""
 
     def __init__(self, store: FsspecStore) -> None:
         self.store = CountingStore(store)
@@ -216,6 +221,7 @@ class ThreadedBackend(Backend):
     def __init__(self, store: FsspecStore) -> None:
         super().__init__(store)
         self.sync_fs: Any = store.fs.sync_fs  # the wrapped filesystem, called from threads
+        self.read_parts = self.read_parts and not isinstance(self.sync_fs, MemoryFileSystem)
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:

@@ -25,6 +25,8 @@ from zstore._storage.vectored import write_from
 class LocalBackend(ThreadedBackend):
     """Paths under a folder of this machine (``file://`` or none)."""
 
+    read_parts = False  # whole objects are read from their files, into place
+
     @classmethod
     def open(cls, url: str, options: dict[str, Any]) -> Backend:
         options.setdefault("auto_mkdir", True)
