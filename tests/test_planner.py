@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import zstore
-from zstore._format.shards import chunks_per_part
+from zstore._format import chunks_per_part
 from zstore._plan import (
     BUILTIN,
     CHUNK_FULL,
