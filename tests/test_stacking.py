@@ -122,6 +122,30 @@ def test_an_incremental_save_copies_the_unchanged_shards_of_a_stacked_array(s3):
     assert all(np.array_equal(got[k], v) for k, v in changed.items())
 
 
+def test_members_worth_a_request_each_are_shards_of_their_own_and_reuploaded_alone(s3):
+    """12 layers of 3 MiB (more than one S3 stream moves in a request's latency, and more
+    layers than streams): one shard per member, so a step that trains one layer uploads
+    that layer and nothing beside it."""
+    rng = np.random.default_rng(1)
+    tree = {f"layers.{i}.w": rng.standard_normal((768, 1024), dtype=np.float32)
+            for i in range(12)}
+    plan = zstore.plan(tree, backend="s3", codec="none")
+    array = plan.array_of("layers.0.w")
+    assert len(plan.arrays) == 1 and array.layout.shard_shape is not None and array.layout.shard_shape[0] == 1
+    options = s3.storage_options
+    zstore.save(tree, s3.url("a"), storage_options=options, codec="none")
+    zstore.save(tree, s3.url("b"), storage_options=options, codec="none",
+                base=s3.url("a"))  # hashes now
+    changed = {**tree, "layers.3.w": tree["layers.3.w"] + 1}
+    info = zstore.save(changed, s3.url("c"), storage_options=options, codec="none",
+                       base=s3.url("b"))
+    member = tree["layers.3.w"].nbytes
+    assert member <= info.uploaded_bytes < member + 64 * 1024  # its shard, and metadata
+    assert info.copied_objects == 11
+    got = zstore.load(s3.url("c"), storage_options=options)
+    assert all(np.array_equal(got[k], v) for k, v in changed.items())
+
+
 def test_stack_false_keeps_one_array_per_tensor(tmp_path):
     tree = moe(200)
     info = zstore.save(tree, str(tmp_path / "c"), stack=False)

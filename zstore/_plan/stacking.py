@@ -80,11 +80,15 @@ def stacked_layout(member: Layout, shape: tuple[int, ...], count: int, member_nb
     a shard for each of the profile's useful streams (a full load reads them in parallel)
     unless that makes shards smaller than what one stream moves in a request's latency;
     a divisor of ``count`` not under half that, so shards tile the array (a full load reads
-    every shard whole), else that many (the last shard is partly empty)."""
+    every shard whole), else that many (the last shard is partly empty). A member that alone
+    is worth a request (what one stream moves in a request's latency) is a shard of its own:
+    the stack still saves one array document instead of one per member, and an incremental
+    save re-uploads exactly the members that changed."""
     size = max(1, member_nbytes)
-    streams = max(-(-count // profile.concurrency),
-                  -(-round(profile.latency * profile.bandwidth) // size))
-    fill = max(1, min(count, profile.shard_target // STACK_SHARE // size, streams))
+    worth = round(profile.latency * profile.bandwidth)
+    streams = max(-(-count // profile.concurrency), -(-worth // size))
+    fill = 1 if size >= worth else max(
+        1, min(count, profile.shard_target // STACK_SHARE // size, streams))
     divisor = max(d for d in range(1, fill + 1) if count % d == 0)
     per_shard = divisor if 2 * divisor >= fill else fill
     chunk = (1, *member.chunk_shape)
