@@ -33,6 +33,7 @@ class WireLog:
     bytes_sent: int = 0  # response bodies of GETs, by their Content-Length
     bytes_received: int = 0  # request bodies (uploads), decoded length where chunk-signed
     copies: int = 0  # server-side copies (PUT with x-amz-copy-source), which carry no body
+    clients: Counter[tuple[str, str]] = field(default_factory=Counter)  # (method, client)
     in_flight: int = 0
     max_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -43,6 +44,7 @@ class WireLog:
             self.bytes_sent = 0
             self.bytes_received = 0
             self.copies = 0
+            self.clients.clear()
             self.max_in_flight = 0
 
     def methods(self) -> Counter[str]:
@@ -121,6 +123,17 @@ def _inject(kind: str, app: Any, environ: dict[str, Any], start_response: Any,
     return [body]
 
 
+def _client(user_agent: str) -> str:
+    """The S3 client that sent a request, from its User-Agent: "botocore" (s3fs, boto3),
+    "obstore" (the Rust client, which names itself object_store), else its first word."""
+    agent = user_agent.lower()
+    if "botocore" in agent:
+        return "botocore"
+    if "object_store" in agent or "obstore" in agent:
+        return "obstore"
+    return agent.split("/", 1)[0]
+
+
 def _close(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     """Drop the connection; the server's write of the status then fails as a dropped one."""
     connection = environ.get("werkzeug.socket")
@@ -163,6 +176,7 @@ class MotoS3:
             with self.log.lock:
                 self.log.bytes_received += int(uploaded)
                 self.log.copies += "HTTP_X_AMZ_COPY_SOURCE" in environ
+                self.log.clients[(entry[0], _client(environ.get("HTTP_USER_AGENT", "")))] += 1
                 self.log.in_flight += 1
                 self.log.max_in_flight = max(self.log.max_in_flight, self.log.in_flight)
             def counted_start(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:

@@ -20,16 +20,19 @@ import asyncio
 import hashlib
 import importlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import fsspec
 from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 from fsspec.implementations.memory import MemoryFileSystem
+from zarr.abc.buffer import Buffer, BufferPrototype
+from zarr.abc.store import ByteRequest, Store
 from zarr.buffer import default_buffer_prototype
-from zarr.storage import FsspecStore
+from zarr.storage import FsspecStore, WrapperStore
 
+from zstore._compat import RangesThroughGet
 from zstore._storage.accounting import CountingStore, record
 from zstore._storage.failures import opening_errors
 
@@ -97,8 +100,9 @@ class Backend:
     rather than in one GET: where a GET's body is a copy the client makes (and s3fs makes
     two), parts bound what a read holds; a file, or a store in this process, gains nothing."""
 
-    def __init__(self, store: FsspecStore) -> None:
-        self.store = CountingStore(store)
+    def __init__(self, store: FsspecStore, reader: Store | None = None) -> None:
+        """``reader``: where reads go instead of ``store`` (see ``s3_reads``)."""
+        self.store = CountingStore(store if reader is None else ReadsThrough(store, reader))
         self.fs: Any = store.fs
         self.root: str = store.path.rstrip("/")
 
@@ -182,6 +186,24 @@ class Backend:
 
     async def remove(self, key: str, version: str) -> bool:
         raise NotImplementedError
+
+
+class ReadsThrough(RangesThroughGet, WrapperStore[Store]):
+    """A store whose reads go to ``reader`` and everything else to the wrapped store."""
+
+    def __init__(self, store: Store, reader: Store) -> None:
+        super().__init__(store)
+        self._reader = reader
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        return await self._reader.get(key, prototype, byte_range)
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        return await self._reader.get_partial_values(prototype, key_ranges)
 
 
 class FsspecBackend(Backend):

@@ -3,8 +3,9 @@
 Backends raise what their libraries raise: fsspec filesystems the built-in errors (s3fs turns
 S3's error codes into ``FileNotFoundError``, ``PermissionError`` or ``OSError``, keeping
 botocore's ``ClientError`` as the cause); botocore its own connection, timeout and credential
-errors once its retries are spent; aiohttp and urllib3 theirs. ``RULES`` says, in order, which
-zstore error each class becomes, and an S3 answer is read from the structured error code the
+errors once its retries are spent; aiohttp and urllib3 theirs; obstore (S3 reads, see
+``s3_reads``) its own, subclasses of one base. ``RULES`` says, in order, which zstore error
+each class becomes, and an S3 answer is read from the structured error code the
 server sent, never from message text, which differs between servers (AWS, moto, MinIO, Ceph)
 and versions. Messages name the URL and the fix, and never a credential.
 
@@ -35,11 +36,13 @@ Converter = Callable[[str, BaseException, bool], BaseException | None]
 
 _CREDENTIALS = ("botocore.exceptions:NoCredentialsError",
                 "botocore.exceptions:PartialCredentialsError",
-                "botocore.exceptions:CredentialRetrievalError")
+                "botocore.exceptions:CredentialRetrievalError",
+                "obstore.exceptions:PermissionDeniedError",
+                "obstore.exceptions:UnauthenticatedError")
 # Errors of the storage, not of the data: what retrying later, or elsewhere, could change.
 _FAILURES = (OSError, TimeoutError, "botocore.exceptions:BotoCoreError",
              "botocore.exceptions:ClientError", "aiohttp:ClientError",
-             "urllib3.exceptions:HTTPError")
+             "urllib3.exceptions:HTTPError", "obstore.exceptions:BaseError")
 _PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _UNKNOWN_HOST = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 _QUOTA_HINT = "the bucket's quota is used up: free space or raise the quota"
@@ -104,6 +107,23 @@ def unreachable_reason(error: BaseException | None) -> str | None:
     return None
 
 
+def connect_failure(endpoint: str, timeout: float) -> str | None:
+    """One TCP connect to ``endpoint`` (a URL): what no retry can change about reaching it
+    (see ``unreachable_reason``), or None where it accepted, or failed otherwise."""
+    parts = urlsplit(endpoint)
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a malformed port: the client's own error says so
+        return None
+    if not host:
+        return None
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        return unreachable_reason(e)
+    return None
+
+
 def not_found_reason(error: BaseException) -> str:
     """Why a URL's bucket or parent folder cannot be reached (S3: "The specified bucket does
     not exist"), and what to check: what a save and an open both say."""
@@ -123,14 +143,20 @@ def access_error(url: str, error: BaseException, saving: bool = False) -> Storag
         "check the credentials (storage_options or the AWS_* environment variables) and "
         "permissions")
     return StorageAccessError(
-        f"storage refused access to {url!r} ({type(error).__name__}: {error}); {hint}", url=url)
+        f"storage refused access to {url!r} ({type(error).__name__}: {_said(error)}); {hint}",
+        url=url)
 
 
 def storage_failed(url: str, error: BaseException, saving: bool = False) -> StorageFailedError:
     return StorageFailedError(
         f"storage failed while working on {url!r}, after retries ({type(error).__name__}: "
-        f"{error}){'; ' + _QUOTA_HINT if is_quota(error) else ''}"
+        f"{_said(error)}){'; ' + _QUOTA_HINT if is_quota(error) else ''}"
         f"{'; a save stopped by it commits nothing' if saving else ''}", url=url)
+
+
+def _said(error: BaseException) -> str:
+    """What ``error`` says, without the debug dump obstore adds after a blank line."""
+    return str(error).split("\n\n", 1)[0]
 
 
 def _cannot_reach(url: str, error: BaseException, saving: bool) -> InvalidURLError:
@@ -160,7 +186,7 @@ def _endpoint_gone(url: str, error: BaseException, saving: bool) -> StorageFaile
 # traceback helps; a refusal's would only repeat it).
 RULES: tuple[tuple[tuple[str | type[BaseException], ...], Converter, bool], ...] = (
     ((RejectedOptions,), _options_rejected, False),
-    (_CREDENTIALS, access_error, False),  # no usable credentials found
+    (_CREDENTIALS, access_error, False),  # no usable credentials; obstore's 401 and 403
     ((PermissionError,), access_error, False),
     ((FileNotFoundError,), _cannot_reach, False),
     ((OSError, TimeoutError), storage_failed, True),

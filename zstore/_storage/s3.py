@@ -9,8 +9,8 @@ same process that asks fsspec for an s3 filesystem with the same options.
 
 from __future__ import annotations
 
+import copy
 import os
-import socket
 import weakref
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,11 +22,12 @@ from zstore._storage.accounting import record
 from zstore._storage.backend import Backend, protocol_of, version_of
 from zstore._storage.failures import (
     RejectedOptions,
+    connect_failure,
     endpoint_unreachable,
     is_precondition_failure,
     opening_errors,
-    unreachable_reason,
 )
+from zstore._storage.s3_reads import reader
 
 # Every S3 request has a deadline and is retried with backoff (botocore's "standard" mode:
 # 500/503/SlowDown, throttling, resets and timeouts); any of it can be overridden through
@@ -46,7 +47,7 @@ S3FS_RETRIES = 2
 # caller named, one TCP connect (connect_timeout at most) tells them apart in milliseconds;
 # an endpoint that accepted one is not probed again in this process, and anything but a
 # refusal or an unknown host (a timeout, no route) is left to the retries.
-_REACHED: set[tuple[str, int]] = set()
+_REACHED: set[str] = set()  # host:port
 # The filesystems whose client this process connected, for ``S3Backend.shutdown``.
 _CONNECTED: weakref.WeakKeyDictionary[ZStoreS3FileSystem, int] = weakref.WeakKeyDictionary()
 
@@ -90,7 +91,9 @@ class S3Backend(Backend):
         given = {k: v for k, v in options.items() if k != "asynchronous"}  # named if refused
         with opening_errors(url, protocol_of(url), given):
             fs = ZStoreS3FileSystem(**options)
-            return cls(FsspecStore(fs=fs, path=fs._strip_protocol(url.rstrip("/"))))
+            path = fs._strip_protocol(url.rstrip("/"))
+        bucket, prefix, _ = fs.split_path(path)
+        return cls(FsspecStore(fs=fs, path=path), reader(url, bucket, prefix, options))
 
     @classmethod
     async def shutdown(cls) -> None:
@@ -180,7 +183,7 @@ def filesystem_options(storage_options: dict[str, Any]) -> dict[str, Any]:
     options = {"asynchronous": True, **storage_options}
     options.setdefault("max_concurrency", 1)
     options.setdefault("use_listings_cache", False)
-    config = dict(options.get("config_kwargs") or {})
+    config = copy.deepcopy(dict(options.get("config_kwargs") or {}))  # botocore edits it
     for key, value in S3_CONFIG.items():
         config.setdefault(key, value)
     options["config_kwargs"] = config
@@ -192,21 +195,14 @@ def _probe(url: str, endpoint: str, config: dict[str, Any]) -> None:
     unknown host (see ``_REACHED``). Requests through a proxy are not probed: the proxy,
     not this machine, reaches the endpoint."""
     parts = urlsplit(endpoint)
-    try:
-        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:  # a malformed port: botocore's own error says so at the first request
+    if (parts.netloc in _REACHED or not parts.hostname
+            or _proxied(endpoint, parts.scheme, config)):
         return
-    if not host or (host, port) in _REACHED or _proxied(endpoint, parts.scheme, config):
-        return
-    timeout = config.get("connect_timeout") or S3_CONFIG["connect_timeout"]
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as e:
-        reason = unreachable_reason(e)
-        if reason is not None:
-            raise endpoint_unreachable(url, endpoint, reason) from None
-        return
-    _REACHED.add((host, port))
+    reason = connect_failure(endpoint,
+                             config.get("connect_timeout") or S3_CONFIG["connect_timeout"])
+    if reason is not None:
+        raise endpoint_unreachable(url, endpoint, reason) from None
+    _REACHED.add(parts.netloc)
 
 
 def _proxied(endpoint: str, scheme: str, config: dict[str, Any]) -> bool:
