@@ -60,7 +60,7 @@ def test_the_settings_are_documented_one_field_at_a_time():
         assert f"{f.name}: {f.metadata['unit']}" in doc, f.name
     assert zstore.Settings() == zstore.Settings(
         lease_ttl=60.0, lease_release_timeout=2.0, save_concurrency=8, load_concurrency=32,
-        read_budget=64 * MiB, staging_budget=256 * MiB)
+        read_budget=64 * MiB, staging_budget=256 * MiB, s3_reader="auto")
     assert "Settings" in zstore.__all__ and "configure" in zstore.__all__
 
 
@@ -110,6 +110,8 @@ def test_unknown_names_and_bad_values_are_refused_and_change_nothing():
         zstore.configure(load_concurrency=True)
     with pytest.raises(ValueError, match="lease_ttl"):
         zstore.Settings(lease_ttl=0)
+    with pytest.raises(ValueError, match="s3_reader is one of 'auto', 'obstore', 's3fs', got"):
+        zstore.configure(s3_reader="boto")
     assert zstore.Settings.current() == before
 
 

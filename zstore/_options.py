@@ -94,12 +94,13 @@ class Settings:
             cast or live on an accelerator (``load(into=)``); the buffers are allocated once
             per load and reused, since pinned memory is slow to allocate. One larger tensor
             is staged alone.
-        s3_reader: the client of S3 reads (default ``"auto"``). ``"auto"``: obstore (Rust;
-            ``pip install 'zstore[obstore]'``), whose GETs ran 1.4-2.6x s3fs's in the same
-            run, where it is installed and the ``storage_options`` say where and as whom to
-            read in terms it takes (key and secret, or ``AWS_*`` variables, and a region or an
-            endpoint), else s3fs. ``"obstore"``: an ``InvalidURLError`` where it cannot be
-            used. ``"s3fs"``: s3fs for every request. Writes always go through s3fs.
+        s3_reader: choice (default ``"auto"``) of the client that reads from S3. ``"auto"``:
+            obstore (Rust; ``pip install 'zstore[obstore]'``), whose GETs ran 1.4-2.6x
+            s3fs's in the same run, where it is installed and the ``storage_options`` say
+            where and as whom to read in terms it takes (key and secret, or ``AWS_*``
+            variables, and a region or an endpoint), else s3fs. ``"obstore"``: an
+            ``InvalidURLError`` where it cannot be used. ``"s3fs"``: s3fs for every request.
+            Writes always go through s3fs.
     """
 
     lease_ttl: float = _seconds(60.0)
