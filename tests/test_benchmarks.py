@@ -18,7 +18,8 @@ def test_benchmarks_run_and_write_their_record(tmp_path):
     pytest.importorskip("safetensors")
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--layers", "1", "--vocab", "512", "--reps", "2",
-         "--sections", "throughput,lazy,compression,series", "--out", str(tmp_path)],
+         "--sections", "throughput,lazy,compression,series", "--backends", "local,s3",
+         "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(next(tmp_path.glob("*.json")).read_text())
