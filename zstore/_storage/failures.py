@@ -107,20 +107,21 @@ def unreachable_reason(error: BaseException | None) -> str | None:
     return None
 
 
-def connect_failure(endpoint: str, timeout: float) -> str | None:
-    """One TCP connect to ``endpoint`` (a URL): what no retry can change about reaching it
-    (see ``unreachable_reason``), or None where it accepted, or failed otherwise."""
+def connect(endpoint: str, timeout: float) -> BaseException | None:
+    """One TCP connect to ``endpoint`` (a URL): None where it accepted, else what failed
+    (``unreachable_reason`` tells whether any retry could change it); a ``ValueError`` for a
+    malformed host or port, which the client's own error will name."""
     parts = urlsplit(endpoint)
     try:
         host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:  # a malformed port: the client's own error says so
-        return None
+    except ValueError as e:
+        return e
     if not host:
-        return None
+        return ValueError(f"no host in {endpoint!r}")
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as e:
-        return unreachable_reason(e)
+        return e
     return None
 
 

@@ -22,10 +22,11 @@ from zstore._storage.accounting import record
 from zstore._storage.backend import Backend, protocol_of, version_of
 from zstore._storage.failures import (
     RejectedOptions,
-    connect_failure,
+    connect,
     endpoint_unreachable,
     is_precondition_failure,
     opening_errors,
+    unreachable_reason,
 )
 from zstore._storage.s3_reads import reader
 
@@ -195,14 +196,15 @@ def _probe(url: str, endpoint: str, config: dict[str, Any]) -> None:
     unknown host (see ``_REACHED``). Requests through a proxy are not probed: the proxy,
     not this machine, reaches the endpoint."""
     parts = urlsplit(endpoint)
-    if (parts.netloc in _REACHED or not parts.hostname
-            or _proxied(endpoint, parts.scheme, config)):
+    if parts.netloc in _REACHED or _proxied(endpoint, parts.scheme, config):
         return
-    reason = connect_failure(endpoint,
-                             config.get("connect_timeout") or S3_CONFIG["connect_timeout"])
+    failed = connect(endpoint, config.get("connect_timeout") or S3_CONFIG["connect_timeout"])
+    if failed is None:
+        _REACHED.add(parts.netloc)
+        return
+    reason = unreachable_reason(failed)
     if reason is not None:
         raise endpoint_unreachable(url, endpoint, reason) from None
-    _REACHED.add(parts.netloc)
 
 
 def _proxied(endpoint: str, scheme: str, config: dict[str, Any]) -> bool:
