@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -27,7 +28,7 @@ from zarr.abc.store import ByteRequest, Store
 from zarr.storage import ObjectStore
 
 from zstore._options import Settings
-from zstore._storage.failures import connect_failure, endpoint_unreachable, loaded
+from zstore._storage.failures import connect, endpoint_unreachable, loaded, unreachable_reason
 from zstore.errors import InvalidURLError
 
 INSTALL_HINT = "pip install 'zstore[obstore]'"
@@ -117,27 +118,46 @@ def reader(url: str, bucket: str, prefix: str, options: dict[str, Any]) -> Store
                 "for botocore alone): pass key, secret and a region or endpoint_url, or use "
                 "s3_reader='auto'", url=url)
         return None
+    prefix = kwargs.pop("prefix")
+    client_key = (os.getpid(), repr(kwargs))  # a forked child makes its own
+    client = _CLIENTS.get(client_key)
+    if client is None:
+        client = _CLIENTS.setdefault(client_key, S3Store(**kwargs))
     timeout = float(options["config_kwargs"]["connect_timeout"])
-    return _Reader(S3Store(**kwargs), url, kwargs["config"].get("endpoint"), timeout)
+    return _Reader(client, prefix, url, kwargs["config"].get("endpoint"), timeout)
+
+
+# obstore clients by their settings: each open or load of the same bucket as the same caller
+# reuses one, and with it its open connections (fsspec caches s3fs's instances alike).
+_CLIENTS: dict[tuple[int, str], Any] = {}
 
 
 class _Reader(ObjectStore):  # type: ignore[type-arg]
-    """zarr's store over obstore, whose failure to reach an endpoint the caller named says
-    so, as s3fs's does (obstore's error has no structured cause to tell: a TCP connect
-    does)."""
+    """zarr's store over a bucket's obstore client, for the objects under ``prefix``; its
+    failure to reach an endpoint the caller named says so, as s3fs's does (obstore's error
+    has no structured cause to tell: a TCP connect does)."""
 
-    def __init__(self, store: Any, url: str, endpoint: str | None, timeout: float) -> None:
-        super().__init__(store, read_only=True)
+    def __init__(self, client: Any, prefix: str | None, url: str, endpoint: str | None,
+                 timeout: float) -> None:
+        super().__init__(client, read_only=True)
+        self._prefix = f"{prefix}/" if prefix else ""
         self._url, self._endpoint, self._timeout = url, endpoint, timeout
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        return list(await asyncio.gather(*(self.get(key, prototype, byte_range)
+                                           for key, byte_range in key_ranges)))
 
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
         try:
-            return await super().get(key, prototype, byte_range)
+            return await super().get(self._prefix + key, prototype, byte_range)
         except Exception as e:
             if self._endpoint and isinstance(e, loaded("obstore.exceptions:BaseError")):
-                reason = await asyncio.to_thread(connect_failure, self._endpoint, self._timeout)
+                failed = await asyncio.to_thread(connect, self._endpoint, self._timeout)
+                reason = unreachable_reason(failed)
                 if reason is not None:
                     raise endpoint_unreachable(self._url, self._endpoint, reason) from None
             raise
