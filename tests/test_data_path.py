@@ -104,7 +104,10 @@ def test_a_flipped_byte_in_any_chunk_is_found_by_every_kind_of_read(tmp_path):
     zstore.save({"a": array}, url, layouts={"a": layout})
     shard = tmp_path / "ckpt" / "a" / "c" / "1" / "0"
     data = bytearray(shard.read_bytes())
-    data[3 * (8 * 256 * 4 + 4) + 100] ^= 0x01  # inside the fourth chunk of the second shard
+    index = np.frombuffer(bytes(data[-(4 * 16 + 4):-4]), "<u8").reshape(4, 2)
+    assert list(index[:, 1]) == [8 * 256 * 4 + 4] * 4  # each body and its crc32c
+    assert all(offset % 64 == 0 for offset in index[:, 0])  # bodies start cache-line aligned
+    data[int(index[3, 0]) + 100] ^= 0x01  # inside the fourth chunk of the second shard
     shard.write_bytes(bytes(data))
     tensor = zstore.open(url)["a"]
     for index in [np.s_[...], np.s_[32:64], np.s_[56:60, 3:9]]:

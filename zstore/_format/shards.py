@@ -4,9 +4,13 @@ zstore's layouts (``layout.codecs_json``) store each array as objects on a regul
 A sharded object is its inner chunks, each encoded (``bytes``, optionally Blosc or zstd)
 and followed by its crc32c, then the shard index (an ``(offset, nbytes)`` uint64 pair per
 chunk, little-endian, in C order of the chunk grid) and the index's crc32c: Zarr v3's
-``sharding_indexed`` codec with ``index_location: end``. An unsharded object is one chunk
-so encoded. Edge chunks are stored at the full chunk shape, the part past the array's end
-filled with the fill value (zero).
+``sharding_indexed`` codec with ``index_location: end``. An uncompressed chunk in a shard
+takes a slot of a multiple of ``ALIGN`` bytes (body, crc32c, zero padding; the index says
+where each chunk is and how long, as any Zarr reader needs), so that every body starts
+aligned in the file: copies between the page cache and the arrays' memory ran 1.3-1.5x
+faster aligned than 4 bytes off (measured, writes and reads of 8 MiB objects of 1 MiB
+chunks). An unsharded object is one chunk so encoded. Edge chunks are stored at the full
+chunk shape, the part past the array's end filled with the fill value (zero).
 
 zarr-python's codec pipeline decodes such objects one chunk at a time through several
 buffers; ``ObjectFormat`` reads and writes them directly, and ``object_format`` says for
@@ -35,6 +39,7 @@ from numcodecs import Blosc, Zstd
 from zstore._format.dtypes import dtype_from_name
 
 CRC = 4  # bytes of the crc32c after every chunk and after the shard index
+ALIGN = 64  # an uncompressed chunk in a shard starts at a multiple of this (a cache line)
 EMPTY = 2**64 - 1  # an index entry of (EMPTY, EMPTY): the chunk was not written (fill value)
 _SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 # Decoded bytes of one ranged GET where a client reads a large object in parts: what the
@@ -58,6 +63,12 @@ def chunks_per_part(chunk_nbytes: int) -> int:
 
 def crc_bytes(data: Any) -> bytes:
     return checksum(data).to_bytes(CRC, "little")
+
+
+def slot_nbytes(chunk_nbytes: int) -> int:
+    """The bytes an uncompressed chunk of ``chunk_nbytes`` takes in a shard: its body, its
+    crc32c and zero padding up to a multiple of ``ALIGN``."""
+    return -(-(chunk_nbytes + CRC) // ALIGN) * ALIGN
 
 
 @dataclass(frozen=True)
@@ -104,13 +115,19 @@ class ObjectFormat:
     def index_nbytes(self) -> int:
         return 16 * self.chunk_count + CRC if self.sharded else 0
 
+    @property
+    def slot_nbytes(self) -> int:
+        """Bytes from one chunk's start to the next one's in an uncompressed object as
+        zstore writes it (a shard's chunks are padded to ``ALIGN``)."""
+        return slot_nbytes(self.chunk_nbytes) if self.sharded else self.chunk_nbytes + CRC
+
     def packed_size(self) -> int | None:
         """The size of an object whose chunks are all uncompressed and in C order (as
         zstore writes them), or None with a compressor. (An edge object whose chunk slots
         past the array's end are empty is smaller, and read from its index.)"""
         if self.compressor is not None:
             return None
-        return self.chunk_count * (self.chunk_nbytes + CRC) + self.index_nbytes
+        return self.chunk_count * self.slot_nbytes + self.index_nbytes
 
     def objects_in(self, box: Box) -> Iterator[tuple[int, ...]]:
         """Grid indexes of the objects ``box`` touches."""
@@ -158,10 +175,10 @@ class ObjectFormat:
         return np.frombuffer(data[:-CRC], dtype="<u8").reshape(self.chunk_count, 2)
 
     def packed_index(self) -> np.ndarray:
-        """The index of an object zstore wrote uncompressed: chunks back to back in C order."""
-        step = self.chunk_nbytes + CRC
-        offsets = np.arange(self.chunk_count, dtype="<u8") * step
-        return np.stack([offsets, np.full_like(offsets, step)], axis=1)
+        """The index of an object zstore wrote uncompressed: chunks in C order, one slot
+        each."""
+        offsets = np.arange(self.chunk_count, dtype="<u8") * self.slot_nbytes
+        return np.stack([offsets, np.full_like(offsets, self.chunk_nbytes + CRC)], axis=1)
 
     def decode(self, encoded: Any, placement: Placement, dest: np.ndarray, key: str) -> None:
         """Check one chunk's crc32c and decode its needed part into ``dest``."""
@@ -219,18 +236,23 @@ class ObjectFormat:
 
     def assemble(self, bodies: Sequence[Any]) -> list[Any]:
         """An object's buffers, to be written back to back: each chunk body (C order) and
-        its crc32c, then (sharded) the index and its crc32c (None bodies: empty entries)."""
+        its crc32c (uncompressed in a shard: then padding to its slot), then (sharded) the
+        index and its crc32c (None bodies: empty entries)."""
         parts: list[Any] = []
         entries = []
         offset = 0
+        aligned = self.sharded and self.compressor is None
         for body in bodies:
             if body is None:
                 entries.append((EMPTY, EMPTY))
                 continue
-            parts += [body, crc_bytes(body)]
             size = len(body) + CRC
+            parts += [body, crc_bytes(body)]
             entries.append((offset, size))
-            offset += size
+            step = slot_nbytes(len(body)) if aligned else size
+            if step > size:
+                parts.append(bytes(step - size))
+            offset += step
         if self.sharded:
             table = np.asarray(entries, dtype="<u8").tobytes()
             parts += [table, crc_bytes(table)]

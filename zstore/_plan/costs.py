@@ -34,7 +34,7 @@ import numpy as np
 import zarr
 
 from zstore._format.layout import Layout
-from zstore._format.shards import chunks_per_part
+from zstore._format.shards import chunks_per_part, slot_nbytes
 from zstore._options import current
 from zstore._plan.access import Pattern, Split
 from zstore._plan.chunking import INDEX_ENTRY
@@ -121,6 +121,21 @@ def _partial_runs(per_dim: list[list[tuple[int, int, bool]]], group: int | None)
     return runs
 
 
+def stored_nbytes(shape: tuple[int, ...], dtype: np.dtype, layout: Layout, ratio: float
+                  ) -> int:
+    """The bytes the array's objects hold: every chunk that reaches into the array (an edge
+    shard's slots past its end stay empty), in its slot, and each shard's index."""
+    chunk_bytes = math.prod(layout.chunk_shape) * dtype.itemsize
+    chunks = math.prod(-(-n // c) for n, c in zip(shape, layout.chunk_shape))
+    if layout.shard_shape is None:
+        return chunks * (round(chunk_bytes * ratio) + CRC)
+    objects = math.prod(-(-n // o) for n, o in zip(shape, layout.object_shape))
+    count = math.prod(o // c for o, c in zip(layout.object_shape, layout.chunk_shape))
+    stored_chunk = (slot_nbytes(chunk_bytes) if layout.codec == "none"
+                    else round(chunk_bytes * ratio) + CRC)
+    return chunks * stored_chunk + objects * (count * INDEX_ENTRY + CRC)
+
+
 def region_cost(shape: tuple[int, ...], dtype: np.dtype, layout: Layout, region: Region,
                 profile: BackendProfile, ratio: float) -> Cost:
     """What reading ``region`` (a [start, stop) per dim) of the array costs.
@@ -132,7 +147,8 @@ def region_cost(shape: tuple[int, ...], dtype: np.dtype, layout: Layout, region:
     if asked == 0:
         return Cost(0, 0, 0, 0, 0.0)
     chunk_bytes = math.prod(layout.chunk_shape) * dtype.itemsize
-    stored_chunk = round(chunk_bytes * ratio) + CRC
+    aligned = layout.codec == "none" and layout.shard_shape is not None
+    stored_chunk = slot_nbytes(chunk_bytes) if aligned else round(chunk_bytes * ratio) + CRC
     per_dim = [_spans(n, o, c, lo, hi) for n, o, c, (lo, hi)
                in zip(shape, layout.object_shape, layout.chunk_shape, region)]
     objects = math.prod(len(spans) for spans in per_dim)
@@ -151,9 +167,12 @@ def region_cost(shape: tuple[int, ...], dtype: np.dtype, layout: Layout, region:
     parted = whole if group is not None and count > group else 0
     # ... the others, an index GET and then one ranged GET per run of needed chunks.
     partial, partial_chunks = objects - whole, touched - whole_touched
-    requests = (whole + parted * -(-count // (group or 1)) + partial
-                + _partial_runs(per_dim, group))
-    nbytes = (whole_chunks + partial_chunks) * stored_chunk + objects * index
+    ranged = parted * -(-count // (group or 1)) + _partial_runs(per_dim, group)
+    requests = whole + partial + ranged
+    # A ranged GET ends with its last chunk's crc32c, not the padding of its slot.
+    padding = stored_chunk - chunk_bytes - CRC if aligned else 0
+    nbytes = ((whole_chunks + partial_chunks) * stored_chunk + objects * index
+              - ranged * padding)
     seconds = profile.seconds(requests, nbytes, serial=2 if partial or parted else 1)
     return Cost(requests, nbytes, asked, touched * chunk_bytes + objects * index, seconds)
 

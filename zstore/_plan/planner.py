@@ -40,6 +40,7 @@ from zstore._plan.costs import (
     region_cost,
     resolve_codec,
     save_memory,
+    stored_nbytes,
     stored_ratio,
     whole_seconds,
 )
@@ -233,16 +234,16 @@ def _array_plan(name: str, shape: tuple[int, ...], dtype: np.dtype, layout: Layo
                 patterns: tuple[Pattern, ...], profile: BackendProfile,
                 stored: int | None = None, members: tuple[str, ...] = ()) -> ArrayPlan:
     ratio = stored_ratio(layout.codec, dtype)
+    estimated = stored_nbytes(shape, dtype, layout, ratio)
+    if stored is not None and estimated:  # measured: scale every estimate to the real size
+        ratio *= stored / estimated
     full = pattern_cost(shape, dtype, layout, "full", profile, ratio)
-    if stored is not None and full.bytes:  # measured: scale every estimate to the real size
-        ratio *= stored / full.bytes
-        full = pattern_cost(shape, dtype, layout, "full", profile, ratio)
     costs = {str(p): full if p == "full" else pattern_cost(shape, dtype, layout, p, profile,
                                                             ratio, stacked=bool(members))
              for p in patterns}
     objects = math.prod(-(-n // o) for n, o in zip(shape, layout.object_shape)) if shape else 1
     return ArrayPlan(name, shape, dtype, layout, patterns, costs, objects,
-                     full.bytes if stored is None else stored, ratio, members)
+                     estimated if stored is None else stored, ratio, members)
 
 
 def _patterns(name: str, shape: tuple[int, ...], access: Access, skipped: list[str]

@@ -27,6 +27,7 @@ from zarr.buffer import default_buffer_prototype
 from zstore._budget import ByteBudget
 from zstore._format.names import object_key
 from zstore._format.shards import (
+    ALIGN,
     CRC,
     EMPTY,
     Box,
@@ -111,11 +112,11 @@ async def _read_chunks(fmt: ObjectFormat, store: Store, key: str,
                        placements: list[Placement], dest: np.ndarray, budget: ByteBudget,
                        group: int | None) -> None:
     """Part of a shard, or a whole one a client reads in parts: its index, then the needed
-    chunks, one ranged GET per run of them that lie back to back in the object (zstore
-    writes a shard's chunks in C order, so a row range of a shard, or one member of a
-    stacked array, is one run), a run of more than ``group`` chunks (if given) in pieces of
-    ``group``. Each piece holds its decoded bytes of ``budget`` from its GET to its
-    decoding."""
+    chunks, one ranged GET per run of them that lie back to back in the object, but for
+    the padding to their slots (zstore writes a shard's chunks in C order, so a row range
+    of a shard, or one member of a stacked array, is one run), a run of more than ``group``
+    chunks (if given) in pieces of ``group``. Each piece holds its decoded bytes of
+    ``budget`` from its GET to its decoding."""
     prototype = default_buffer_prototype()
     raw = await store.get(key, prototype, SuffixByteRequest(fmt.index_nbytes))
     if raw is None:
@@ -127,7 +128,7 @@ async def _read_chunks(fmt: ObjectFormat, store: Store, key: str,
     pieces: list[list[tuple[int, int, Placement]]] = []
     for entry in stored:
         last = pieces[-1][-1] if pieces else None
-        if (last is not None and last[0] + last[1] == entry[0]
+        if (last is not None and 0 <= entry[0] - (last[0] + last[1]) < ALIGN
                 and (group is None or len(pieces[-1]) < group)):
             pieces[-1].append(entry)
         else:
@@ -231,6 +232,7 @@ def _read_packed(fmt: ObjectFormat, fd: int, placements: list[Placement], dest: 
     ordered = sorted(placements, key=lambda p: p.index)
     buffers: list[Any] = []
     pieces: list[tuple[Placement, Any, Any, bytearray]] = []  # placement, body, spill, crc
+    padding = bytearray(fmt.slot_nbytes - fmt.chunk_nbytes - CRC)  # read over, every slot
     for placement in ordered:
         crc = bytearray(CRC)
         if placement.flat is not None:
@@ -241,6 +243,7 @@ def _read_packed(fmt: ObjectFormat, fd: int, placements: list[Placement], dest: 
         else:
             body, spill = np.empty(fmt.chunk_nbytes, np.uint8), None
             buffers += [body, crc]
+        buffers.append(padding)
         pieces.append((placement, body, spill, crc))
     index = bytearray(fmt.index_nbytes)
     if fmt.sharded:
