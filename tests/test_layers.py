@@ -15,7 +15,7 @@ LAYERS = {
     "_compat": 0, "_options": 0,
     "_format": 1,
     "_plan": 2,
-    "_storage": 3,
+    "_storage": 3, "_ranks": 3,
     "_write": 4, "_read": 4,
     "_series": 5,
     "_cli": 6,

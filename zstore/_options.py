@@ -101,6 +101,11 @@ class Settings:
             variables, and a region or an endpoint), else s3fs. ``"obstore"``: an
             ``InvalidURLError`` where it cannot be used. ``"s3fs"``: s3fs for every request.
             Writes always go through s3fs.
+        collective_timeout: seconds (default 600.0) a rank of a multi-rank save waits at one
+            of the save's collectives (an exchange of shapes, or of outcomes) for the other
+            ranks. A rank that crashed or hangs makes every other rank raise after at most
+            this long, with nothing committed, instead of waiting forever. It must cover the
+            slowest rank's writes.
     """
 
     lease_ttl: float = _seconds(60.0)
@@ -111,6 +116,7 @@ class Settings:
     write_budget: int = _bytes(256 * MiB)
     staging_budget: int = _bytes(256 * MiB)
     s3_reader: str = _choice("auto", "obstore", "s3fs")
+    collective_timeout: float = _seconds(600.0)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -28,7 +28,8 @@ hold ``KeyError`` (a ``Checkpoint`` is a mapping)::
     ├── RetentionError            (OSError)            a step committed; deleting old steps failed
     ├── StateMismatchError        (RuntimeError)       load(into=...) keys or shapes disagree
     ├── PartialLoadError          (RuntimeError)       load(into=...) failed midway, target changed
-    └── DeviceUnavailableError    (RuntimeError)       the torch device asked for is not here
+    ├── DeviceUnavailableError    (RuntimeError)       the torch device asked for is not here
+    └── RankFailedError           (RuntimeError)       another rank of a multi-rank save failed
 
 Besides ``url``, the facts each one carries (see its docstring): ``ForeignObjectsError``
 ``.objects``, ``.example``; ``NestedCheckpointError`` ``.nested``; ``LeaseHeldError``
@@ -36,7 +37,7 @@ Besides ``url``, the facts each one carries (see its docstring): ``ForeignObject
 ``UnsupportedFormatError`` ``.version``; ``InvalidKeyError`` ``.key``;
 ``SaveTimeoutError`` ``.timeout``; ``RetentionError`` ``.step``, ``.not_deleted``,
 ``.errors``; ``PartialLoadError`` ``.loaded``, ``.partial``, ``.untouched``;
-``DeviceUnavailableError`` ``.device``.
+``DeviceUnavailableError`` ``.device``; ``RankFailedError`` ``.ranks``.
 
 The facts are attributes, so code branches on them rather than on the message:
 ``except zstore.LeaseHeldError as e: print(e.holder["host"])``. Every attribute is
@@ -231,3 +232,15 @@ class DeviceUnavailableError(ZStoreError, RuntimeError):
                  device: str | None = None) -> None:
         super().__init__(*args, url=url)
         self.device = device
+
+
+class RankFailedError(ZStoreError, RuntimeError):
+    """A multi-rank save stopped, with nothing committed, because of other ranks: they
+    raised (their errors are in the message), or did not reach one of the save's
+    collectives within ``Settings.collective_timeout`` (crashed or hung). ``ranks`` lists
+    the ranks that failed, where known (empty after a timeout)."""
+
+    def __init__(self, *args: object, url: str | None = None,
+                 ranks: list[int] | None = None) -> None:
+        super().__init__(*args, url=url)
+        self.ranks = ranks or []

@@ -34,6 +34,16 @@ def is_torch_tensor(value: Any) -> bool:
     return torch is not None and isinstance(value, torch.Tensor)
 
 
+def is_dtensor(value: Any) -> bool:
+    """Whether ``value`` is a ``torch.distributed.tensor.DTensor`` (a global tensor of which
+    this rank holds a part)."""
+    if not is_torch_tensor(value):
+        return False
+    module = sys.modules.get("torch.distributed.tensor")
+    dtensor = getattr(module, "DTensor", None)
+    return dtensor is not None and isinstance(value, dtensor)
+
+
 def _bit_views(torch: ModuleType) -> dict[Any, tuple[Any, np.dtype]]:
     """torch dtypes numpy lacks, each with (same-width torch int, ml_dtypes dtype)."""
     return {

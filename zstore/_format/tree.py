@@ -29,6 +29,7 @@ import numpy as np
 
 from zstore._format.dtypes import check_supported, dtype_from_name
 from zstore._format.tensors import (
+    is_dtensor,
     is_torch_tensor,
     numpy_to_torch,
     torch_numpy_dtype,
@@ -107,7 +108,8 @@ def _leaf(value: Any, name: str, flat: FlatTree, seen: dict[Any, str]) -> dict[s
         if value.ndim == 0:
             return _scalar(torch_to_numpy(value, name), "torch")
         torch_numpy_dtype(value, name)
-        identity = _torch_identity(value)
+        identity = (("dtensor", _torch_identity(value.to_local()), str(value.placements))
+                    if is_dtensor(value) else _torch_identity(value))
         kind = "torch"
     elif isinstance(value, np.ndarray):
         check_supported(value.dtype, name)

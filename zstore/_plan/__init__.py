@@ -11,7 +11,14 @@ conversion (``specs``). The writer saves what this box plans.
 # What the other boxes and the tests use of planning: the planner's documented limits
 # (``chunking``'s constants) are part of it, as the property tests check them.
 from zstore._plan.access import Split
-from zstore._plan.chunking import CHUNK_FULL, INDEX_ENTRY, INDEX_SHARE, MAX_OBJECTS, TINY
+from zstore._plan.chunking import (
+    CHUNK_FULL,
+    INDEX_ENTRY,
+    INDEX_SHARE,
+    MAX_OBJECTS,
+    TINY,
+    region_grid,
+)
 from zstore._plan.costs import pattern_regions, region_cost
 from zstore._plan.planner import plan_specs
 from zstore._plan.profiles import BUILTIN, BackendProfile, named_profile, profile_for, store_profile
@@ -19,5 +26,5 @@ from zstore._plan.profiles import BUILTIN, BackendProfile, named_profile, profil
 __all__ = [
     "BUILTIN", "BackendProfile", "CHUNK_FULL", "INDEX_ENTRY", "INDEX_SHARE", "MAX_OBJECTS",
     "Split", "TINY", "named_profile", "pattern_regions", "plan_specs", "profile_for",
-    "region_cost", "store_profile",
+    "region_cost", "region_grid", "store_profile",
 ]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -106,6 +107,28 @@ def _alignment(shape: tuple[int, ...], splits: Sequence[Split]) -> list[int | No
     return moduli
 
 
+def region_grid(shape: tuple[int, ...], boxes: Sequence[Sequence[tuple[int, int]] | None],
+                itemsize: int) -> tuple[int | None, ...]:
+    """Per dim, the number every object extent must divide so that no object straddles a
+    boundary of these boxes (the parts the ranks of a multi-rank save hold, one per rank):
+    the gcd of every boundary inside the array, None where no box is cut.
+
+    A box that ``h`` ranks hold alike (replicated) is also cut in ``h`` pieces along its
+    first dim that long, where each piece is at least ``CHUNK_FULL``: one rank writes each
+    object, so a replicated tensor in one object would be written by one rank alone."""
+    held = [tuple(box) for box in boxes if box is not None]
+    cuts: list[set[int]] = [{e for box in held for e in box[d] if 0 < e < n}
+                            for d, n in enumerate(shape)]
+    for box, h in Counter(held).items():
+        nbytes = math.prod(hi - lo for lo, hi in box) * itemsize
+        dim = next((d for d, (lo, hi) in enumerate(box) if hi - lo >= h), None)
+        if h > 1 and dim is not None and nbytes >= h * CHUNK_FULL:
+            lo, hi = box[dim]
+            piece = -(-(hi - lo) // h)
+            cuts[dim] |= {e for e in range(lo + piece, hi, piece) if 0 < e < shape[dim]}
+    return tuple(math.gcd(*c) if c else None for c in cuts)
+
+
 def shard_bounds(nbytes: int, patterns: Sequence[Pattern], chunk_bytes: int,
                  profile: BackendProfile) -> tuple[int, int]:
     """(target, ceiling) bytes of one shard of this array."""
@@ -165,14 +188,21 @@ def _candidates(extent: tuple[int, ...], chunk: list[int], cut: int,
 
 
 def choose_layout(shape: tuple[int, ...], dtype: np.dtype, patterns: Sequence[Pattern],
-                  profile: BackendProfile, codec: str) -> Layout:
-    """The layout of one array; ``patterns`` hold ``Split``s with non-negative dims."""
+                  profile: BackendProfile, codec: str,
+                  aligned: Sequence[int | None] | None = None) -> Layout:
+    """The layout of one array; ``patterns`` hold ``Split``s with non-negative dims.
+    ``aligned`` (per dim, or None) is a number every chunk and shard extent must divide:
+    the writers' region boundaries of a multi-rank save, which no object may straddle."""
     itemsize = dtype.itemsize
     extent = tuple(max(1, n) for n in shape)
     nbytes = math.prod(shape) * itemsize
-    if len(shape) == 0 or nbytes <= TINY:
+    given = list(aligned or [None] * len(shape))
+    if len(shape) == 0 or (nbytes <= TINY and not any(given)):
         return Layout(extent, None, codec)
-    moduli = _alignment(extent, [p for p in patterns if isinstance(p, Split)])
+    moduli = [m if g is None else g if m is None else math.gcd(m, g) for m, g in
+              zip(_alignment(extent, [p for p in patterns if isinstance(p, Split)]), given)]
+    if nbytes <= TINY:  # one object per writer's box
+        return Layout(tuple(n if m is None else m for n, m in zip(extent, moduli)), None, codec)
     chunk_target = CHUNK_ROWS if "rows" in patterns else CHUNK_FULL
     # A free dim's chunk stays within 4x its target; a split dim whose part size has no
     # divisor near it rather takes whole parts than chunks of a few bytes.

@@ -12,7 +12,7 @@ import fnmatch
 import math
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -31,7 +31,7 @@ from zstore._format.shards import chunks_per_part
 from zstore._format.tensors import is_torch_tensor, numpy_dtype_of
 from zstore._format.tree import flatten
 from zstore._plan.access import Access, Pattern, Split, check_globs, check_split, patterns_for
-from zstore._plan.chunking import choose_layout
+from zstore._plan.chunking import choose_layout, region_grid
 from zstore._plan.costs import (
     Cost,
     Footprint,
@@ -270,10 +270,13 @@ def _notes(skipped: list[str]) -> tuple[str, ...]:
 
 def plan_specs(specs: Mapping[str, Spec], *, access: Access, profile: BackendProfile,
                codec: str, cores: int | None,
-               layouts: Mapping[str, Layout] | None = None, stack: bool = True) -> Plan:
+               layouts: Mapping[str, Layout] | None = None, stack: bool = True,
+               held: Mapping[str, Sequence[Any]] | None = None) -> Plan:
     """The plan of arrays given as {name: (shape, dtype)}; what ``save`` and ``plan`` share.
     ``layouts`` ({name glob: Layout}) are taken as given where a glob matches, and costed
-    like the planner's own; with ``stack``, tensors that repeat are stacked (``stacking``)."""
+    like the planner's own; with ``stack``, tensors that repeat are stacked (``stacking``).
+    ``held`` (a multi-rank save): {name: the box each rank holds, or None}; no object
+    straddles a box boundary (``region_grid``), and only tensors held alike stack."""
     if codec not in (*CODECS, "auto"):
         raise ValueError(f"unknown codec {codec!r}; choose one of auto, {', '.join(CODECS)}")
     check_globs(access, list(specs))
@@ -284,21 +287,26 @@ def plan_specs(specs: Mapping[str, Spec], *, access: Access, profile: BackendPro
     patterns = {name: _patterns(name, shape, access, skipped) for name, (shape, _) in specs.items()}
     given = {name: next(g for g in layouts if fnmatch.fnmatchcase(name, g))
              for name in specs if layouts and any(fnmatch.fnmatchcase(name, g) for g in layouts)}
-    stacks = find_stacks(specs, patterns, profile, set(given)) if stack else {}
+    stacks = find_stacks(specs, patterns, profile, set(given), held) if stack else {}
+    aligned = {name: region_grid(specs[name][0], boxes, specs[name][1].itemsize)
+               for name, boxes in (held or {}).items()}
     first = {names[0]: path for path, names in stacks.items()}
     stacked = {name for names in stacks.values() for name in names}
     arrays: dict[str, ArrayPlan] = {}
     for name, (shape, dtype) in specs.items():
         if name in first:  # a stacked array, where its first member was
             path, members = first[name], stacks[first[name]]
-            member = choose_layout(shape, dtype, patterns[name], profile, chosen)
+            member = choose_layout(shape, dtype, patterns[name], profile, chosen,
+                                   aligned.get(name))
             layout = stacked_layout(member, shape, len(members),
-                                    math.prod(shape) * dtype.itemsize, profile)
+                                    math.prod(shape) * dtype.itemsize, profile,
+                                    split=any(aligned.get(name, ())))
             arrays[path] = _array_plan(path, (len(members), *shape), dtype, layout,
                                        patterns[name], profile, members=tuple(members))
         elif name not in stacked:
             layout = (check_layout(layouts[given[name]], shape, name) if layouts and name in given
-                      else choose_layout(shape, dtype, patterns[name], profile, chosen))
+                      else choose_layout(shape, dtype, patterns[name], profile, chosen,
+                                         aligned.get(name)))
             arrays[name] = _array_plan(name, shape, dtype, layout, patterns[name], profile)
     return Plan(arrays, profile, cores, notes=_notes(skipped) + _stack_notes(stacks))
 

@@ -21,6 +21,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -47,17 +48,21 @@ def _natural(name: str) -> list[object]:
 
 
 def find_stacks(specs: Mapping[str, Spec], patterns: Mapping[str, tuple[Pattern, ...]],
-                profile: BackendProfile, fixed: set[str]) -> dict[str, list[str]]:
+                profile: BackendProfile, fixed: set[str],
+                held: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
     """{stacked array path: member names in natural order} for every group of two or more
-    tensors that may share an array; ``fixed`` names (given a layout) stay alone."""
+    tensors that may share an array; ``fixed`` names (given a layout) stay alone. With
+    ``held`` (a multi-rank save: {name: which rank holds which box}), only tensors held
+    alike stack, so a stacked object lies in the parts of the same ranks for every member."""
     limit = profile.shard_target // STACK_SHARE
-    groups: dict[tuple[str, tuple[int, ...], str, str], list[str]] = defaultdict(list)
+    groups: dict[tuple[str, tuple[int, ...], str, str, str], list[str]] = defaultdict(list)
     for name, (shape, dtype) in specs.items():
         pattern = stack_pattern(name)
         nbytes = math.prod(shape) * dtype.itemsize
         if pattern is None or name in fixed or not shape or not 0 < nbytes <= limit:
             continue
-        groups[(pattern, shape, str(dtype), repr(patterns[name]))].append(name)
+        groups[(pattern, shape, str(dtype), repr(patterns[name]),
+                repr((held or {}).get(name)))].append(name)
     stacks: dict[str, list[str]] = {}
     taken: dict[str, int] = defaultdict(int)
     for (pattern, *_), names in sorted(groups.items(), key=lambda g: (g[0][0], -len(g[1]))):
@@ -70,7 +75,7 @@ def find_stacks(specs: Mapping[str, Spec], patterns: Mapping[str, tuple[Pattern,
 
 
 def stacked_layout(member: Layout, shape: tuple[int, ...], count: int, member_nbytes: int,
-                   profile: BackendProfile) -> Layout:
+                   profile: BackendProfile, split: bool = False) -> Layout:
     """The layout of ``count`` members of ``shape`` stacked along a new leading dim, from
     one member's: its chunks, each within one member (so a member's bytes are its own
     chunks, back to back in their shard: one member, or one part of it, is the shard's
@@ -83,7 +88,9 @@ def stacked_layout(member: Layout, shape: tuple[int, ...], count: int, member_nb
     every shard whole), else that many (the last shard is partly empty). A member that alone
     is worth a request (what one stream moves in a request's latency) is a shard of its own:
     the stack still saves one array document instead of one per member, and an incremental
-    save re-uploads exactly the members that changed."""
+    save re-uploads exactly the members that changed. With ``split`` (the members are
+    split between the writers of a multi-rank save) a shard holds one object of each of its
+    members, as the member's layout cuts them, not whole members."""
     size = max(1, member_nbytes)
     worth = round(profile.latency * profile.bandwidth)
     streams = max(-(-count // profile.concurrency), -(-worth // size))
@@ -92,5 +99,5 @@ def stacked_layout(member: Layout, shape: tuple[int, ...], count: int, member_nb
     divisor = max(d for d in range(1, fill + 1) if count % d == 0)
     per_shard = divisor if 2 * divisor >= fill else fill
     chunk = (1, *member.chunk_shape)
-    shard = (per_shard, *shape)
+    shard = (per_shard, *(member.object_shape if split else shape))
     return Layout(chunk, shard if shard != chunk else None, member.codec)

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from zstore._budget import ByteBudget
-from zstore._format.tensors import require_torch, torch_to_numpy
+from zstore._format.tensors import is_dtensor, numpy_to_torch, require_torch, torch_to_numpy
 from zstore._options import concurrency, current
 from zstore._progress import bar
+from zstore._ranks import local_part
 from zstore._read.staging import DeviceStager
 from zstore._storage.location import run
 from zstore._tasks import gather_all
@@ -146,7 +147,26 @@ async def _copy_all(ckpt: Any, targets: Mapping[str, Any], stored: dict[str, str
                 written[key] = True
                 shown.update(view.nbytes)
 
+    async def part(key: str) -> None:
+        """A DTensor: its local part, read from the global array (N ranks saved, M load)."""
+        tensor, source = targets[key], ckpt[stored[key]]
+        _, box, local = local_part(tensor, key)
+        if box is not None:
+            index = tuple(slice(lo, hi) for lo, hi in box)
+            direct = _host_view(local, source.dtype, key)
+            async with limit:
+                written[key] = False
+                if direct is not None:
+                    await source._read(index, direct, reads)
+                else:  # another dtype or device: through host memory, then copied
+                    data = await source._read(index, None, reads)
+                    local.copy_(numpy_to_torch(data))
+        written[key] = True
+        shown.update(source.nbytes)
+
     async def one(key: str) -> None:
+        if is_dtensor(targets[key]):
+            return await part(key)
         tensor, source = targets[key], ckpt[stored[key]]
         direct = _host_view(tensor, source.dtype, key)
         async with limit:
@@ -178,7 +198,8 @@ def _whole_stacks(ckpt: Any, targets: Mapping[str, Any], stored: dict[str, str],
     views: dict[str, np.ndarray] = {}
     for key in keys:
         source = ckpt[stored[key]]
-        view = _host_view(targets[key], source.dtype, key) if source.stacked else None
+        plain = source.stacked and not is_dtensor(targets[key])
+        view = _host_view(targets[key], source.dtype, key) if plain else None
         if view is not None:
             views[key] = view
     direct = {key: ckpt[stored[key]] for key in views}

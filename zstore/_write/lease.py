@@ -189,6 +189,69 @@ class Lease:
         except LeaseLostError as e:
             await gate.close(str(e))
 
+    async def _follow_forever(self, since: float) -> None:
+        """A follower's renewals: it reads the lease its leader renews, twice per renewal
+        period. A new version seen by a read that started at ``t`` was written after the
+        previous read, started at ``p``, saw the old one: so the lease holds until at least
+        ``p + lease_ttl``, and the follower may write until ``p + lease_fence``, as the leader
+        itself may (only this machine's clock is compared with itself)."""
+        previous = since
+        while self._lost is None:
+            await asyncio.sleep(self.settings.lease_renewal / 2)
+            started = time.time()
+            try:
+                current = await get_versioned(self.location, LEASE)
+            except Exception:  # a failed read is retried; the watch stops writes in time
+                continue
+            if current is None or _parse(current[0]).get("token") != self.token:
+                self._lost = LeaseLostError(
+                    f"the write lease of {self.location.url!r}, held by rank 0 of this save, "
+                    "was released or taken over; this rank stopped writing and nothing was "
+                    "committed", url=self.location.url)
+                return
+            if current[1] != self._version:
+                self._version = current[1]
+                self._writable_until = max(self._writable_until,
+                                           previous + self.settings.lease_fence)
+            previous = started
+
+    @asynccontextmanager
+    async def followed(self, token: str, version: str, since: float) -> AsyncIterator[Lease]:
+        """For the other ranks of a multi-rank save, whose rank 0 holds the lease (``token``,
+        last written as ``version``, acquired after ``since`` on this machine's clock): every
+        write passes a gate that the same fence guards, kept by reading the lease instead of
+        renewing it; at the end the gate closes. The leader releases the lease."""
+        self.token, self._version = token, version
+        self._writable_until = since + self.settings.lease_fence
+        gate = WriteGate(self.fence, cancel=not self.location.writes_in_threads)
+        self.location.gate = gate
+
+        async def follow() -> None:
+            await self._follow_forever(since)
+            if self._lost is not None:
+                await gate.close(str(self._lost))
+
+        helpers = [asyncio.create_task(follow()), asyncio.create_task(self._watch(gate))]
+        try:
+            yield self
+        finally:
+            closing = asyncio.ensure_future(gate.close(
+                f"this rank's part of the save to {self.location.url!r} has ended"))
+            try:
+                await asyncio.shield(closing)
+            except asyncio.CancelledError:
+                await closing
+                raise
+            finally:
+                for helper in helpers:
+                    helper.cancel()
+                await asyncio.gather(*helpers, return_exceptions=True)
+
+    @property
+    def version(self) -> str:
+        """The lease object's version as this save last wrote it (for the followers)."""
+        return self._version
+
     async def release(self) -> None:
         """Delete the lease if it is still this save's; bounded, since a save that failed or
         timed out must return promptly. One not deleted counts as abandoned in this process

@@ -54,18 +54,20 @@ from zstore._format.manifest import (
 from zstore._format.names import COMMIT_MARKER, HASHES, LEASE, ROOT
 from zstore._format.shards import object_format
 from zstore._format.stacked import Stacked
-from zstore._format.tensors import host_array, is_torch_tensor, torch_numpy_dtype
+from zstore._format.tensors import host_array, is_dtensor, is_torch_tensor, torch_numpy_dtype
 from zstore._format.tree import FlatTree, flatten, iter_leaves
 from zstore._options import concurrency, current
 from zstore._plan.access import Access
 from zstore._plan.planner import Plan, plan_specs
 from zstore._plan.profiles import BackendProfile, profile_for
 from zstore._progress import bar
+from zstore._ranks import Ranks
 from zstore._storage.backend import is_temporary
 from zstore._storage.failures import storage_errors
 from zstore._storage.location import Location, resolve
 from zstore._text import contents, size
 from zstore._version import __version__
+from zstore._write.collective import write_collective
 from zstore._write.delete import delete_checkpoint, nested_checkpoints
 from zstore._write.incremental import Baseline, plan_array
 from zstore._write.lease import Lease
@@ -97,6 +99,13 @@ class SaveInfo:
     copied_objects: int = 0  # copied on the server from ``base``, not uploaded
     copied_bytes: int = 0
     inline_values: int = 0
+    rank_bytes: tuple[int, ...] = ()  # a multi-rank save: the bytes each rank wrote
+
+    @property
+    def rank_balance(self) -> float:
+        """A multi-rank save's max over mean of the bytes the ranks wrote (1.0: even)."""
+        mean = sum(self.rank_bytes) / len(self.rank_bytes) if self.rank_bytes else 0
+        return max(self.rank_bytes) / mean if mean else 1.0
 
     def __str__(self) -> str:
         copied = f", {self.copied_objects} copied on the server" if self.copied_objects else ""
@@ -131,8 +140,15 @@ def save(
     progress: bool | None = None,
     layouts: Mapping[str, Layout] | None = None,
     stack: bool = True,
+    process_group: Any = None,
 ) -> SaveInfo:
     """Save a tree of arrays and values as a committed checkpoint at ``url``.
+
+    With ``torch.distributed`` initialized the call is collective: every rank of
+    ``process_group`` (default: all) calls it with its own state, whose DTensors are its
+    parts of global tensors and whose plain tensors and values are the same on every rank.
+    The result is one checkpoint of global arrays; each object is written by one rank
+    (see ``docs/distributed.md``).
 
     Args:
         tree: nested dicts (str or int keys), lists and tuples whose leaves are
@@ -169,6 +185,8 @@ def save(
             integers (layers, experts, optimizer slots) as one array with a leading
             index dimension: fewer objects and requests, each tensor still read alone
             by its name (``zstore.plan`` shows which). False: one array per tensor.
+        process_group: a multi-rank save's ranks (a ``torch.distributed`` process group);
+            its own collectives run on a gloo group of the same ranks.
         max_concurrency: arrays written at once (each also writes its shards
             concurrently, per zarr's ``async.concurrency``); None:
             ``zstore.Settings.save_concurrency`` (8), which bounds a save's memory.
@@ -187,6 +205,8 @@ def save(
         LeaseLostError: this save's lease lapsed or was taken over; nothing committed.
         SaveTimeoutError: past ``timeout``; nothing committed.
         InvalidKeyError, UnsupportedTypeError: raised before anything is written.
+        RankFailedError: a multi-rank save stopped because another rank failed, crashed
+            or hung (after ``Settings.collective_timeout``); nothing committed.
 
     Example:
         >>> import numpy as np, zstore
@@ -197,7 +217,7 @@ def save(
     return write(flatten(tree), url, storage_options=storage_options, metadata=metadata,
                  overwrite=overwrite, access=access, backend=backend, codec=codec, base=base,
                  timeout=timeout, max_concurrency=max_concurrency, progress=progress,
-                 layouts=layouts, stack=stack)
+                 layouts=layouts, stack=stack, process_group=process_group)
 
 
 def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = None,
@@ -206,7 +226,7 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
           codec: str = "auto", base: str | None = None, hashes: bool | None = None,
           timeout: float | None = None, max_concurrency: int | None = None,
           progress: bool | None = None, layouts: Mapping[str, Layout] | None = None,
-          stack: bool = True) -> SaveInfo:
+          stack: bool = True, process_group: Any = None) -> SaveInfo:
     """``save`` of a tree already flattened (and perhaps snapshotted): see ``save``.
 
     ``hashes`` (default: only with a ``base``) records each object's hash so
@@ -214,6 +234,20 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
     core-second per 1.8 GB, noticeable only where storage is faster than that.
     """
     started = time.perf_counter()
+    ranks = Ranks.current(url, process_group)
+    if ranks is not None and (ranks.size > 1 or any(map(is_dtensor, flat.arrays.values()))):
+        if base is not None:
+            raise ValueError("base= (an incremental save) is not supported by multi-rank "
+                             "saves yet; save the whole state")
+        plan, objects, rank_bytes, stored = write_collective(
+            flat, url, ranks, storage_options=storage_options, metadata=metadata,
+            overwrite=overwrite, access=access, backend=backend, codec=codec, timeout=timeout,
+            layouts=layouts, stack=stack)
+        return SaveInfo(url=url, arrays=len(plan.arrays), logical_bytes=plan.nbytes,
+                        stored_bytes=stored, objects=objects,
+                        seconds=time.perf_counter() - started,
+                        inline_values=sum("scalar" in n for _, n in iter_leaves(flat.skeleton)),
+                        rank_bytes=tuple(rank_bytes))
     max_concurrency = concurrency(max_concurrency, saving=True)
     manifest = Manifest(tree=flat.skeleton, metadata=check_metadata(metadata), arrays={},
                         zstore_version=__version__)
@@ -306,9 +340,7 @@ async def _save_leased(location: Location, arrays: dict[str, Any], manifest: Man
         async with limit:
             await coroutine
 
-    documents = {f"{g}/{ROOT}": group_document() for g in group_paths(list(manifest.arrays))}
-    documents.update({f"{p}/{ROOT}": doc for p, doc in manifest.arrays.items()})
-    await asyncio.gather(*(bounded(location.put(k, encode(d))) for k, d in documents.items()))
+    await write_documents(location, manifest, limit)
     hashes: dict[str, str] = {}
     copied: list[str] = []
 
@@ -337,6 +369,28 @@ async def _save_leased(location: Location, arrays: dict[str, Any], manifest: Man
         written(path)
 
     await asyncio.gather(*(bounded(write(path, value)) for path, value in arrays.items()))
+    sizes = await commit(location, manifest, lease, hashes)
+    return _Outcome(len(sizes) + 1, copied, sum(sizes.get(key, 0) for key in copied))
+
+
+async def write_documents(location: Location, manifest: Manifest,
+                          limit: asyncio.Semaphore) -> None:
+    """Every group's and array's ``zarr.json``, ``limit`` at a time."""
+    documents = {f"{g}/{ROOT}": group_document() for g in group_paths(list(manifest.arrays))}
+    documents.update({f"{p}/{ROOT}": doc for p, doc in manifest.arrays.items()})
+
+    async def put(key: str, document: dict[str, Any]) -> None:
+        async with limit:
+            await location.put(key, encode(document))
+
+    await asyncio.gather(*(put(k, d) for k, d in documents.items()))
+
+
+async def commit(location: Location, manifest: Manifest, lease: Lease,
+                 hashes: dict[str, str]) -> dict[str, int]:
+    """Once every object is written: the hashes, the final root ``zarr.json`` (manifest and
+    stored sizes), then, if the lease is still this save's, the commit marker, created only
+    if absent. The sizes of the checkpoint's objects."""
     await location.put(HASHES, encode_hashes(hashes))
     sizes = {k: n for k, n in (await location.sizes()).items()
              if k != LEASE and not is_temporary(k)}
@@ -357,7 +411,7 @@ async def _save_leased(location: Location, arrays: dict[str, Any], manifest: Man
                 f"another save committed {location.url!r} while this one was writing; "
                 "this save's data was not committed", url=location.url
             ) from None
-    return _Outcome(len(sizes) + 1, copied, sum(sizes.get(key, 0) for key in copied))
+    return sizes
 
 
 async def _baseline(source: Location) -> Baseline:

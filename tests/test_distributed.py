@@ -1,0 +1,254 @@
+"""Multi-rank saves and loads: real processes, gloo on 127.0.0.1, DTensors on CPU meshes.
+
+Four ranks save one checkpoint of global arrays (uneven and empty shards, a 2-D mesh,
+bf16, replicated plain tensors, stacked layers); one, two, three and four ranks load it
+into other placements; every object is written once; a failing or dying rank leaves no
+commit and makes every rank raise within the collective timeout.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+import zstore
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+mp = pytest.importorskip("torch.multiprocessing")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _entry(rank: int, world: int, port: int, fn: Any, args: tuple, results: Any) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        results.put((rank, "ok", fn(rank, world, *args)))
+    except BaseException as e:  # reported to the test, which asserts on it
+        results.put((rank, "error", (type(e).__name__, str(e), traceback.format_exc())))
+
+
+def run_ranks(world: int, fn: Any, *args: Any, timeout: float = 240) -> dict[int, Any]:
+    """Run ``fn(rank, world, *args)`` in ``world`` fresh processes joined by gloo; {rank:
+    ("ok", result) or ("error", (type, message, traceback))}; a rank that exits without
+    answering is absent."""
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    port = _free_port()
+    processes = [context.Process(target=_entry, args=(r, world, port, fn, args, results))
+                 for r in range(world)]
+    for p in processes:
+        p.start()
+    found: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    while len(found) < world and time.monotonic() < deadline:
+        if all(not p.is_alive() for p in processes) and results.empty():
+            break
+        try:
+            rank, status, value = results.get(timeout=1)
+        except Exception:
+            continue
+        found[rank] = (status, value)
+    for p in processes:
+        p.join(timeout=max(1.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+    return found
+
+
+def _ok(found: dict[int, Any], world: int) -> list[Any]:
+    problems = {r: v for r, (s, v) in found.items() if s != "ok"}
+    assert not problems and len(found) == world, (problems, sorted(found))
+    return [found[r][1] for r in range(world)]
+
+
+# ---- the state, the same on every rank and in the test ----------------------------------
+
+def _full() -> dict[str, Any]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "uneven": torch.randn(10, 6, generator=g),  # 3, 3, 3, 1 rows over 4 ranks
+        "empty": torch.randn(3, 5, generator=g),  # 1, 1, 1, 0: rank 3 holds nothing
+        "bf16": torch.randn(16, 2048, generator=g).to(torch.bfloat16),  # split by columns
+        "grid": torch.randn(64, 96, generator=g),  # a 2 x 2 mesh, both dims
+        "rows": torch.randn(2048, 512, generator=g),  # 2 x 2 mesh: sharded, then replicated
+        "embed": torch.randn(1024, 1024, generator=g),  # plain: replicated, written by all
+        "norm": torch.randn(64, generator=g),  # plain: replicated
+        "layers": [torch.randn(40, 8, generator=g) for _ in range(3)],  # stacked
+    }
+
+
+def _sharded(world: int) -> dict[str, Any]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    square = init_device_mesh("cpu", (2, world // 2))
+    full = _full()
+    return {
+        "uneven": distribute_tensor(full["uneven"], mesh, [Shard(0)]),
+        "empty": distribute_tensor(full["empty"], mesh, [Shard(0)]),
+        "bf16": distribute_tensor(full["bf16"], mesh, [Shard(1)]),
+        "grid": distribute_tensor(full["grid"], square, [Shard(0), Shard(1)]),
+        "rows": distribute_tensor(full["rows"], square, [Shard(0), Replicate()]),
+        "embed": full["embed"],
+        "norm": full["norm"],
+        "layers": [distribute_tensor(t, mesh, [Shard(0)]) for t in full["layers"]],
+        "step": 7,
+    }
+
+
+def _targets(world: int) -> dict[str, Any]:
+    """Empty DTensors of the same global shapes, placed unlike the save."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    full = _full()
+    placements = [Shard(1), Shard(0), Shard(0), Shard(1), Replicate(), Shard(1), Shard(0)]
+    names = ["uneven", "empty", "bf16", "grid", "rows", "embed", "norm"]
+    return {name: distribute_tensor(torch.zeros_like(full[name]), mesh, [p])
+            for name, p in zip(names, placements)}
+
+
+def _save_and_reload(rank: int, world: int, urls: list[tuple[str, dict]]) -> dict[str, Any]:
+    infos = []
+    for url, options in urls:
+        info = zstore.save(_sharded(world), url, storage_options=options)
+        infos.append((info.objects, info.rank_bytes, info.stored_bytes))
+    return {"infos": infos, "equal": _load_and_compare(world, urls[0])}
+
+
+def _load_and_compare(world: int, where: tuple[str, dict]) -> dict[str, bool]:
+    """Load into DTensors placed unlike the save; which came back equal to the state."""
+    url, options = where
+    targets = _targets(world)
+    report = zstore.load(url, storage_options=options, into=targets, strict=False)
+    assert sorted(report.loaded) == sorted(targets)
+    full = _full()
+    return {name: bool(torch.equal(t.full_tensor(), full[name])) for name, t in targets.items()}
+
+
+def _load_only(rank: int, world: int, where: tuple[str, dict]) -> dict[str, bool]:
+    return _load_and_compare(world, where)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, moto_s3):
+    """A checkpoint four ranks saved, locally and on S3 (moto), and what they reported."""
+    local = str(tmp_path_factory.mktemp("ranks") / "ckpt")
+    remote = f"s3://{moto_s3.new_bucket()}/ckpt"
+    moto_s3.log.clear()
+    found = run_ranks(4, _save_and_reload, [(local, {}), (remote, moto_s3.storage_options)])
+    return {"where": {"local": (local, {}), "s3": (remote, moto_s3.storage_options)},
+            "results": _ok(found, 4),
+            "puts": [path for method, path, _ in moto_s3.log.requests if method == "PUT"]}
+
+
+def _expected(name: str) -> np.ndarray:
+    value = _full()[name]
+    return value.view(torch.int16).numpy() if value.dtype == torch.bfloat16 else value.numpy()
+
+
+def test_four_ranks_save_one_checkpoint_that_one_process_reads(saved):
+    for url, options in saved["where"].values():
+        ckpt = zstore.open(url, storage_options=options)
+        for name in ("uneven", "empty", "bf16", "grid", "rows", "embed", "norm"):
+            assert ckpt[name][...].tobytes() == _expected(name).tobytes(), (url, name)
+        loaded = zstore.load(url, storage_options=options)
+        assert loaded["step"] == 7
+        assert all(torch.equal(a, b) for a, b in zip(loaded["layers"], _full()["layers"]))
+    local, _ = saved["where"]["local"]
+    plain = zarr.open_array(local + "/grid", mode="r")  # a plain Zarr reader: global arrays
+    assert np.array_equal(plain[...], _full()["grid"].numpy())
+
+
+def test_every_object_is_written_by_one_rank_once_and_the_bytes_are_balanced(saved):
+    objects = [path for path in saved["puts"] if "/c/" in path]
+    assert objects and len(objects) == len(set(objects))  # no object PUT twice
+    first = saved["results"][0]["infos"]
+    assert all(r["infos"] == first for r in saved["results"])  # every rank reports alike
+    for _, rank_bytes, _ in first:
+        assert max(rank_bytes) / (sum(rank_bytes) / 4) <= 1.1, rank_bytes
+
+
+def test_four_ranks_load_into_other_placements(saved):
+    for result in saved["results"]:
+        assert all(result["equal"].values()), result["equal"]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_checkpoint_of_four_ranks_loads_on_fewer(saved, world):
+    found = run_ranks(world, _load_only, saved["where"]["local"])
+    for equal in _ok(found, world):
+        assert all(equal.values()), equal
+
+
+# ---- failures -------------------------------------------------------------------------
+
+def _failing(rank: int, world: int, root: str) -> dict[str, Any]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Partial, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    outcome: dict[str, Any] = {}
+    with zstore.configure(collective_timeout=15.0):
+        # 1. rank 1 holds a Partial (a sum not yet reduced): it cannot be saved
+        state = {"w": distribute_tensor(torch.ones(8, 4), mesh, [Shard(0)]),
+                 "x": distribute_tensor(torch.ones(2), mesh, [Shard(0)])}  # collectives alike
+        if rank == 1:
+            state["x"] = torch.distributed.tensor.DTensor.from_local(
+                torch.ones(2), mesh, [Partial()])
+        outcome["partial"] = _raised(lambda: zstore.save(state, f"{root}/partial"))
+        # 2. the ranks disagree on a shape
+        bad = {"w": torch.ones(4 + rank)}
+        outcome["shapes"] = _raised(lambda: zstore.save(bad, f"{root}/shapes"))
+        # 3. a good save, then rank 1 dies while writing the next step's objects
+        big = {"w": distribute_tensor(torch.randn(256, 1024), mesh, [Shard(0)])}
+        zstore.save(big, f"{root}/step-1")
+        if rank == 1:
+            os.writev = lambda *_: os._exit(17)  # type: ignore[assignment]
+        started = time.monotonic()
+        outcome["died"] = _raised(lambda: zstore.save(big, f"{root}/step-2"))
+        outcome["seconds"] = time.monotonic() - started
+    return outcome
+
+
+def _raised(call: Any) -> tuple[str, str, list[int]] | None:
+    try:
+        call()
+    except Exception as e:
+        return type(e).__name__, str(e), list(getattr(e, "ranks", []))
+    return None
+
+
+def test_a_failing_or_dying_rank_commits_nothing_and_every_rank_raises(tmp_path):
+    root = str(tmp_path)
+    found = run_ranks(2, _failing, root)
+    assert 1 not in found or found[1][0] == "error"  # rank 1 died in the last step
+    status, outcome = found[0]
+    assert status == "ok", outcome
+    kind, message, ranks = outcome["partial"]
+    assert kind == "RankFailedError" and ranks == [1] and "Partial" in message
+    assert outcome["shapes"][0] == "ValueError" and "on rank 1" in outcome["shapes"][1]
+    kind, message, _ = outcome["died"]
+    assert kind == "RankFailedError" and "nothing was committed" in message
+    assert outcome["seconds"] < 60
+    with pytest.raises(zstore.CheckpointNotFoundError):
+        zstore.open(f"{root}/partial")
+    with pytest.raises(zstore.IncompleteCheckpointError):
+        zstore.open(f"{root}/step-2")
+    assert zstore.open(f"{root}/step-1")["w"].shape == (256, 1024)  # the last step is intact

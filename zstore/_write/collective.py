@@ -1,0 +1,286 @@
+"""A save every rank of a ``torch.distributed`` job calls: one checkpoint of global arrays.
+
+Each rank brings its own state dict: DTensors (its part of each global tensor) and plain
+tensors and values (the same on every rank). The save then runs in five steps, each
+ending in one small exchange on the save's own gloo group (``zstore._ranks.Ranks``):
+
+1. every rank describes what it holds: each array's global shape, dtype and the box this
+   rank holds (a crc32c of each plain tensor, to find any that differ between ranks),
+   and its tree of names and values;
+2. every rank plans the same layout from those facts, object boundaries on every box
+   boundary, and the same assignment of each object to one rank that holds it, largest
+   first to the least loaded (replicated data is written once, the bytes spread evenly);
+   rank 0 takes the lease, clears the destination and writes the metadata;
+3. every rank writes its objects, each whole, by itself: no object has two writers, no
+   read-modify-write. The other ranks' writes pass the same write gate as rank 0's,
+   fenced by the lease rank 0 renews (``Lease.followed``);
+4. once every rank's writes are done, rank 0 writes the manifest and the commit marker;
+5. every rank learns the outcome, and returns or raises.
+
+A rank that raises at any step makes every rank raise at the next exchange
+(``RankFailedError`` naming it), and nothing is committed; a rank that crashes or hangs
+makes the others raise after ``Settings.collective_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from zstore._budget import ByteBudget
+from zstore._compat import sync
+from zstore._format.layout import Layout, array_metadata
+from zstore._format.manifest import (
+    STACKED_FORMAT,
+    Manifest,
+    check_metadata,
+    encode,
+    writing_document,
+)
+from zstore._format.names import ROOT
+from zstore._format.shards import checksum
+from zstore._format.tensors import host_array, is_torch_tensor, torch_numpy_dtype
+from zstore._format.tree import FlatTree, iter_leaves
+from zstore._options import current
+from zstore._plan.access import Access
+from zstore._plan.planner import Plan, plan_specs
+from zstore._plan.profiles import BackendProfile, profile_for
+from zstore._ranks import Box, Part, Ranks, assign, holders, local_part, object_boxes
+from zstore._storage.failures import storage_errors
+from zstore._storage.location import Location, resolve
+from zstore._version import __version__
+from zstore._write.lease import Lease
+from zstore.errors import SaveTimeoutError
+
+
+def write_collective(flat: FlatTree, url: str, ranks: Ranks, *,
+                     storage_options: dict[str, Any] | None, metadata: dict[str, Any] | None,
+                     overwrite: bool, access: Access, backend: str | BackendProfile | None,
+                     codec: str, timeout: float | None, layouts: Mapping[str, Layout] | None,
+                     stack: bool) -> tuple[Plan, int, list[int], int]:
+    """Run this rank's part of the collective save; (plan, objects, bytes written by each
+    rank, stored bytes), the same on every rank."""
+    location = resolve(url, storage_options)
+    work = _save(flat, location, ranks, metadata, overwrite, access, backend, codec, layouts,
+                 stack)
+    with storage_errors(url, saving=True):
+        try:
+            return sync(work if timeout is None else asyncio.wait_for(work, timeout))
+        except TimeoutError:
+            raise SaveTimeoutError(
+                f"rank {ranks.rank}: the save to {url!r} did not finish within {timeout} s and "
+                "was stopped before its commit marker was written; the other ranks stop at "
+                "their next exchange", url=url, timeout=timeout) from None
+
+
+async def _share(ranks: Ranks, value: Any, failure: BaseException | None, step: str
+                 ) -> list[Any]:
+    """``Ranks.share`` off the event loop, so the lease's renewals go on meanwhile."""
+    return await asyncio.to_thread(ranks.share, value, failure, step)
+
+
+async def _save(flat: FlatTree, location: Location, ranks: Ranks,
+                metadata: dict[str, Any] | None, overwrite: bool, access: Access,
+                backend: str | BackendProfile | None, codec: str,
+                layouts: Mapping[str, Layout] | None, stack: bool
+                ) -> tuple[Plan, int, list[int], int]:
+    since = time.time()  # before the lease can exist: the followers' fence starts here
+    facts: dict[str, Any] | None = None
+    parts: dict[str, Any] = {}
+    failure: BaseException | None = None
+    try:
+        facts, parts = _describe(flat, metadata)
+    except Exception as e:
+        failure = e
+    everyone = await _share(ranks, facts, failure, "describing the state")
+    plan, held = _plan(everyone, flat, location.url, access, backend, codec, layouts, stack)
+    writers = _writers(plan, held, ranks.size)
+    arrays = _arrays(flat, plan, parts)
+    manifest = Manifest(tree=flat.skeleton, metadata=everyone[0]["metadata"], arrays={},
+                        zstore_version=__version__)
+    for path, a in plan.arrays.items():
+        manifest.arrays[path] = array_metadata(a.shape, a.dtype, a.layout, a.members)
+    if any(a.members for a in plan.arrays.values()):
+        manifest.format = STACKED_FORMAT
+    mine = {path: [box for (p, box), rank in writers.items() if p == path and rank == ranks.rank]
+            for path in plan.arrays}
+    load = [0] * ranks.size
+    for (path, box), rank in writers.items():
+        load[rank] += math.prod(hi - lo for lo, hi in box) * plan.arrays[path].dtype.itemsize
+    if ranks.rank == 0:
+        return await _lead(location, ranks, plan, manifest, arrays, mine, load, overwrite)
+    token, version = (await _share(ranks, None, None, "taking the lease"))[0]
+    lease = Lease(location)
+    failure = None
+    try:
+        async with lease.followed(token, version, since):
+            await _write_mine(location, plan, manifest, arrays, mine)
+    except Exception as e:
+        failure = e
+    await _share(ranks, None, failure, "writing the objects")
+    objects, stored = (await _share(ranks, None, None, "committing"))[0]
+    return plan, objects, load, stored
+
+
+async def _lead(location: Location, ranks: Ranks, plan: Plan, manifest: Manifest,
+                arrays: dict[str, Any], mine: dict[str, list[Box]], load: list[int],
+                overwrite: bool) -> tuple[Plan, int, list[int], int]:
+    """Rank 0's part: the lease, the destination, the metadata, its own objects, and the
+    commit once every rank's objects are written."""
+    from zstore._write.writer import (
+        _clear_destination,
+        _refuse_committed,
+        commit,
+        write_documents,
+    )
+
+    lease = Lease(location)
+    failure: BaseException | None = None
+    entered = False
+    try:
+        await _refuse_committed(location, overwrite)
+        async with lease.held():
+            entered = True
+            try:
+                await _clear_destination(location, overwrite)
+                await location.put(ROOT, encode(writing_document()))
+                await write_documents(location, manifest, asyncio.Semaphore(8))
+            except Exception as e:
+                failure = e
+            await _share(ranks, (lease.token, lease.version), failure, "taking the lease")
+            try:
+                await _write_mine(location, plan, manifest, arrays, mine)
+            except Exception as e:
+                failure = e
+            await _share(ranks, None, failure, "writing the objects")
+            outcome = None
+            try:
+                sizes = await commit(location, manifest, lease, {})
+                outcome = (len(sizes) + 1, sum(manifest.stored_bytes.values()))
+            except Exception as e:
+                failure = e
+            await _share(ranks, outcome, failure, "committing")
+            assert outcome is not None
+            return plan, outcome[0], load, outcome[1]
+    except Exception as e:
+        if not entered:  # refused before the lease: the others wait for the lease step
+            await _share(ranks, None, e, "taking the lease")
+        raise
+
+
+async def _write_mine(location: Location, plan: Plan, manifest: Manifest,
+                      arrays: dict[str, Any], mine: dict[str, list[Box]]) -> None:
+    """Write the objects assigned to this rank, each whole."""
+    from zstore._write.writer import _write_array
+
+    budget = ByteBudget(current().write_budget)
+    limit = asyncio.Semaphore(current().save_concurrency)
+
+    async def one(path: str, boxes: list[Box]) -> None:
+        async with limit:
+            await _write_array(location, path, manifest.arrays[path], arrays[path],
+                               [tuple(slice(lo, hi) for lo, hi in box) for box in boxes],
+                               budget)
+
+    await asyncio.gather(*(one(path, boxes) for path, boxes in mine.items() if boxes))
+
+
+def _describe(flat: FlatTree, metadata: dict[str, Any] | None
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What this rank tells the others (per array: global shape, dtype, its box, and for a
+    plain tensor a crc32c of its bytes), and its parts in global coordinates."""
+    arrays: dict[str, tuple[Any, ...]] = {}
+    parts: dict[str, Any] = {}
+    for name, value in flat.arrays.items():
+        shape, box, local = local_part(value, name)
+        dtype = torch_numpy_dtype(value, name) if is_torch_tensor(value) else value.dtype
+        data = host_array(local, name)
+        digest = None if local is not value else checksum(np.ascontiguousarray(data))
+        arrays[name] = (shape, np.dtype(dtype).name, box, digest)
+        parts[name] = Part(data, box, shape)
+    facts = {"arrays": arrays, "tree": flat.skeleton, "metadata": check_metadata(metadata),
+             "cores": os.cpu_count()}
+    return facts, parts
+
+
+def _plan(everyone: list[dict[str, Any]], flat: FlatTree, url: str, access: Access,
+          backend: str | BackendProfile | None, codec: str,
+          layouts: Mapping[str, Layout] | None, stack: bool
+          ) -> tuple[Plan, dict[str, list[Box | None]]]:
+    """The plan every rank computes alike, after checking that the ranks agree on names,
+    shapes, dtypes, plain values and plain tensors."""
+    first = everyone[0]
+    for rank, facts in enumerate(everyone[1:], start=1):
+        _same(first, facts, rank)
+    from zstore._format.dtypes import dtype_from_name
+
+    specs = {name: (tuple(shape), dtype_from_name(dtype))
+             for name, (shape, dtype, _, _) in first["arrays"].items()}
+    held = {name: [facts["arrays"][name][2] for facts in everyone] for name in specs}
+    held = {name: [None if box is None else tuple(tuple(d) for d in box) for box in boxes]
+            for name, boxes in held.items()}
+    plan = plan_specs(specs, access=access, profile=profile_for(url, backend), codec=codec,
+                      cores=first["cores"], layouts=layouts, stack=stack, held=held)
+    return plan, held
+
+
+def _same(first: dict[str, Any], other: dict[str, Any], rank: int) -> None:
+    """``ValueError`` naming the first thing rank ``rank`` holds differently from rank 0."""
+    mine, theirs = first["arrays"], other["arrays"]
+    if set(mine) != set(theirs):
+        only = sorted(set(mine) ^ set(theirs))[:3]
+        raise ValueError(f"ranks 0 and {rank} save different tensors (e.g. {only}): every rank "
+                         "must pass a state dict with the same names")
+    for name, (shape, dtype, _, digest) in mine.items():
+        shape2, dtype2, _, digest2 = theirs[name]
+        if tuple(shape) != tuple(shape2) or dtype != dtype2:
+            raise ValueError(f"{name!r} is {tuple(shape)} {dtype} on rank 0 but "
+                             f"{tuple(shape2)} {dtype2} on rank {rank}")
+        if digest != digest2:
+            raise ValueError(
+                f"{name!r} is a plain tensor (saved once, as replicated) but its values on rank "
+                f"{rank} differ from rank 0's; make it a DTensor, or save per-rank values "
+                "under per-rank names")
+    if first["tree"] != other["tree"]:
+        raise ValueError(
+            f"ranks 0 and {rank} pass different plain values or tree structures (first at "
+            f"{_first_difference(first['tree'], other['tree'])!r}); plain values are saved "
+            "once, so they must be equal on every rank: save per-rank values under per-rank "
+            "names")
+
+
+def _first_difference(a: Any, b: Any) -> str:
+    left = dict(iter_leaves(a))
+    right = dict(iter_leaves(b))
+    for name in sorted(set(left) | set(right)):
+        if left.get(name) != right.get(name):
+            return name
+    return "the tree's structure"
+
+
+def _writers(plan: Plan, held: dict[str, list[Box | None]], world: int
+             ) -> dict[tuple[str, Box], int]:
+    """{(array path, object box): the rank that writes it}, the same on every rank."""
+    objects = []
+    for path, a in plan.arrays.items():
+        boxes = held[a.members[0]] if a.members else held[path]
+        if a.members:
+            boxes = [None if b is None else ((0, len(a.members)), *b) for b in boxes]
+        for _, box in object_boxes(a.shape, a.layout.object_shape):
+            nbytes = math.prod(hi - lo for lo, hi in box) * a.dtype.itemsize
+            objects.append(((path, box), nbytes, holders(box, boxes)))
+    return assign(objects, world)
+
+
+def _arrays(flat: FlatTree, plan: Plan, parts: dict[str, Any]) -> dict[str, Any]:
+    """The arrays to write, with this rank's parts in place of its tensors (stacked ones
+    as their ``Stacked`` of parts)."""
+    from zstore._write.writer import _stack
+
+    return _stack(FlatTree(skeleton=flat.skeleton, arrays=dict(parts)), plan)
