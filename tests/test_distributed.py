@@ -252,3 +252,50 @@ def test_a_failing_or_dying_rank_commits_nothing_and_every_rank_raises(tmp_path)
     with pytest.raises(zstore.IncompleteCheckpointError):
         zstore.open(f"{root}/step-2")
     assert zstore.open(f"{root}/step-1")["w"].shape == (256, 1024)  # the last step is intact
+
+
+# ---- FSDP2 ----------------------------------------------------------------------------
+
+def _fsdp_model(seed: int) -> tuple[Any, Any]:
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.LayerNorm(64),
+                                torch.nn.ReLU(), torch.nn.Linear(64, 8))
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+
+def _train(model: Any, optim: Any, rank: int, steps: range) -> None:
+    for step in steps:
+        x = torch.randn(4, 16, generator=torch.Generator().manual_seed(100 * step + rank))
+        model(x).square().mean().backward()
+        optim.step()
+        optim.zero_grad()
+
+
+def _fsdp_round_trip(rank: int, world: int, url: str) -> bool:
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model, optim = _fsdp_model(seed=0)
+    _train(model, optim, rank, range(3))
+    msd, osd = get_state_dict(model, optim)
+    zstore.save({"model": msd, "optim": osd}, url)
+    _train(model, optim, rank, range(3, 6))
+    expected = [p.full_tensor() for p in model.parameters()]
+
+    model, optim = _fsdp_model(seed=1)  # other weights, an optimizer that never stepped
+    msd, osd = get_state_dict(model, optim)
+    report = zstore.load(url, into={"model": msd, "optim": osd})
+    assert not report.missing_keys and not report.unexpected_keys, report
+    set_state_dict(model, optim, model_state_dict=msd, optim_state_dict=osd)
+    _train(model, optim, rank, range(3, 6))
+    return all(torch.equal(p.full_tensor(), e) for p, e in zip(model.parameters(), expected))
+
+
+def test_an_fsdp2_model_and_optimizer_resume_exactly(tmp_path):
+    found = run_ranks(2, _fsdp_round_trip, str(tmp_path / "ckpt"))
+    assert _ok(found, 2) == [True, True]

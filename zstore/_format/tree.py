@@ -183,6 +183,25 @@ def _numpy_identity(array: np.ndarray) -> tuple[Any, ...]:
             array.dtype.str)
 
 
+def tensor_leaves(tree: Any) -> dict[str, Any]:
+    """{name: tensor} of every torch tensor in a nested tree, named as ``flatten`` names
+    its leaves (keys joined by ``/``): the tensors ``load(into=tree)`` fills."""
+    found: dict[str, Any] = {}
+
+    def visit(node: Any, keys: tuple[Any, ...]) -> None:
+        if isinstance(node, Mapping):
+            for key, child in node.items():
+                visit(child, (*keys, key))
+        elif isinstance(node, (list, tuple)):
+            for i, child in enumerate(node):
+                visit(child, (*keys, i))
+        elif is_torch_tensor(node):
+            found["/".join(segment for key in keys for segment in str(key).split("/"))] = node
+
+    visit(tree, ())
+    return found
+
+
 def _claim_name(keys: tuple[Any, ...], owners: dict[str, tuple[Any, ...]]) -> str:
     segments = [segment for key in keys for segment in str(key).split("/")]
     if not segments:

@@ -20,6 +20,7 @@ import numpy as np
 
 from zstore._budget import ByteBudget
 from zstore._format.tensors import is_dtensor, numpy_to_torch, require_torch, torch_to_numpy
+from zstore._format.tree import tensor_leaves
 from zstore._options import concurrency, current
 from zstore._progress import bar
 from zstore._ranks import local_part
@@ -62,6 +63,8 @@ def _targets(into: Any) -> Mapping[str, Any]:
         live: Mapping[str, Any] = into.state_dict(keep_vars=True)  # parameters and buffers
         return live
     if isinstance(into, Mapping):
+        if any(isinstance(v, (Mapping, list, tuple)) for v in into.values()):
+            return tensor_leaves(into)  # a tree: {"model": sd, "optim": osd}
         return into
     raise TypeError(f"into= takes a torch.nn.Module or a state dict, got {type(into).__name__}")
 

@@ -684,10 +684,13 @@ def load(url: str, *, storage_options: dict[str, Any] | None = None,
         device: a torch device (``"cuda"``, ``"cuda:1"``): every array becomes a torch
             tensor there, decoded into reused pinned host buffers whose copies to
             the device overlap the decoding of the next array.
-        into: a ``torch.nn.Module`` or state dict to fill in place, tensor by
+        into: a ``torch.nn.Module``, a state dict, or a tree of them (``{"model": sd,
+            "optim": osd}``, named as ``save`` names it) to fill in place, tensor by
             tensor, on its own devices (CPU tensors are decoded straight into
             their memory); returns a ``LoadReport``. Names are ``prefix`` + key
             (``prefix="model/"`` for a checkpoint saved as ``{"model": sd, ...}``).
+            A DTensor is filled with its part of the global array, whatever mesh,
+            placements and number of ranks saved it (see ``docs/distributed.md``).
         strict: with ``into``, missing or unexpected keys are an error, like
             ``load_state_dict``; shape mismatches always are, before any change.
         progress: a progress bar on stderr (tqdm); default: only on a terminal,
