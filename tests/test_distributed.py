@@ -91,7 +91,7 @@ def _full() -> dict[str, Any]:
     }
 
 
-def _sharded(world: int) -> dict[str, Any]:
+def _sharded(world: int, rank: int) -> dict[str, Any]:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
@@ -108,6 +108,8 @@ def _sharded(world: int) -> dict[str, Any]:
         "norm": full["norm"],
         "layers": [distribute_tensor(t, mesh, [Shard(0)]) for t in full["layers"]],
         "step": 7,
+        "rng": torch.arange(4) + 10 * rank,  # differs per rank: kept per rank
+        "seed": 1000 + rank,
     }
 
 
@@ -127,7 +129,7 @@ def _targets(world: int) -> dict[str, Any]:
 def _save_and_reload(rank: int, world: int, urls: list[tuple[str, dict]]) -> dict[str, Any]:
     infos = []
     for url, options in urls:
-        info = zstore.save(_sharded(world), url, storage_options=options)
+        info = zstore.save(_sharded(world, rank), url, storage_options=options)
         infos.append((info.objects, info.rank_bytes, info.stored_bytes))
     return {"infos": infos, "equal": _load_and_compare(world, urls[0])}
 
@@ -139,7 +141,11 @@ def _load_and_compare(world: int, where: tuple[str, dict]) -> dict[str, bool]:
     report = zstore.load(url, storage_options=options, into=targets, strict=False)
     assert sorted(report.loaded) == sorted(targets)
     full = _full()
-    return {name: bool(torch.equal(t.full_tensor(), full[name])) for name, t in targets.items()}
+    equal = {name: bool(torch.equal(t.full_tensor(), full[name])) for name, t in targets.items()}
+    own = zstore.open(url, storage_options=options).load(entries=["rng", "seed"])
+    equal["own values"] = (own["seed"] == 1000 + dist.get_rank()
+                           and torch.equal(own["rng"], torch.arange(4) + 10 * dist.get_rank()))
+    return equal
 
 
 def _load_only(rank: int, world: int, where: tuple[str, dict]) -> dict[str, bool]:
@@ -170,6 +176,8 @@ def test_four_ranks_save_one_checkpoint_that_one_process_reads(saved):
             assert ckpt[name][...].tobytes() == _expected(name).tobytes(), (url, name)
         loaded = zstore.load(url, storage_options=options)
         assert loaded["step"] == 7
+        assert loaded["seed"] == 1000 and torch.equal(loaded["rng"], torch.arange(4))  # rank 0's
+        assert np.array_equal(ckpt.stored_arrays()["zstore.ranks/3/rng"][...], np.arange(4) + 30)
         assert all(torch.equal(a, b) for a, b in zip(loaded["layers"], _full()["layers"]))
     local, _ = saved["where"]["local"]
     plain = zarr.open_array(local + "/grid", mode="r")  # a plain Zarr reader: global arrays
@@ -194,7 +202,7 @@ def test_four_ranks_load_into_other_placements(saved):
 def test_a_checkpoint_of_four_ranks_loads_on_fewer(saved, world):
     found = run_ranks(world, _load_only, saved["where"]["local"])
     for equal in _ok(found, world):
-        assert all(equal.values()), equal
+        assert all(equal.values()), equal  # each rank's own per-rank values too
 
 
 # ---- failures -------------------------------------------------------------------------
@@ -213,8 +221,8 @@ def _failing(rank: int, world: int, root: str) -> dict[str, Any]:
             state["x"] = torch.distributed.tensor.DTensor.from_local(
                 torch.ones(2), mesh, [Partial()])
         outcome["partial"] = _raised(lambda: zstore.save(state, f"{root}/partial"))
-        # 2. the ranks disagree on a shape
-        bad = {"w": torch.ones(4 + rank)}
+        # 2. the ranks save different names
+        bad = {f"w{rank}": torch.ones(4)}
         outcome["shapes"] = _raised(lambda: zstore.save(bad, f"{root}/shapes"))
         # 3. a good save, then rank 1 dies while writing the next step's objects
         big = {"w": distribute_tensor(torch.randn(256, 1024), mesh, [Shard(0)])}
@@ -243,7 +251,7 @@ def test_a_failing_or_dying_rank_commits_nothing_and_every_rank_raises(tmp_path)
     assert status == "ok", outcome
     kind, message, ranks = outcome["partial"]
     assert kind == "RankFailedError" and ranks == [1] and "Partial" in message
-    assert outcome["shapes"][0] == "ValueError" and "on rank 1" in outcome["shapes"][1]
+    assert outcome["shapes"][0] == "ValueError" and "ranks 0 and 1" in outcome["shapes"][1]
     kind, message, _ = outcome["died"]
     assert kind == "RankFailedError" and "nothing was committed" in message
     assert outcome["seconds"] < 60

@@ -31,10 +31,12 @@ from zstore.errors import (
     UnsupportedTypeError,
 )
 
-FORMAT_VERSION = 2  # the newest format this zstore reads and writes
+FORMAT_VERSION = 3  # the newest format this zstore reads and writes
 # Format 2 adds stacked arrays (tree leaves with an "index"); a checkpoint without them is
-# written as format 1, which every zstore reads.
+# written as format 1, which every zstore reads. Format 3 adds per-rank leaves
+# ({"per_rank": [leaf, ...]}: a multi-rank save's values that differ between ranks).
 STACKED_FORMAT = 2
+PER_RANK_FORMAT = 3
 MAX_METADATA_BYTES = 1 << 20
 
 __all__ = ["FORMAT_VERSION", "Manifest"]

@@ -17,6 +17,7 @@ LEASE = "zstore.lease.json"  # one writer per URL while a save runs; absent once
 HASHES = "zstore.hashes.json"  # SHA-256 per stored object, for incremental saves and verify
 RESERVED_PREFIX = "zstore."  # top-level names zstore keeps for itself
 STACKED = "zstore.stacked"  # the folder of stacked arrays: many same-shape tensors in one
+RANKS = "zstore.ranks"  # per-rank arrays of a multi-rank save: RANKS/<rank>/<name>
 
 _STEP = re.compile(r"step-(0|[1-9][0-9]*)")
 

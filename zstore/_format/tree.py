@@ -295,6 +295,13 @@ def check_skeleton(node: Any) -> None:
             raise ValueError(f"malformed {kind} node {node!r}")
         for child in body:
             check_skeleton(child)
+    elif kind == "per_rank":  # one leaf per rank of a multi-rank save: values that differ
+        if not isinstance(body, list) or not body or any(
+                not isinstance(c, dict) or next(iter(c), None) in (
+                    "dict", "list", "tuple", "per_rank") for c in body):
+            raise ValueError(f"malformed per_rank node {node!r}")
+        for child in body:
+            check_skeleton(child)
     elif kind in _KINDS:
         if not isinstance(body, str) or node.get("kind") not in _KINDS[kind]:
             raise ValueError(f"malformed {kind} node {node!r}")
@@ -304,6 +311,36 @@ def check_skeleton(node: Any) -> None:
             scalar_value(node)  # its dtype and bytes must decode
     elif kind not in _BODIES or not _BODIES[kind](body):
         raise ValueError(f"unknown or malformed tree node {node!r}")
+
+
+def has_per_rank(skeleton: dict[str, Any]) -> bool:
+    """Whether a skeleton holds values kept per rank (a multi-rank save's differing ones)."""
+    return any("per_rank" in node for _, node in iter_leaves(skeleton))
+
+
+def for_rank(skeleton: dict[str, Any], rank: int) -> tuple[dict[str, Any], list[str]]:
+    """The skeleton as rank ``rank`` sees it: each per-rank leaf replaced by that rank's
+    (rank 0's for a rank the save did not have); and the names of the leaves so replaced
+    by rank 0's."""
+    borrowed: list[str] = []
+
+    def resolve(node: dict[str, Any], name: str) -> dict[str, Any]:
+        kind = next(iter(node))
+        body = node[kind]
+        if kind == "dict":
+            return {"dict": [[k, resolve(c, f"{name}/{k}" if name else str(k))]
+                             for k, c in body]}
+        if kind in ("list", "tuple"):
+            return {kind: [resolve(c, f"{name}/{i}" if name else str(i))
+                           for i, c in enumerate(body)]}
+        if kind == "per_rank":
+            if rank >= len(body):
+                borrowed.append(name)
+            value: dict[str, Any] = body[rank] if rank < len(body) else body[0]
+            return value
+        return node
+
+    return resolve(skeleton, ""), borrowed
 
 
 def leaf_key(node: dict[str, Any]) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import itertools
+import sys
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -31,6 +33,8 @@ from zstore._format.tensors import numpy_to_torch
 from zstore._format.tree import (
     as_framework,
     check_skeleton,
+    for_rank,
+    has_per_rank,
     iter_leaves,
     leaf_key,
     scalar_value,
@@ -367,6 +371,13 @@ class Checkpoint(Mapping[str, LazyTensor]):
         self._stored: dict[str, LazyTensor] | None = None  # stored_arrays(), once built
         self._by_key: dict[str, LazyTensor] = {}  # tree.leaf_key -> the tensor it reads
         self._parsed: dict[str, tuple[ArrayV3Metadata, ObjectFormat | None]] = {}
+        if has_per_rank(manifest.tree):  # a multi-rank save's per-rank values: this rank's
+            manifest.tree, borrowed = for_rank(manifest.tree, _this_rank())
+            if borrowed:
+                warnings.warn(
+                    f"{location.url!r} keeps {len(borrowed)} value(s) per rank (e.g. "
+                    f"{borrowed[0]!r}) for fewer ranks than this job has: rank "
+                    f"{_this_rank()} sees rank 0's", stacklevel=3)
         for name, node in iter_leaves(manifest.tree):
             if "array" in node:
                 path, member = node["array"], node.get("index")
@@ -431,7 +442,8 @@ class Checkpoint(Mapping[str, LazyTensor]):
 
     def stored_arrays(self) -> dict[str, LazyTensor]:
         """Every stored array as a tensor of its own, by path: a stacked array whole (its
-        members are ``self[name]``); what checks every object reads. Built once."""
+        members are ``self[name]``) and the values other ranks kept per rank (see
+        ``docs/distributed.md``); what checks every object reads. Built once."""
         if self._stored is None:
             self._stored = {}
             for tensor in self._tensors.values():
@@ -442,6 +454,12 @@ class Checkpoint(Mapping[str, LazyTensor]):
                     path, self._location, self._store, path, self._manifest.arrays[path],
                     None, tensor.kind, self._manifest.stored_bytes.get(path, 0), None,
                     self._parsed[path])
+            for path, document in self._manifest.arrays.items():  # other ranks' values
+                if path not in self._stored:
+                    self._stored[path] = LazyTensor(
+                        path, self._location, self._store, path, document, None, "numpy",
+                        self._manifest.stored_bytes.get(path, 0), None,
+                        parse_document(document, path, self.url))
         return self._stored
 
     def whole_stacks(self, tensors: Mapping[K, LazyTensor]) -> dict[LazyTensor, dict[int, K]]:
@@ -667,6 +685,14 @@ async def _fetch_metadata(location: Location) -> tuple[bytes | None, bytes | Non
     if root is None and commit is None:
         await location.require_bucket()  # a missing bucket says so, as a save's error does
     return root, commit
+
+
+def _this_rank() -> int:
+    """This process's rank in an initialized ``torch.distributed`` job, else 0."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not (dist.is_available() and dist.is_initialized()):
+        return 0
+    return int(dist.get_rank())
 
 
 def load(url: str, *, storage_options: dict[str, Any] | None = None,

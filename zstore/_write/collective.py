@@ -29,24 +29,27 @@ import math
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from zstore._budget import ByteBudget
 from zstore._compat import sync
+from zstore._format.dtypes import dtype_from_name
 from zstore._format.layout import Layout, array_metadata
 from zstore._format.manifest import (
+    PER_RANK_FORMAT,
     STACKED_FORMAT,
     Manifest,
     check_metadata,
     encode,
     writing_document,
 )
-from zstore._format.names import ROOT
+from zstore._format.names import RANKS, ROOT
 from zstore._format.shards import checksum
 from zstore._format.tensors import host_array, is_torch_tensor, torch_numpy_dtype
-from zstore._format.tree import FlatTree, iter_leaves
+from zstore._format.tree import FlatTree
 from zstore._options import current
 from zstore._plan.access import Access
 from zstore._plan.planner import Plan, plan_specs
@@ -99,15 +102,24 @@ async def _save(flat: FlatTree, location: Location, ranks: Ranks,
     except Exception as e:
         failure = e
     everyone = await _share(ranks, facts, failure, "describing the state")
-    plan, held = _plan(everyone, flat, location.url, access, backend, codec, layouts, stack)
+    merged = _merge(everyone, ranks.rank, parts)
+    held = merged.held
+    plan = plan_specs(merged.specs, access=access, profile=profile_for(location.url, backend),
+                      codec=codec, cores=everyone[0]["cores"], layouts=layouts, stack=stack,
+                      held=held)
     writers = _writers(plan, held, ranks.size)
-    arrays = _arrays(flat, plan, parts)
+    from zstore._write.writer import _stack
+
+    flat = FlatTree(skeleton=merged.tree, arrays=dict(merged.parts))
+    arrays = _stack(flat, plan)
     manifest = Manifest(tree=flat.skeleton, metadata=everyone[0]["metadata"], arrays={},
                         zstore_version=__version__)
     for path, a in plan.arrays.items():
         manifest.arrays[path] = array_metadata(a.shape, a.dtype, a.layout, a.members)
     if any(a.members for a in plan.arrays.values()):
         manifest.format = STACKED_FORMAT
+    if merged.per_rank:
+        manifest.format = PER_RANK_FORMAT
     mine = {path: [box for (p, box), rank in writers.items() if p == path and rank == ranks.rank]
             for path in plan.arrays}
     load = [0] * ranks.size
@@ -209,59 +221,95 @@ def _describe(flat: FlatTree, metadata: dict[str, Any] | None
     return facts, parts
 
 
-def _plan(everyone: list[dict[str, Any]], flat: FlatTree, url: str, access: Access,
-          backend: str | BackendProfile | None, codec: str,
-          layouts: Mapping[str, Layout] | None, stack: bool
-          ) -> tuple[Plan, dict[str, list[Box | None]]]:
-    """The plan every rank computes alike, after checking that the ranks agree on names,
-    shapes, dtypes, plain values and plain tensors."""
-    first = everyone[0]
-    for rank, facts in enumerate(everyone[1:], start=1):
-        _same(first, facts, rank)
-    from zstore._format.dtypes import dtype_from_name
+@dataclass
+class _Merged:
+    """Every rank's state, merged into one checkpoint's (the same on every rank)."""
 
-    specs = {name: (tuple(shape), dtype_from_name(dtype))
-             for name, (shape, dtype, _, _) in first["arrays"].items()}
-    held = {name: [facts["arrays"][name][2] for facts in everyone] for name in specs}
-    held = {name: [None if box is None else tuple(tuple(d) for d in box) for box in boxes]
-            for name, boxes in held.items()}
-    plan = plan_specs(specs, access=access, profile=profile_for(url, backend), codec=codec,
-                      cores=first["cores"], layouts=layouts, stack=stack, held=held)
-    return plan, held
+    specs: dict[str, tuple[tuple[int, ...], np.dtype]]  # array path -> global shape, dtype
+    held: dict[str, list[Box | None]]  # array path -> the box each rank holds
+    tree: dict[str, Any]  # the skeleton, per-rank leaves where the ranks' values differ
+    parts: dict[str, Part]  # array path -> this rank's part
+    per_rank: list[str]  # leaves kept per rank
 
 
-def _same(first: dict[str, Any], other: dict[str, Any], rank: int) -> None:
-    """``ValueError`` naming the first thing rank ``rank`` holds differently from rank 0."""
-    mine, theirs = first["arrays"], other["arrays"]
-    if set(mine) != set(theirs):
-        only = sorted(set(mine) ^ set(theirs))[:3]
-        raise ValueError(f"ranks 0 and {rank} save different tensors (e.g. {only}): every rank "
-                         "must pass a state dict with the same names")
-    for name, (shape, dtype, _, digest) in mine.items():
-        shape2, dtype2, _, digest2 = theirs[name]
-        if tuple(shape) != tuple(shape2) or dtype != dtype2:
-            raise ValueError(f"{name!r} is {tuple(shape)} {dtype} on rank 0 but "
-                             f"{tuple(shape2)} {dtype2} on rank {rank}")
-        if digest != digest2:
-            raise ValueError(
-                f"{name!r} is a plain tensor (saved once, as replicated) but its values on rank "
-                f"{rank} differ from rank 0's; make it a DTensor, or save per-rank values "
-                "under per-rank names")
-    if first["tree"] != other["tree"]:
-        raise ValueError(
-            f"ranks 0 and {rank} pass different plain values or tree structures (first at "
-            f"{_first_difference(first['tree'], other['tree'])!r}); plain values are saved "
-            "once, so they must be equal on every rank: save per-rank values under per-rank "
-            "names")
+def _merge(everyone: list[dict[str, Any]], rank: int, parts: dict[str, Part]) -> _Merged:
+    """One checkpoint from every rank's facts. DTensors must agree on shape and dtype; a
+    plain tensor or value equal on every rank is saved once, one that differs is kept per
+    rank (``{"per_rank": [...]}`` leaves, tensors as ``zstore.ranks/<rank>/<name>``)."""
+    world = len(everyone)
+    names = set(everyone[0]["arrays"])
+    for r, facts in enumerate(everyone[1:], start=1):
+        if set(facts["arrays"]) != names:
+            only = sorted(names ^ set(facts["arrays"]))[:3]
+            raise ValueError(f"ranks 0 and {r} save different tensors (e.g. {only}): every "
+                             "rank must pass a state with the same names")
+    specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    held: dict[str, list[Box | None]] = {}
+    own = dict(parts)
+    separate: set[str] = set()
+    for name in sorted(names):
+        said = [facts["arrays"][name] for facts in everyone]
+        shapes = [(tuple(shape), dtype) for shape, dtype, _, _ in said]
+        digests = [digest for *_, digest in said]
+        if all(d is None for d in digests):  # a DTensor on every rank: one global array
+            if len(set(shapes)) > 1:
+                r = next(i for i, x in enumerate(shapes) if x != shapes[0])
+                raise ValueError(f"DTensor {name!r} is {shapes[0]} on rank 0 but {shapes[r]} "
+                                 f"on rank {r}")
+            specs[name] = (shapes[0][0], dtype_from_name(shapes[0][1]))
+            held[name] = [None if box is None else tuple(map(tuple, box))
+                          for _, _, box, _ in said]
+        elif any(d is None for d in digests):
+            raise ValueError(f"{name!r} is a DTensor on some ranks and a plain tensor on "
+                             "others")
+        elif len(set(zip(shapes, digests))) == 1:  # replicated: saved once
+            specs[name] = (shapes[0][0], dtype_from_name(shapes[0][1]))
+            held[name] = [tuple((0, n) for n in shapes[0][0])] * world
+        else:  # differs between ranks: one array per rank, each written by its rank
+            separate.add(name)
+            part = own.pop(name)
+            for r, (shape, dtype) in enumerate(shapes):
+                path = f"{RANKS}/{r}/{name}"
+                specs[path] = (shape, dtype_from_name(dtype))
+                box = tuple((0, n) for n in shape)
+                held[path] = [box if i == r else None for i in range(world)]
+                own[path] = part if r == rank else Part(part.data[:0], None, shape)
+    per_rank: list[str] = []
+    tree = _merge_trees([facts["tree"] for facts in everyone], separate, per_rank, "")
+    return _Merged(specs, held, tree, own, per_rank)
 
 
-def _first_difference(a: Any, b: Any) -> str:
-    left = dict(iter_leaves(a))
-    right = dict(iter_leaves(b))
-    for name in sorted(set(left) | set(right)):
-        if left.get(name) != right.get(name):
-            return name
-    return "the tree's structure"
+def _merge_trees(trees: list[dict[str, Any]], separate: set[str], per_rank: list[str],
+                 name: str) -> dict[str, Any]:
+    """The ranks' skeletons as one: containers must match; a leaf whose nodes differ, or
+    whose array is kept per rank, becomes a per-rank leaf (its name added to ``per_rank``)."""
+    kinds = {next(iter(t)) for t in trees}
+    first = trees[0]
+    kind = next(iter(first))
+    containers = ("dict", "list", "tuple")
+    if len(kinds) > 1 and kinds & set(containers):
+        raise ValueError(f"the ranks' states differ in structure at {name or 'the root'!r}")
+    if kind == "dict":
+        keys = [[k for k, _ in t["dict"]] for t in trees]
+        if any(k != keys[0] for k in keys):
+            raise ValueError(f"the ranks' states have different keys at {name or 'the root'!r}")
+        return {"dict": [[k, _merge_trees([dict(t["dict"])[k] for t in trees], separate,
+                                          per_rank, f"{name}/{k}" if name else str(k))]
+                         for k in keys[0]]}
+    if kind in ("list", "tuple"):
+        if len({len(t[kind]) for t in trees}) > 1:
+            raise ValueError(f"the ranks' states have lists of different lengths at {name!r}")
+        return {kind: [_merge_trees([t[kind][i] for t in trees], separate, per_rank,
+                                    f"{name}/{i}" if name else str(i))
+                       for i in range(len(first[kind]))]}
+    if "array" in first and first["array"] in separate:
+        per_rank.append(name)
+        return {"per_rank": [{"array": f"{RANKS}/{r}/{t['array']}", "kind": t["kind"]}
+                             for r, t in enumerate(trees)]}
+    if any(t != first for t in trees):
+        per_rank.append(name)
+        return {"per_rank": list(trees)}
+    return first
 
 
 def _writers(plan: Plan, held: dict[str, list[Box | None]], world: int
@@ -276,11 +324,3 @@ def _writers(plan: Plan, held: dict[str, list[Box | None]], world: int
             nbytes = math.prod(hi - lo for lo, hi in box) * a.dtype.itemsize
             objects.append(((path, box), nbytes, holders(box, boxes)))
     return assign(objects, world)
-
-
-def _arrays(flat: FlatTree, plan: Plan, parts: dict[str, Any]) -> dict[str, Any]:
-    """The arrays to write, with this rank's parts in place of its tensors (stacked ones
-    as their ``Stacked`` of parts)."""
-    from zstore._write.writer import _stack
-
-    return _stack(FlatTree(skeleton=flat.skeleton, arrays=dict(parts)), plan)
