@@ -307,3 +307,35 @@ def _fsdp_round_trip(rank: int, world: int, url: str) -> bool:
 def test_an_fsdp2_model_and_optimizer_resume_exactly(tmp_path):
     found = run_ranks(2, _fsdp_round_trip, str(tmp_path / "ckpt"))
     assert _ok(found, 2) == [True, True]
+
+
+# ---- a training job's series ------------------------------------------------------------
+
+def _series(rank: int, world: int, root: str) -> dict[str, Any]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    weights = distribute_tensor(torch.zeros(6, 1024), mesh, [Shard(0)])
+    manager = zstore.CheckpointManager(root, keep_last=2)
+    for step in (1, 2, 3):
+        weights.to_local().fill_(step)
+        manager.save(step, {"w": weights, "rng": torch.full((2,), 10 * step + rank)},
+                     blocking=False)
+        weights.to_local().fill_(-1)  # training goes on: the snapshot must not see this
+    manager.wait()
+    target = distribute_tensor(torch.zeros(6, 1024), mesh, [Shard(1)])  # another placement
+    step, _ = manager.restore(into={"w": target}, strict=False)
+    restored = manager.restore()[1]
+    manager.close()
+    return {"steps": manager.steps(), "step": step,
+            "filled": bool(torch.equal(target.full_tensor(), torch.full((6, 1024), 3.0))),
+            "rng": restored["rng"].tolist()}
+
+
+def test_a_manager_on_every_rank_saves_in_the_background_and_restores(tmp_path):
+    found = run_ranks(2, _series, str(tmp_path / "run"))
+    for rank, result in enumerate(_ok(found, 2)):
+        assert result["steps"] == [2, 3] and result["step"] == 3
+        assert result["filled"]  # step 3's values, not the -1 written after save returned
+        assert result["rng"] == [30 + rank] * 2  # each rank's own

@@ -30,6 +30,8 @@ def local_part(value: Any, name: str) -> tuple[tuple[int, ...], Box | None, Any]
     """(global shape, the box this rank holds or None for an empty shard, the local data)
     of one array leaf; ``UnsupportedTypeError`` for placements that hold no box."""
     shape = tuple(int(n) for n in value.shape)
+    if isinstance(value, Part):  # a snapshot of a DTensor's part (a background save)
+        return shape, value.box, value.data
     if not is_dtensor(value):
         return shape, tuple((0, n) for n in shape), value
     from torch.distributed.tensor import Replicate, Shard

@@ -21,6 +21,7 @@ from zstore._format.tree import FlatTree, flatten
 from zstore._options import concurrency
 from zstore._plan.access import Access
 from zstore._plan.profiles import BackendProfile
+from zstore._ranks import Ranks
 from zstore._read.reader import Checkpoint
 from zstore._read.reader import open as open_checkpoint
 from zstore._series.snapshot import SnapshotPool
@@ -47,6 +48,11 @@ class CheckpointManager:
             the server instead of uploading them again.
         storage_options, access, backend, codec, timeout: as for ``zstore.save``
             (``timeout`` bounds each step's save).
+        process_group: a multi-rank job's ranks (default: all, once ``torch.distributed``
+            is initialized). Every rank makes the manager and calls every ``save`` with its
+            own state, as ``zstore.save``; rank 0 commits and applies retention; a
+            background save snapshots each rank's parts. Saves across ranks are not
+            incremental yet (every object is written).
         max_concurrency, progress: as for ``zstore.save`` and ``zstore.load``, for
             every save and restore: arrays written or read at once (None: the
             ``zstore.Settings`` default when each starts, ``save_concurrency`` or
@@ -70,7 +76,7 @@ class CheckpointManager:
                  storage_options: dict[str, Any] | None = None, access: Access = None,
                  backend: str | BackendProfile | None = None, codec: str = "auto",
                  timeout: float | None = None, progress: bool | None = None,
-                 max_concurrency: int | None = None) -> None:
+                 max_concurrency: int | None = None, process_group: Any = None) -> None:
         for name, value in (("keep_last", keep_last), ("keep_every", keep_every)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
@@ -95,6 +101,10 @@ class CheckpointManager:
         self._lock = threading.Lock()
         self._newest: int | None = None  # newest step this manager committed
         self._closed = False
+        # A multi-rank job: every rank makes the manager and calls each save; the save's
+        # gloo group is made here, on the caller's thread, not on the background worker.
+        self._ranks = Ranks.current(self.root, process_group)
+        self._process_group = process_group
 
     def __repr__(self) -> str:
         return (f"CheckpointManager({self.root!r}, keep_last={self.keep_last}, "
@@ -153,12 +163,15 @@ class CheckpointManager:
 
     def _write(self, step: int, url: str, flat: FlatTree, metadata: dict[str, Any] | None,
                overwrite: bool) -> SaveInfo:
-        base = self._base(step) if self.incremental else None
+        ranks = self._ranks if self._ranks is not None and self._ranks.size > 1 else None
+        incremental = self.incremental and ranks is None  # not yet across ranks
+        base = self._base(step) if incremental else None
         info = write(flat, url, storage_options=self._options, metadata=metadata,
-                     overwrite=overwrite, base=base, hashes=self.incremental,
-                     **self._save_options)
+                     overwrite=overwrite, base=base, hashes=incremental,
+                     process_group=self._process_group, **self._save_options)
         self._newest = max(step, self._newest if self._newest is not None else step)
-        self._retain(after=step)  # raises RetentionError, never as a failed save: it committed
+        if ranks is None or ranks.rank == 0:  # retention is rank 0's
+            self._retain(after=step)  # a RetentionError, never a failed save: it committed
         return info
 
     def _base(self, step: int) -> str | None:

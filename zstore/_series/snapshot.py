@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from zstore._format.tensors import host_array, host_copy, is_torch_tensor
+from zstore._format.tensors import host_array, host_copy, is_dtensor, is_torch_tensor
+from zstore._ranks import Part, local_part
 
-Buffers = dict[str, np.ndarray]
+Buffers = dict[str, Any]  # path -> host array, or a DTensor's Part
 
 
 class SnapshotPool:
@@ -35,15 +36,21 @@ class SnapshotPool:
             reused = self._free.pop() if self._free else {}
         copies: Buffers = {}
         for path, value in arrays.items():
+            part = None
+            if is_dtensor(value):  # its local part, and where that lies in the global tensor
+                shape, box, value = local_part(value, path)
+                part = (shape, box)
             if is_torch_tensor(value) and value.device.type != "cpu":
-                copies[path] = host_copy(value, path)  # the device-to-host copy is its own
-                continue
-            source = host_array(value, path)
-            target = reused.get(path)
-            if target is None or target.shape != source.shape or target.dtype != source.dtype:
-                target = np.empty(source.shape, source.dtype)
-            np.copyto(target, source)
-            copies[path] = target
+                target = host_copy(value, path)  # the device-to-host copy is its own
+            else:
+                source = host_array(value, path)
+                spare = _data(reused.get(path))
+                fits = (spare is not None and spare.shape == source.shape
+                        and spare.dtype == source.dtype)
+                target = spare if fits and spare is not None else np.empty(source.shape,
+                                                                           source.dtype)
+                np.copyto(target, source)
+            copies[path] = target if part is None else Part(target, part[1], part[0])
         return copies
 
     def give_back(self, buffers: Buffers) -> None:
@@ -54,3 +61,8 @@ class SnapshotPool:
     def clear(self) -> None:
         with self._lock:
             self._free.clear()
+
+
+def _data(buffer: Any) -> np.ndarray | None:
+    """The host memory of a buffer given back (a DTensor's snapshot is a ``Part``)."""
+    return buffer.data if isinstance(buffer, Part) else buffer

@@ -48,7 +48,7 @@ from zstore._format.manifest import (
 )
 from zstore._format.names import RANKS, ROOT
 from zstore._format.shards import checksum
-from zstore._format.tensors import host_array, is_torch_tensor, torch_numpy_dtype
+from zstore._format.tensors import host_array, is_dtensor, is_torch_tensor, torch_numpy_dtype
 from zstore._format.tree import FlatTree
 from zstore._options import current
 from zstore._plan.access import Access
@@ -213,7 +213,8 @@ def _describe(flat: FlatTree, metadata: dict[str, Any] | None
         shape, box, local = local_part(value, name)
         dtype = torch_numpy_dtype(value, name) if is_torch_tensor(value) else value.dtype
         data = host_array(local, name)
-        digest = None if local is not value else checksum(np.ascontiguousarray(data))
+        replicated = not (is_dtensor(value) or isinstance(value, Part))
+        digest = checksum(np.ascontiguousarray(data)) if replicated else None
         arrays[name] = (shape, np.dtype(dtype).name, box, digest)
         parts[name] = Part(data, box, shape)
     facts = {"arrays": arrays, "tree": flat.skeleton, "metadata": check_metadata(metadata),

@@ -61,7 +61,7 @@ from zstore._plan.access import Access
 from zstore._plan.planner import Plan, plan_specs
 from zstore._plan.profiles import BackendProfile, profile_for
 from zstore._progress import bar
-from zstore._ranks import Ranks
+from zstore._ranks import Part, Ranks
 from zstore._storage.backend import is_temporary
 from zstore._storage.failures import storage_errors
 from zstore._storage.location import Location, resolve
@@ -235,7 +235,8 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
     """
     started = time.perf_counter()
     ranks = Ranks.current(url, process_group)
-    if ranks is not None and (ranks.size > 1 or any(map(is_dtensor, flat.arrays.values()))):
+    if ranks is not None and (ranks.size > 1 or any(
+            is_dtensor(v) or isinstance(v, Part) for v in flat.arrays.values())):
         if base is not None:
             raise ValueError("base= (an incremental save) is not supported by multi-rank "
                              "saves yet; save the whole state")
