@@ -8,6 +8,9 @@ same bytes, interleaved, median of ``--reps`` rounds with min and max):
   cold one against safetensors), on S3 (moto over HTTP) and on SeaweedFS;
 - many tensors: 3,000 tensors of 64 KiB against DCP (time, requests, objects), one
   of them read lazily, and a 100,000-tensor tree planned and saved;
+- ranks: four processes (gloo) save and load an FSDP2-style state through zstore and
+  through DCP, on a local folder and on S3 (moto): time of the slowest rank, requests and
+  bytes per rank, read amplification, balance of the bytes written;
 - clients: obstore against s3fs, whole-object PUTs and GETs on moto and SeaweedFS;
 - lazy reads: open, time to first tensor, one embedding row, tensor-parallel
   quarters along each dim, one whole layer; latency plus requests and bytes
@@ -39,7 +42,7 @@ import numpy as np
 from zarr.core.sync import sync
 
 import zstore
-from benchmarks import clients, series, workloads
+from benchmarks import clients, ranks, series, workloads
 from benchmarks.measure import Stat, interleave, ratio, timed
 from benchmarks.report import Report, Row, seconds
 from benchmarks.systems import (
@@ -459,7 +462,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated: local, s3 (moto), seaweed (SeaweedFS: the "
                              "throughput and many-tensors sections only)")
     parser.add_argument("--sections",
-                        default="throughput,many,clients,lazy,memory,compression,series,gpu")
+                        default="throughput,many,ranks,clients,lazy,memory,compression,"
+                                "series,gpu")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON record")
     args = parser.parse_args(argv)
     layers = args.layers or (2 if args.quick else 24)
@@ -488,6 +492,10 @@ def main(argv: list[str] | None = None) -> None:
             report.section("many tensors: an MoE-like state (speed ratio = dcp time / zstore)")
             for backend in names:
                 many(report, backends, backend, args.reps, args.quick)
+        if "ranks" in sections:
+            report.section(f"ranks: {ranks.WORLD} processes, an FSDP2-style state "
+                           "(speed ratio = dcp time / zstore time, slowest rank)")
+            ranks.ranks(report, backends, detailed, max(1, layers // 6), vocab, args.reps)
         if "clients" in sections and backends.s3 is not None:
             report.section("clients: S3 libraries on the same server (ratio = s3fs / obstore)")
             clients.clients(report, backends.s3, backends.seaweed, args.reps)
