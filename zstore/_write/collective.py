@@ -107,7 +107,7 @@ async def _save(flat: FlatTree, location: Location, ranks: Ranks,
     plan = plan_specs(merged.specs, access=access, profile=profile_for(location.url, backend),
                       codec=codec, cores=everyone[0]["cores"], layouts=layouts, stack=stack,
                       held=held)
-    writers = _writers(plan, held, ranks.size)
+    writers = writers_of(plan, held, ranks.size)
     from zstore._write.writer import _stack
 
     flat = FlatTree(skeleton=merged.tree, arrays=dict(merged.parts))
@@ -132,7 +132,7 @@ async def _save(flat: FlatTree, location: Location, ranks: Ranks,
     failure = None
     try:
         async with lease.followed(token, version, since):
-            await _write_mine(location, plan, manifest, arrays, mine)
+            await write_mine(location, manifest, arrays, mine)
     except Exception as e:
         failure = e
     await _share(ranks, None, failure, "writing the objects")
@@ -167,7 +167,7 @@ async def _lead(location: Location, ranks: Ranks, plan: Plan, manifest: Manifest
                 failure = e
             await _share(ranks, (lease.token, lease.version), failure, "taking the lease")
             try:
-                await _write_mine(location, plan, manifest, arrays, mine)
+                await write_mine(location, manifest, arrays, mine)
             except Exception as e:
                 failure = e
             await _share(ranks, None, failure, "writing the objects")
@@ -186,8 +186,8 @@ async def _lead(location: Location, ranks: Ranks, plan: Plan, manifest: Manifest
         raise
 
 
-async def _write_mine(location: Location, plan: Plan, manifest: Manifest,
-                      arrays: dict[str, Any], mine: dict[str, list[Box]]) -> None:
+async def write_mine(location: Location, manifest: Manifest, arrays: dict[str, Any],
+                     mine: dict[str, list[Box]]) -> None:
     """Write the objects assigned to this rank, each whole."""
     from zstore._write.writer import _write_array
 
@@ -313,7 +313,7 @@ def _merge_trees(trees: list[dict[str, Any]], separate: set[str], per_rank: list
     return first
 
 
-def _writers(plan: Plan, held: dict[str, list[Box | None]], world: int
+def writers_of(plan: Plan, held: dict[str, list[Box | None]], world: int
              ) -> dict[tuple[str, Box], int]:
     """{(array path, object box): the rank that writes it}, the same on every rank."""
     objects = []
