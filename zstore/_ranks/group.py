@@ -11,6 +11,7 @@ next collective fail after at most that long, and the save raises ``RankFailedEr
 from __future__ import annotations
 
 import datetime
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +34,8 @@ class Ranks:
     def current(cls, url: str, process_group: Any = None) -> Ranks | None:
         """The ranks of ``process_group`` (default: the whole job), or None where
         ``torch.distributed`` is not initialized (a single-process save)."""
-        try:
-            import torch.distributed as dist
-        except ImportError:
-            return None
-        if not (dist.is_available() and dist.is_initialized()):
+        dist = sys.modules.get("torch.distributed")  # never imported for a numpy save
+        if dist is None or not (dist.is_available() and dist.is_initialized()):
             return None
         timeout = current().collective_timeout
         key = (process_group, timeout)

@@ -10,10 +10,11 @@ ending in one small exchange on the save's own gloo group (``zstore._ranks.Ranks
 2. every rank plans the same layout from those facts, object boundaries on every box
    boundary, and the same assignment of each object to one rank that holds it, largest
    first to the least loaded (replicated data is written once, the bytes spread evenly);
-   rank 0 takes the lease, clears the destination and writes the metadata;
-3. every rank writes its objects, each whole, by itself: no object has two writers, no
-   read-modify-write. The other ranks' writes pass the same write gate as rank 0's,
-   fenced by the lease rank 0 renews (``Lease.followed``);
+   rank 0 takes the lease, clears the destination and marks it as a save under way;
+3. every rank writes its objects, each whole, by itself (rank 0 the array documents
+   too): no object has two writers, no read-modify-write. The other ranks' writes pass
+   the same write gate as rank 0's, fenced by the lease rank 0 renews
+   (``Lease.followed``);
 4. once every rank's writes are done, rank 0 writes the manifest and the commit marker;
 5. every rank learns the outcome, and returns or raises.
 
@@ -57,6 +58,7 @@ from zstore._plan.profiles import BackendProfile, profile_for
 from zstore._ranks import Box, Part, Ranks, assign, holders, local_part, object_boxes
 from zstore._storage.failures import storage_errors
 from zstore._storage.location import Location, resolve
+from zstore._tasks import gather_all
 from zstore._version import __version__
 from zstore._write.lease import Lease
 from zstore.errors import SaveTimeoutError
@@ -161,13 +163,13 @@ async def _lead(location: Location, ranks: Ranks, plan: Plan, manifest: Manifest
             entered = True
             try:
                 await _clear_destination(location, overwrite)
-                await location.put(ROOT, encode(writing_document()))
-                await write_documents(location, manifest, asyncio.Semaphore(8))
+                await location.put(ROOT, encode(writing_document()))  # a save is under way
             except Exception as e:
                 failure = e
             await _share(ranks, (lease.token, lease.version), failure, "taking the lease")
-            try:
-                await write_mine(location, manifest, arrays, mine)
+            try:  # the array documents while every rank writes objects: none needs them
+                await gather_all([write_documents(location, manifest, asyncio.Semaphore(8)),
+                                  write_mine(location, manifest, arrays, mine)])
             except Exception as e:
                 failure = e
             await _share(ranks, None, failure, "writing the objects")
