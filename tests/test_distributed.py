@@ -82,6 +82,7 @@ def _full() -> dict[str, Any]:
     return {
         "uneven": torch.randn(10, 6, generator=g),  # 3, 3, 3, 1 rows over 4 ranks
         "empty": torch.randn(3, 5, generator=g),  # 1, 1, 1, 0: rank 3 holds nothing
+        "empty2": torch.randn(3, 7, generator=g),  # a second empty part: not tied to the first
         "bf16": torch.randn(16, 2048, generator=g).to(torch.bfloat16),  # split by columns
         "grid": torch.randn(64, 96, generator=g),  # a 2 x 2 mesh, both dims
         "rows": torch.randn(2048, 512, generator=g),  # 2 x 2 mesh: sharded, then replicated
@@ -101,6 +102,7 @@ def _sharded(world: int, rank: int) -> dict[str, Any]:
     return {
         "uneven": distribute_tensor(full["uneven"], mesh, [Shard(0)]),
         "empty": distribute_tensor(full["empty"], mesh, [Shard(0)]),
+        "empty2": distribute_tensor(full["empty2"], mesh, [Shard(0)]),
         "bf16": distribute_tensor(full["bf16"], mesh, [Shard(1)]),
         "grid": distribute_tensor(full["grid"], square, [Shard(0), Shard(1)]),
         "rows": distribute_tensor(full["rows"], square, [Shard(0), Replicate()]),
@@ -109,6 +111,7 @@ def _sharded(world: int, rank: int) -> dict[str, Any]:
         "layers": [distribute_tensor(t, mesh, [Shard(0)]) for t in full["layers"]],
         "step": 7,
         "rng": torch.arange(4) + 10 * rank,  # differs per rank: kept per rank
+        "rngs": [torch.arange(3) + rank, torch.arange(3) * (rank + 1)],  # never stacked
         "seed": 1000 + rank,
     }
 
@@ -122,8 +125,12 @@ def _targets(world: int) -> dict[str, Any]:
     full = _full()
     placements = [Shard(1), Shard(0), Shard(0), Shard(1), Replicate(), Shard(1), Shard(0)]
     names = ["uneven", "empty", "bf16", "grid", "rows", "embed", "norm"]
-    return {name: distribute_tensor(torch.zeros_like(full[name]), mesh, [p])
-            for name, p in zip(names, placements)}
+    found = {name: distribute_tensor(torch.zeros_like(full[name]), mesh, [p])
+             for name, p in zip(names, placements)}
+    # a cast on the way in: read through host memory, not into the parameter's own
+    found["embed"] = distribute_tensor(torch.zeros(1024, 1024, dtype=torch.float64), mesh,
+                                       [Shard(1)])
+    return found
 
 
 def _save_and_reload(rank: int, world: int, urls: list[tuple[str, dict]]) -> dict[str, Any]:
@@ -141,7 +148,8 @@ def _load_and_compare(world: int, where: tuple[str, dict]) -> dict[str, bool]:
     report = zstore.load(url, storage_options=options, into=targets, strict=False)
     assert sorted(report.loaded) == sorted(targets)
     full = _full()
-    equal = {name: bool(torch.equal(t.full_tensor(), full[name])) for name, t in targets.items()}
+    equal = {name: bool(torch.equal(t.full_tensor(), full[name].to(t.dtype)))
+             for name, t in targets.items()}
     own = zstore.open(url, storage_options=options).load(entries=["rng", "seed"])
     equal["own values"] = (own["seed"] == 1000 + dist.get_rank()
                            and torch.equal(own["rng"], torch.arange(4) + 10 * dist.get_rank()))
@@ -172,11 +180,12 @@ def _expected(name: str) -> np.ndarray:
 def test_four_ranks_save_one_checkpoint_that_one_process_reads(saved):
     for url, options in saved["where"].values():
         ckpt = zstore.open(url, storage_options=options)
-        for name in ("uneven", "empty", "bf16", "grid", "rows", "embed", "norm"):
+        for name in ("uneven", "empty", "empty2", "bf16", "grid", "rows", "embed", "norm"):
             assert ckpt[name][...].tobytes() == _expected(name).tobytes(), (url, name)
         loaded = zstore.load(url, storage_options=options)
         assert loaded["step"] == 7
         assert loaded["seed"] == 1000 and torch.equal(loaded["rng"], torch.arange(4))  # rank 0's
+        assert torch.equal(loaded["rngs"][1], torch.arange(3))
         assert np.array_equal(ckpt.stored_arrays()["zstore.ranks/3/rng"][...], np.arange(4) + 30)
         assert all(torch.equal(a, b) for a, b in zip(loaded["layers"], _full()["layers"]))
     local, _ = saved["where"]["local"]
@@ -224,7 +233,10 @@ def _failing(rank: int, world: int, root: str) -> dict[str, Any]:
         # 2. the ranks save different names
         bad = {f"w{rank}": torch.ones(4)}
         outcome["shapes"] = _raised(lambda: zstore.save(bad, f"{root}/shapes"))
-        # 3. a good save, then rank 1 dies while writing the next step's objects
+        # 3. one rank saves alone, as code that gathered a state on rank 0 does
+        if rank == 0:
+            zstore.save({"w": torch.ones(3)}, f"{root}/alone", process_group=False)
+        # 4. a good save, then rank 1 dies while writing the next step's objects
         big = {"w": distribute_tensor(torch.randn(256, 1024), mesh, [Shard(0)])}
         zstore.save(big, f"{root}/step-1")
         if rank == 1:
@@ -260,6 +272,7 @@ def test_a_failing_or_dying_rank_commits_nothing_and_every_rank_raises(tmp_path)
     with pytest.raises(zstore.IncompleteCheckpointError):
         zstore.open(f"{root}/step-2")
     assert zstore.open(f"{root}/step-1")["w"].shape == (256, 1024)  # the last step is intact
+    assert zstore.open(f"{root}/alone")["w"].shape == (3,)
 
 
 # ---- FSDP2 ----------------------------------------------------------------------------

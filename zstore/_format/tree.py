@@ -108,8 +108,12 @@ def _leaf(value: Any, name: str, flat: FlatTree, seen: dict[Any, str]) -> dict[s
         if value.ndim == 0:
             return _scalar(torch_to_numpy(value, name), "torch")
         torch_numpy_dtype(value, name)
-        identity = (("dtensor", _torch_identity(value.to_local()), str(value.placements))
-                    if is_dtensor(value) else _torch_identity(value))
+        if is_dtensor(value):  # a rank's empty shard has no memory: never tied to another
+            local = value.to_local()
+            identity = (("dtensor", _torch_identity(local), str(value.placements))
+                        if local.numel() else ("empty", name))
+        else:
+            identity = _torch_identity(value)
         kind = "torch"
     elif isinstance(value, np.ndarray):
         check_supported(value.dtype, name)

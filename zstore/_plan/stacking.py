@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from zstore._format.layout import Layout
-from zstore._format.names import STACKED
+from zstore._format.names import RESERVED_PREFIX, STACKED
 from zstore._plan.access import Pattern
 from zstore._plan.profiles import BackendProfile
 
@@ -59,7 +59,8 @@ def find_stacks(specs: Mapping[str, Spec], patterns: Mapping[str, tuple[Pattern,
     for name, (shape, dtype) in specs.items():
         pattern = stack_pattern(name)
         nbytes = math.prod(shape) * dtype.itemsize
-        if pattern is None or name in fixed or not shape or not 0 < nbytes <= limit:
+        if (pattern is None or name in fixed or not shape or not 0 < nbytes <= limit
+                or name.startswith(RESERVED_PREFIX)):  # zstore's own (per-rank values)
             continue
         groups[(pattern, shape, str(dtype), repr(patterns[name]),
                 repr((held or {}).get(name)))].append(name)

@@ -18,7 +18,8 @@ from typing import Any
 from zstore._options import current
 from zstore.errors import RankFailedError
 
-_GROUPS: dict[tuple[Any, float], Any] = {}  # (process group, timeout) -> gloo group
+_GROUPS: dict[Any, Any] = {}  # process group (None: all ranks) -> its gloo group
+_SAVES: dict[Any, int] = {}  # process group -> collective saves begun on it here
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Ranks:
     size: int
     group: Any
     url: str
+    key: Any = None  # the process group it stands for (None: all ranks)
 
     @classmethod
     def current(cls, url: str, process_group: Any = None) -> Ranks | None:
@@ -37,15 +39,26 @@ class Ranks:
         dist = sys.modules.get("torch.distributed")  # never imported for a numpy save
         if dist is None or not (dist.is_available() and dist.is_initialized()):
             return None
-        timeout = current().collective_timeout
-        key = (process_group, timeout)
-        if key not in _GROUPS:
+        if process_group not in _GROUPS:  # its timeout: the setting when it is made
             members = dist.get_process_group_ranks(process_group or dist.group.WORLD)
-            _GROUPS[key] = dist.new_group(
-                ranks=members, backend="gloo", timeout=datetime.timedelta(seconds=timeout),
+            _GROUPS[process_group] = dist.new_group(
+                ranks=members, backend="gloo",
+                timeout=datetime.timedelta(seconds=current().collective_timeout),
                 use_local_synchronization=process_group is not None)
-        group = _GROUPS[key]
-        return cls(dist.get_rank(group), dist.get_world_size(group), group, url)
+        group = _GROUPS[process_group]
+        return cls(dist.get_rank(group), dist.get_world_size(group), group, url,
+                   process_group)
+
+    def next_save(self) -> int:
+        """This rank's count of collective saves on the group, this one included: each
+        rank's n-th save must pair with every other rank's n-th."""
+        _SAVES[self.key] = _SAVES.get(self.key, 0) + 1
+        return _SAVES[self.key]
+
+    def forget(self) -> None:
+        """Drop the group after a failed save: its exchanges may be out of step, so the
+        next save (which every rank makes after a failure) makes a new one."""
+        _GROUPS.pop(self.key, None)
 
     def exchange(self, value: Any, step: str) -> list[Any]:
         """Every rank's ``value``, in rank order (an all-gather of Python objects)."""
@@ -59,7 +72,8 @@ class Ranks:
                 f"rank {self.rank}: the save to {self.url!r} stopped at {step}: another rank "
                 f"did not take part within {current().collective_timeout:.0f} s "
                 f"(Settings.collective_timeout), so it crashed or hangs ({_first_line(e)}); "
-                "nothing was committed", url=self.url) from e
+                "nothing was committed. (Under torch.distributed every rank calls save; a "
+                "save by one rank alone takes process_group=False)", url=self.url) from e
         return gathered
 
     def share(self, value: Any, failure: BaseException | None, step: str) -> list[Any]:

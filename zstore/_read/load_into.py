@@ -163,7 +163,7 @@ async def _copy_all(ckpt: Any, targets: Mapping[str, Any], stored: dict[str, str
                     await source._read(index, direct, reads)
                 else:  # another dtype or device: through host memory, then copied
                     data = await source._read(index, None, reads)
-                    local.copy_(numpy_to_torch(data))
+                    local.detach().copy_(numpy_to_torch(data))  # a parameter's own view
         written[key] = True
         shown.update(source.nbytes)
 

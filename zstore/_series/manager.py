@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import sys
 import threading
+import warnings
 from collections.abc import Mapping
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -143,6 +145,10 @@ class CheckpointManager:
         """
         if self._closed:
             raise ValueError(f"{self!r} is closed; create a new CheckpointManager to save")
+        if self._ranks is not None and self._ranks.size > 1:
+            # a collective save: every rank must see the same earlier saves finished, or
+            # one raises here while the others begin the next save without it
+            futures.wait([f for _, f in self._pending])
         self._raise_failures()
         url = self.url(step)
         flat = flatten(tree)
@@ -170,8 +176,13 @@ class CheckpointManager:
                      overwrite=overwrite, base=base, hashes=incremental,
                      process_group=self._process_group, **self._save_options)
         self._newest = max(step, self._newest if self._newest is not None else step)
-        if ranks is None or ranks.rank == 0:  # retention is rank 0's
+        if ranks is None:
             self._retain(after=step)  # a RetentionError, never a failed save: it committed
+        elif ranks.rank == 0:  # retention is rank 0's; its failure must not fail only
+            try:  # rank 0's future, or the ranks' saves would fall out of step
+                self._retain(after=step)
+            except RetentionError as e:
+                warnings.warn(str(e), RuntimeWarning, stacklevel=2)
         return info
 
     def _base(self, step: int) -> str | None:

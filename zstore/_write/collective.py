@@ -70,51 +70,70 @@ def write_collective(flat: FlatTree, url: str, ranks: Ranks, *,
                      codec: str, timeout: float | None, layouts: Mapping[str, Layout] | None,
                      stack: bool) -> tuple[Plan, int, list[int], int]:
     """Run this rank's part of the collective save; (plan, objects, bytes written by each
-    rank, stored bytes), the same on every rank."""
+    rank, stored bytes), the same on every rank. ``timeout`` is checked at each exchange:
+    a rank past it fails there, so every rank learns it at the same step."""
     location = resolve(url, storage_options)
-    work = _save(flat, location, ranks, metadata, overwrite, access, backend, codec, layouts,
-                 stack)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    planning = {"url": location.url, "codec": codec, "stack": stack, "access": repr(access),
+                "layouts": repr(layouts), "overwrite": overwrite, "timeout": timeout,
+                "save": ranks.next_save()}
+    exchange = _Exchange(ranks, deadline, timeout)
+    work = _save(flat, location, exchange, metadata, planning, profile_for(url, backend),
+                 access, layouts)
     with storage_errors(url, saving=True):
         try:
-            return sync(work if timeout is None else asyncio.wait_for(work, timeout))
-        except TimeoutError:
-            raise SaveTimeoutError(
-                f"rank {ranks.rank}: the save to {url!r} did not finish within {timeout} s and "
-                "was stopped before its commit marker was written; the other ranks stop at "
-                "their next exchange", url=url, timeout=timeout) from None
+            return sync(work)
+        except BaseException:
+            ranks.forget()  # a failed save may leave the group's exchanges out of step
+            raise
 
 
-async def _share(ranks: Ranks, value: Any, failure: BaseException | None, step: str
-                 ) -> list[Any]:
-    """``Ranks.share`` off the event loop, so the lease's renewals go on meanwhile."""
-    return await asyncio.to_thread(ranks.share, value, failure, step)
+@dataclass
+class _Exchange:
+    """The save's exchanges, off the event loop (so the lease's renewals go on), each
+    turning a passed deadline into this rank's failure at that step."""
+
+    ranks: Ranks
+    deadline: float | None
+    timeout: float | None
+
+    async def share(self, value: Any, failure: BaseException | None, step: str) -> list[Any]:
+        if failure is None and self.deadline is not None and time.monotonic() > self.deadline:
+            failure = SaveTimeoutError(
+                f"rank {self.ranks.rank}: the save to {self.ranks.url!r} passed its timeout "
+                f"of {self.timeout} s before {step}; nothing was committed",
+                url=self.ranks.url, timeout=self.timeout)
+        return await asyncio.to_thread(self.ranks.share, value, failure, step)
 
 
-async def _save(flat: FlatTree, location: Location, ranks: Ranks,
-                metadata: dict[str, Any] | None, overwrite: bool, access: Access,
-                backend: str | BackendProfile | None, codec: str,
-                layouts: Mapping[str, Layout] | None, stack: bool
+async def _save(flat: FlatTree, location: Location, exchange: _Exchange,
+                metadata: dict[str, Any] | None, planning: dict[str, Any],
+                profile: BackendProfile, access: Access, layouts: Mapping[str, Layout] | None
                 ) -> tuple[Plan, int, list[int], int]:
-    since = time.time()  # before the lease can exist: the followers' fence starts here
+    ranks = exchange.ranks
     facts: dict[str, Any] | None = None
     parts: dict[str, Any] = {}
     failure: BaseException | None = None
     try:
         facts, parts = _describe(flat, metadata)
+        facts.update(planning=planning, profile=profile)
     except Exception as e:
         failure = e
-    everyone = await _share(ranks, facts, failure, "describing the state")
+    since = time.time()  # rank 0 takes the lease after this exchange: the followers' fence
+    everyone = await exchange.share(facts, failure, "describing the state")
+    _same_save(everyone)
     merged = _merge(everyone, ranks.rank, parts)
     held = merged.held
-    plan = plan_specs(merged.specs, access=access, profile=profile_for(location.url, backend),
-                      codec=codec, cores=everyone[0]["cores"], layouts=layouts, stack=stack,
-                      held=held)
+    first = everyone[0]
+    plan = plan_specs(merged.specs, access=access, profile=first["profile"],
+                      codec=planning["codec"], cores=first["cores"], layouts=layouts,
+                      stack=planning["stack"], held=held)
     writers = writers_of(plan, held, ranks.size)
     from zstore._write.writer import _stack
 
     flat = FlatTree(skeleton=merged.tree, arrays=dict(merged.parts))
     arrays = _stack(flat, plan)
-    manifest = Manifest(tree=flat.skeleton, metadata=everyone[0]["metadata"], arrays={},
+    manifest = Manifest(tree=flat.skeleton, metadata=first["metadata"], arrays={},
                         zstore_version=__version__)
     for path, a in plan.arrays.items():
         manifest.arrays[path] = array_metadata(a.shape, a.dtype, a.layout, a.members)
@@ -122,14 +141,16 @@ async def _save(flat: FlatTree, location: Location, ranks: Ranks,
         manifest.format = STACKED_FORMAT
     if merged.per_rank:
         manifest.format = PER_RANK_FORMAT
-    mine = {path: [box for (p, box), rank in writers.items() if p == path and rank == ranks.rank]
-            for path in plan.arrays}
+    mine: dict[str, list[Box]] = {}
     load = [0] * ranks.size
     for (path, box), rank in writers.items():
         load[rank] += math.prod(hi - lo for lo, hi in box) * plan.arrays[path].dtype.itemsize
+        if rank == ranks.rank:
+            mine.setdefault(path, []).append(box)
     if ranks.rank == 0:
-        return await _lead(location, ranks, plan, manifest, arrays, mine, load, overwrite)
-    token, version = (await _share(ranks, None, None, "taking the lease"))[0]
+        return await _lead(location, exchange, plan, manifest, arrays, mine, load,
+                           planning["overwrite"])
+    token, version = (await exchange.share(None, None, "taking the lease"))[0]
     lease = Lease(location)
     failure = None
     try:
@@ -137,12 +158,29 @@ async def _save(flat: FlatTree, location: Location, ranks: Ranks,
             await write_mine(location, manifest, arrays, mine)
     except Exception as e:
         failure = e
-    await _share(ranks, None, failure, "writing the objects")
-    objects, stored = (await _share(ranks, None, None, "committing"))[0]
+    await exchange.share(None, failure, "writing the objects")
+    objects, stored = (await exchange.share(None, None, "committing"))[0]
     return plan, objects, load, stored
 
 
-async def _lead(location: Location, ranks: Ranks, plan: Plan, manifest: Manifest,
+def _same_save(everyone: list[dict[str, Any]]) -> None:
+    """``ValueError`` unless every rank is in the same save: the same URL and arguments,
+    and its calls to save in step with rank 0's."""
+    first = everyone[0]["planning"]
+    for rank, facts in enumerate(everyone[1:], start=1):
+        other = facts["planning"]
+        different = [key for key in first if other.get(key) != first[key]]
+        if different:
+            key = different[0]
+            what = ("is at another save (each rank's n-th collective save pairs with every "
+                    "other rank's n-th)" if key == "save" else
+                    f"passes {key}={other[key]!r} where rank 0 passes {first[key]!r}")
+            raise ValueError(f"the ranks are not in one save: rank {rank} {what}; every rank "
+                             "must call save with the same URL and arguments")
+
+
+async def _lead(location: Location, exchange: _Exchange, plan: Plan,
+                manifest: Manifest,
                 arrays: dict[str, Any], mine: dict[str, list[Box]], load: list[int],
                 overwrite: bool) -> tuple[Plan, int, list[int], int]:
     """Rank 0's part: the lease, the destination, the metadata, its own objects, and the
@@ -166,25 +204,25 @@ async def _lead(location: Location, ranks: Ranks, plan: Plan, manifest: Manifest
                 await location.put(ROOT, encode(writing_document()))  # a save is under way
             except Exception as e:
                 failure = e
-            await _share(ranks, (lease.token, lease.version), failure, "taking the lease")
+            await exchange.share((lease.token, lease.version), failure, "taking the lease")
             try:  # the array documents while every rank writes objects: none needs them
                 await gather_all([write_documents(location, manifest, asyncio.Semaphore(8)),
                                   write_mine(location, manifest, arrays, mine)])
             except Exception as e:
                 failure = e
-            await _share(ranks, None, failure, "writing the objects")
+            await exchange.share(None, failure, "writing the objects")
             outcome = None
             try:
                 sizes = await commit(location, manifest, lease, {})
                 outcome = (len(sizes) + 1, sum(manifest.stored_bytes.values()))
             except Exception as e:
                 failure = e
-            await _share(ranks, outcome, failure, "committing")
+            await exchange.share(outcome, failure, "committing")
             assert outcome is not None
             return plan, outcome[0], load, outcome[1]
     except Exception as e:
         if not entered:  # refused before the lease: the others wait for the lease step
-            await _share(ranks, None, e, "taking the lease")
+            await exchange.share(None, e, "taking the lease")
         raise
 
 
@@ -202,7 +240,7 @@ async def write_mine(location: Location, manifest: Manifest, arrays: dict[str, A
                                [tuple(slice(lo, hi) for lo, hi in box) for box in boxes],
                                budget)
 
-    await asyncio.gather(*(one(path, boxes) for path, boxes in mine.items() if boxes))
+    await gather_all([one(path, boxes) for path, boxes in mine.items() if boxes])
 
 
 def _describe(flat: FlatTree, metadata: dict[str, Any] | None
@@ -325,5 +363,11 @@ def writers_of(plan: Plan, held: dict[str, list[Box | None]], world: int
             boxes = [None if b is None else ((0, len(a.members)), *b) for b in boxes]
         for _, box in object_boxes(a.shape, a.layout.object_shape):
             nbytes = math.prod(hi - lo for lo, hi in box) * a.dtype.itemsize
-            objects.append(((path, box), nbytes, holders(box, boxes)))
+            found = holders(box, boxes)
+            if not found:
+                raise ValueError(
+                    f"array {path!r}: its object {box} spans the parts of several ranks "
+                    "(a layouts= entry whose shard shape does not divide the ranks' parts?); "
+                    "no object may have two writers")
+            objects.append(((path, box), nbytes, found))
     return assign(objects, world)

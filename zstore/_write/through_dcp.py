@@ -93,9 +93,11 @@ def storage_writer_class() -> type:
             self._lease: Lease | None = None
             self._manifest: Manifest | None = None
             self._specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+            self._timer: asyncio.TimerHandle | None = None
             self._since = time.time()
 
         def reset(self, checkpoint_id: Any = None) -> None:
+            self._end()  # a save that failed on some rank never reached finish
             if checkpoint_id is not None:
                 self.url = str(checkpoint_id)
             self._location = None
@@ -146,10 +148,12 @@ def storage_writer_class() -> type:
             self._manifest = Manifest(tree={}, metadata={}, arrays=dict(documents),
                                       zstore_version=__version__)
             token = self._begin(documents)
-            return [dataclasses.replace(p, storage_data=_Work(
-                names, documents,
-                {path: [box for (q, box), r in writers.items() if q == path and r == rank]
-                 for path in documents}, token, 0.0)) for rank, p in enumerate(plans)]
+            mine: list[dict[str, list[Box]]] = [{} for _ in plans]
+            for (path, box), rank in writers.items():
+                mine[rank].setdefault(path, []).append(box)
+            return [dataclasses.replace(p, storage_data=_Work(names, documents, mine[rank],
+                                                              token, 0.0))
+                    for rank, p in enumerate(plans)]
 
         def _begin(self, documents: dict[str, dict[str, Any]]) -> tuple[str, str]:
             """The coordinator: refuse a committed checkpoint, take the lease (held until
@@ -167,10 +171,7 @@ def storage_writer_class() -> type:
             async def begin() -> None:
                 await _refuse_committed(location, False)
                 await stack.enter_async_context(lease.held())
-                # DCP calls nothing here when a rank fails: the lease goes after the
-                # collective timeout at the latest, as a multi-rank save's does.
-                asyncio.get_running_loop().call_later(
-                    current().collective_timeout, lambda: asyncio.ensure_future(stack.aclose()))
+                self._arm()
                 await _clear_destination(location, False)
                 await location.put(ROOT, encode(writing_document()))
                 assert self._manifest is not None
@@ -183,6 +184,17 @@ def storage_writer_class() -> type:
                     self._end()
                     raise
             return lease.token, lease.version
+
+        def _arm(self) -> None:
+            """(On the event loop.) DCP calls nothing here when another rank fails: the
+            lease goes ``collective_timeout`` after the coordinator's last step at the
+            latest, as a multi-rank save's exchanges would time out."""
+            stack = self._stack
+            if self._timer is not None:
+                self._timer.cancel()
+            if stack is not None:
+                self._timer = asyncio.get_running_loop().call_later(
+                    current().collective_timeout, lambda: asyncio.ensure_future(stack.aclose()))
 
         def _end(self) -> None:
             """Close the gate and release the lease, however the save ends."""
@@ -229,12 +241,21 @@ def storage_writer_class() -> type:
                                 zstore_version=__version__)
             with storage_errors(self.url, saving=True):
                 if self.is_coordinator:
-                    sync(write_mine(self._location, manifest, arrays, mine))
+                    try:
+                        sync(self._lead(manifest, arrays, mine))
+                    except BaseException:
+                        self._end()
+                        raise
                 else:
                     sync(self._follow(work, manifest, arrays, mine))
             future: Any = Future()
             future.set_result(results)
             return future
+
+        async def _lead(self, manifest: Manifest, arrays: dict[str, Any],
+                        mine: dict[str, list[Box]]) -> None:
+            await write_mine(self._location, manifest, arrays, mine)
+            self._arm()  # the others' writes, then finish: within the timeout from here
 
         async def _follow(self, work: _Work, manifest: Manifest, arrays: dict[str, Any],
                           mine: dict[str, list[Box]]) -> None:
@@ -242,7 +263,7 @@ def storage_writer_class() -> type:
                 await write_mine(self._location, manifest, arrays, mine)
 
         def finish(self, metadata: Any, results: list[list[Any]]) -> None:
-            from zstore._write.writer import commit
+            from zstore._write.writer import commit, write_documents
 
             assert self._manifest is not None and self._lease is not None
             try:
@@ -274,7 +295,8 @@ def storage_writer_class() -> type:
                         node["kind"] = "torch"
                 self._manifest.tree = skeleton
                 manifest, lease = self._manifest, self._lease
-                with storage_errors(self.url, saving=True):
+                with storage_errors(self.url, saving=True):  # documents of pickles too
+                    sync(write_documents(self._location, manifest, _limit()))
                     sync(commit(self._location, manifest, lease, {}))
             finally:
                 self._end()

@@ -185,8 +185,10 @@ def save(
             integers (layers, experts, optimizer slots) as one array with a leading
             index dimension: fewer objects and requests, each tensor still read alone
             by its name (``zstore.plan`` shows which). False: one array per tensor.
-        process_group: a multi-rank save's ranks (a ``torch.distributed`` process group);
-            its own collectives run on a gloo group of the same ranks.
+        process_group: a multi-rank save's ranks (a ``torch.distributed`` process group;
+            None: all); its own collectives run on a gloo group of the same ranks. False:
+            this process saves alone, even under ``torch.distributed`` (rank 0 saving a
+            gathered state).
         max_concurrency: arrays written at once (each also writes its shards
             concurrently, per zarr's ``async.concurrency``); None:
             ``zstore.Settings.save_concurrency`` (8), which bounds a save's memory.
@@ -234,7 +236,7 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
     core-second per 1.8 GB, noticeable only where storage is faster than that.
     """
     started = time.perf_counter()
-    ranks = Ranks.current(url, process_group)
+    ranks = None if process_group is False else Ranks.current(url, process_group)
     if ranks is not None and (ranks.size > 1 or any(
             is_dtensor(v) or isinstance(v, Part) for v in flat.arrays.values())):
         if base is not None:
