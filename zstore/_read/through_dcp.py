@@ -12,13 +12,14 @@ stored as JSON; arrays of bytes DCP pickled are handed back as they were.
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import numpy as np
 
 from zstore._format.tensors import numpy_to_torch, require_torch, torch_dtype_of
 from zstore._format.tree import unflatten
-from zstore._options import concurrency
+from zstore._options import concurrency, current
 
 
 def storage_reader_class() -> type:
@@ -84,8 +85,12 @@ def storage_reader_class() -> type:
             return plans
 
         def read_data(self, plan: Any, planner: Any) -> Any:
+            """Every box of the plan, read concurrently in batches of at most
+            ``Settings.staging_budget`` decoded bytes (one larger box alone), each batch
+            copied into its targets before the next is read."""
             ckpt = self._open()
-            reads: dict[str, Any] = {}
+            batches: list[dict[str, Any]] = [{}]
+            held = 0
             for i, item in enumerate(plan.items):
                 kind, what = self._leaves[item.storage_index.fqn]
                 if item.type == LoadItemType.BYTE_IO:
@@ -93,13 +98,21 @@ def storage_reader_class() -> type:
                     continue
                 box = tuple(slice(int(o), int(o) + int(n))
                             for o, n in zip(item.storage_offsets, item.lengths))
-                reads[str(i)] = (ckpt[what], box)
-            loaded = run(self.url, _gather(reads, concurrency(None, saving=False))) if reads else {}
-            for key, data in loaded.items():
-                item = plan.items[int(key)]
-                target = planner.resolve_tensor(item).detach()
-                target.copy_(numpy_to_torch(np.asarray(data)).reshape(target.shape))
-                planner.commit_tensor(item, target)
+                nbytes = math.prod(int(n) for n in item.lengths) * ckpt[what].dtype.itemsize
+                if batches[-1] and held + nbytes > current().staging_budget:
+                    batches.append({})
+                    held = 0
+                batches[-1][str(i)] = (ckpt[what], box)
+                held += nbytes
+            for batch in batches:
+                if not batch:
+                    continue
+                loaded = run(self.url, _gather(batch, concurrency(None, saving=False)))
+                for key, data in loaded.items():
+                    item = plan.items[int(key)]
+                    target = planner.resolve_tensor(item).detach()
+                    target.copy_(numpy_to_torch(np.asarray(data)).reshape(target.shape))
+                    planner.commit_tensor(item, target)
             future: Any = Future()
             future.set_result(None)
             return future
