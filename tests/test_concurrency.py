@@ -380,3 +380,50 @@ def test_a_commit_refused_by_the_fence_says_the_lease_lapsed(monkeypatch):
           pytest.raises(LeaseLostError, match="not renewed") as raised):
         zstore.save({"a": np.ones(10, "f4")}, "memory://fence/commit")
     assert raised.value.url == "memory://fence/commit"
+
+
+def _write_after(location, seconds: float):
+    """A coroutine: wait, then one write through the location's gate (a follower's)."""
+    async def write() -> None:
+        await asyncio.sleep(seconds)
+        async with location.writing():
+            await location.put("late-object", b"x")
+    return write()
+
+
+def test_a_follower_writes_on_while_its_leader_renews(tmp_path):
+    """The other ranks of a multi-rank save write under rank 0's lease, past the fence of
+    the first renewal they saw, for as long as rank 0 keeps renewing it."""
+    location = resolve(str(tmp_path / "c"), {})
+    with zstore.configure(lease_ttl=1.0):  # renewals every 0.25 s, fence 0.75 s
+        leader, follower = Lease(location), Lease(resolve(str(tmp_path / "c"), {}))
+
+        async def run() -> None:
+            since = time.time()
+            async with leader.held():
+                async with follower.followed(leader.token, leader.version, since):
+                    await _write_after(follower.location, 1.5)  # twice the fence
+
+        sync(run())
+    assert sync(location.get("late-object")) == b"x"
+
+
+@pytest.mark.parametrize("how", ["taken over", "not renewed"])
+def test_a_follower_stops_writing_when_its_leader_loses_the_lease(tmp_path, how):
+    location = resolve(str(tmp_path / "c"), {})
+    with zstore.configure(lease_ttl=1.0):
+        leader, follower = Lease(location), Lease(resolve(str(tmp_path / "c"), {}))
+
+        async def run() -> None:
+            since = time.time()
+            await leader.acquire()  # and never renews: stalled, or taken over
+            if how == "taken over":
+                successor = {"token": "successor", "host": "elsewhere", "pid": 7,
+                             "expires": 1e12}
+                await location.put(LEASE, json.dumps(successor).encode())
+            async with follower.followed(leader.token, leader.version, since):
+                await _write_after(follower.location, 1.0)  # past the fence
+
+        with pytest.raises(LeaseLostError, match=how.split()[0]):
+            sync(run())
+    assert sync(location.get("late-object")) is None
