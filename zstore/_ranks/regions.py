@@ -37,14 +37,17 @@ def local_part(value: Any, name: str) -> tuple[tuple[int, ...], Box | None, Any]
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-    for placement in value.placements:
-        if type(placement) not in (Shard, Replicate):  # _StridedShard subclasses Shard
+    placements = list(value.placements)
+    for i, placement in enumerate(placements):
+        if type(placement) not in (Shard, Replicate) and not _fsdp_over_tp(
+                placements, i, value.device_mesh.shape):
             raise UnsupportedTypeError(
                 f"DTensor {name!r} has placement {placement}; zstore saves Shard(dim) and "
                 "Replicate() placements, whose parts are boxes of the global tensor. "
                 "Redistribute it first (a Partial must be reduced: "
                 "t.redistribute(placements=[Replicate()]); a strided shard, as FSDP2 over "
-                "tensor parallelism makes: t.redistribute(placements=[Shard(0), ...]))")
+                "tensor parallelism makes, other than over a later Shard of the same dim: "
+                "t.redistribute(placements=[Shard(0), ...]))")
     local_shape, offset = compute_local_shape_and_global_offset(
         value.shape, value.device_mesh, value.placements)
     local = value.to_local()
@@ -83,6 +86,23 @@ class Part:
                 raise IndexError(f"rows {start}:{stop} are outside this rank's part {lo}:{hi}")
             local.append(slice(start - lo, stop - lo))
         return self.data[tuple(local)]
+
+
+def _fsdp_over_tp(placements: Sequence[Any], i: int, mesh: Sequence[int]) -> bool:
+    """Whether placement ``i`` is the strided shard FSDP2 puts over tensor parallelism:
+    ``_StridedShard(d, split_factor=k)`` with later mesh dims sharding the same dim ``d``
+    ``k`` ways. Each rank then holds one contiguous box, which torch's
+    ``compute_local_shape_and_global_offset`` finds (checked on 2 x 2 meshes, uneven rows
+    included); any other strided shard holds rows that are not one box."""
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    placement = placements[i]
+    if type(placement) is not _StridedShard:
+        return False
+    later = [mesh[j] for j in range(i + 1, len(placements))
+             if type(placements[j]) is Shard and placements[j].dim == placement.dim]
+    return bool(later) and math.prod(later) == placement.split_factor
 
 
 def object_boxes(shape: tuple[int, ...], object_shape: tuple[int, ...]
