@@ -105,15 +105,11 @@ def _fsdp_over_tp(placements: Sequence[Any], i: int, mesh: Sequence[int]) -> boo
     return bool(later) and math.prod(later) == placement.split_factor
 
 
-def object_boxes(shape: tuple[int, ...], object_shape: tuple[int, ...]
-                 ) -> list[tuple[tuple[int, ...], Box]]:
-    """(grid index, box) of every object of an array, C order."""
+def object_boxes(shape: tuple[int, ...], object_shape: tuple[int, ...]) -> list[Box]:
+    """The box of every object of an array, C order."""
     counts = [max(1, -(-n // o)) for n, o in zip(shape, object_shape)]
-    found = []
-    for index in np.ndindex(*counts):
-        box = tuple((i * o, min((i + 1) * o, n)) for i, o, n in zip(index, object_shape, shape))
-        found.append((tuple(int(i) for i in index), box))
-    return found
+    return [tuple((i * o, min((i + 1) * o, n)) for i, o, n in zip(index, object_shape, shape))
+            for index in np.ndindex(*counts)]
 
 
 def holders(box: Box, held: Sequence[Box | None]) -> list[int]:

@@ -361,7 +361,7 @@ def writers_of(plan: Plan, held: dict[str, list[Box | None]], world: int
         boxes = held[a.members[0]] if a.members else held[path]
         if a.members:
             boxes = [None if b is None else ((0, len(a.members)), *b) for b in boxes]
-        for _, box in object_boxes(a.shape, a.layout.object_shape):
+        for box in object_boxes(a.shape, a.layout.object_shape):
             nbytes = math.prod(hi - lo for lo, hi in box) * a.dtype.itemsize
             found = holders(box, boxes)
             if not found:
