@@ -44,10 +44,8 @@ from zstore._format.manifest import (
     STACKED_FORMAT,
     Manifest,
     check_metadata,
-    encode,
-    writing_document,
 )
-from zstore._format.names import RANKS, ROOT
+from zstore._format.names import RANKS
 from zstore._format.shards import checksum
 from zstore._format.tensors import host_array, is_dtensor, is_torch_tensor, torch_numpy_dtype
 from zstore._format.tree import FlatTree
@@ -186,8 +184,8 @@ async def _lead(location: Location, exchange: _Exchange, plan: Plan,
     """Rank 0's part: the lease, the destination, the metadata, its own objects, and the
     commit once every rank's objects are written."""
     from zstore._write.writer import (
-        _clear_destination,
         _refuse_committed,
+        claim_destination,
         commit,
         write_documents,
     )
@@ -200,8 +198,7 @@ async def _lead(location: Location, exchange: _Exchange, plan: Plan,
         async with lease.held():
             entered = True
             try:
-                await _clear_destination(location, overwrite)
-                await location.put(ROOT, encode(writing_document()))  # a save is under way
+                await claim_destination(location, overwrite)
             except Exception as e:
                 failure = e
             await exchange.share((lease.token, lease.version), failure, "taking the lease")

@@ -33,7 +33,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -189,7 +189,7 @@ class Lease:
         except LeaseLostError as e:
             await gate.close(str(e))
 
-    async def _follow_forever(self, since: float) -> None:
+    async def _follow_forever(self, since: float, gate: WriteGate) -> None:
         """A follower's renewals: it reads the lease its leader renews, twice per renewal
         period. A new version seen by a read that started at ``t`` was written after the
         previous read, started at ``p``, saw the old one: so the lease holds until at least
@@ -208,12 +208,13 @@ class Lease:
                     f"the write lease of {self.location.url!r}, held by rank 0 of this save, "
                     "was released or taken over; this rank stopped writing and nothing was "
                     "committed", url=self.location.url)
-                return
+                break
             if current[1] != self._version:
                 self._version = current[1]
                 self._writable_until = max(self._writable_until,
                                            previous + self.settings.lease_fence)
             previous = started
+        await gate.close(str(self._lost))
 
     @asynccontextmanager
     async def followed(self, token: str, version: str, since: float) -> AsyncIterator[Lease]:
@@ -223,23 +224,27 @@ class Lease:
         renewing it; at the end the gate closes. The leader releases the lease."""
         self.token, self._version = token, version
         self._writable_until = since + self.settings.lease_fence
+        async with self._gated(lambda gate: self._follow_forever(since, gate),
+                               f"this rank's part of the save to {self.location.url!r} has "
+                               "ended"):
+            yield self
+
+    @asynccontextmanager
+    async def _gated(self, keep: Callable[[WriteGate], Coroutine[Any, Any, None]], ended: str
+                     ) -> AsyncIterator[None]:
+        """While the body runs: every write of this location passes a gate that the fence
+        guards, kept by ``keep`` (renewing, or following) and by the watch of the fence;
+        at the end the gate closes (``ended`` is why), so no write outlives the body."""
         gate = WriteGate(self.fence, cancel=not self.location.writes_in_threads)
         self.location.gate = gate
-
-        async def follow() -> None:
-            await self._follow_forever(since)
-            if self._lost is not None:
-                await gate.close(str(self._lost))
-
-        helpers = [asyncio.create_task(follow()), asyncio.create_task(self._watch(gate))]
+        helpers = [asyncio.create_task(keep(gate)), asyncio.create_task(self._watch(gate))]
         try:
-            yield self
+            yield
         finally:
-            closing = asyncio.ensure_future(gate.close(
-                f"this rank's part of the save to {self.location.url!r} has ended"))
+            closing = asyncio.ensure_future(gate.close(ended))
             try:
                 await asyncio.shield(closing)
-            except asyncio.CancelledError:
+            except asyncio.CancelledError:  # a deadline: still, no write may outlive the save
                 await closing
                 raise
             finally:
@@ -286,25 +291,12 @@ class Lease:
         fence guards; at the end close the gate (no write of this save outlives it), then
         release."""
         await self.acquire()
-        gate = WriteGate(self.fence, cancel=not self.location.writes_in_threads)
-        self.location.gate = gate
-        helpers = [asyncio.create_task(self._renew_forever(gate)),
-                   asyncio.create_task(self._watch(gate))]
         try:
-            yield self
+            async with self._gated(self._renew_forever, f"the save to {self.location.url!r} "
+                                   "has ended; no write of it may start now"):
+                yield self
         finally:
-            closing = asyncio.ensure_future(gate.close(
-                f"the save to {self.location.url!r} has ended; no write of it may start now"))
-            try:
-                await asyncio.shield(closing)
-            except asyncio.CancelledError:  # a deadline: still, no write may outlive the save
-                await closing
-                raise
-            finally:
-                for helper in helpers:
-                    helper.cancel()
-                await asyncio.gather(*helpers, return_exceptions=True)
-                await self.release()
+            await self.release()
 
 
 def _expires(holder: dict[str, Any]) -> float | None:

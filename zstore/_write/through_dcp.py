@@ -27,8 +27,7 @@ import numpy as np
 
 from zstore._compat import sync
 from zstore._format.layout import Layout, array_metadata
-from zstore._format.manifest import Manifest, encode, writing_document
-from zstore._format.names import ROOT
+from zstore._format.manifest import Manifest
 from zstore._format.tensors import host_array, require_torch, torch_numpy_dtype
 from zstore._format.tree import flatten, iter_leaves
 from zstore._options import current
@@ -159,8 +158,8 @@ def storage_writer_class() -> type:
             """The coordinator: refuse a committed checkpoint, take the lease (held until
             ``finish``, or for ``collective_timeout`` at most), clear, write metadata."""
             from zstore._write.writer import (
-                _clear_destination,
                 _refuse_committed,
+                claim_destination,
                 write_documents,
             )
 
@@ -172,8 +171,7 @@ def storage_writer_class() -> type:
                 await _refuse_committed(location, False)
                 await stack.enter_async_context(lease.held())
                 self._arm()
-                await _clear_destination(location, False)
-                await location.put(ROOT, encode(writing_document()))
+                await claim_destination(location, False)
                 assert self._manifest is not None
                 await write_documents(location, self._manifest, _limit())
 

@@ -334,8 +334,7 @@ async def _save(location: Location, arrays: dict[str, Any], manifest: Manifest,
 async def _save_leased(location: Location, arrays: dict[str, Any], manifest: Manifest,
                        overwrite: bool, max_concurrency: int, written: Callable[[str], None],
                        baseline: Baseline | None, hashing: bool, lease: Lease) -> _Outcome:
-    await _clear_destination(location, overwrite)
-    await location.put(ROOT, encode(writing_document()))
+    await claim_destination(location, overwrite)
     limit = asyncio.Semaphore(max_concurrency)
     budget = ByteBudget(current().write_budget)
 
@@ -477,8 +476,15 @@ def _committed(location: Location) -> CheckpointCommittedError:
         "replace it, or save to another URL", url=location.url)
 
 
+async def claim_destination(location: Location, overwrite: bool) -> None:
+    """Under the lease: clear the destination, then mark it as a zstore save in progress
+    (the placeholder root ``zarr.json``), before any other object is written."""
+    await _clear_destination(location, overwrite)
+    await location.put(ROOT, encode(writing_document()))
+
+
 async def _clear_destination(location: Location, overwrite: bool) -> None:
-    """Under the lease: refuse foreign objects, then delete an old checkpoint, marker first."""
+    """Refuse foreign objects, then delete an old checkpoint, marker first."""
     marker, root = await asyncio.gather(location.get(COMMIT_MARKER), location.get(ROOT))
     if marker is not None and not overwrite:  # committed by a save that ended just now
         raise _committed(location)
