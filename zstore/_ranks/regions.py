@@ -70,10 +70,6 @@ class Part:
     def dtype(self) -> np.dtype:
         return self.data.dtype
 
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
     def __getitem__(self, index: Any) -> np.ndarray:
         if index is Ellipsis or index == (Ellipsis,):
             index = tuple(slice(0, n) for n in self.shape)
