@@ -275,6 +275,36 @@ def test_a_failing_or_dying_rank_commits_nothing_and_every_rank_raises(tmp_path)
     assert zstore.open(f"{root}/alone")["w"].shape == (3,)
 
 
+def _slow_lead(rank: int, world: int, root: str) -> bool:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    state = {"w": distribute_tensor(torch.arange(64.0).reshape(16, 4), mesh, [Shard(0)])}
+    zstore.save(state, f"{root}/slow")
+    with zstore.configure(lease_ttl=2.0):  # other ranks may write for 1.5 s per renewal
+        if rank == 0:  # rank 0 takes 2.5 s to clear what it replaces, as on a slow store
+            remove = os.remove
+
+            def slow(path: Any, *args: Any, **kw: Any) -> None:  # runs in a thread
+                if str(path).endswith("zstore.commit.json"):
+                    time.sleep(2.5)
+                remove(path, *args, **kw)
+
+            os.remove = slow  # type: ignore[assignment]
+        zstore.save({"w": state["w"] * 2}, f"{root}/slow", overwrite=True)
+    return True
+
+
+def test_the_other_ranks_fence_starts_after_rank_0_took_the_lease(tmp_path):
+    """Planning and clearing may take longer than the fence: the followers' writes are
+    fenced from a renewal after them, not from before planning."""
+    found = run_ranks(2, _slow_lead, str(tmp_path))
+    assert _ok(found, 2) == [True, True]
+    np.testing.assert_array_equal(zstore.open(f"{tmp_path}/slow")["w"][:],
+                                  np.arange(0.0, 128.0, 2.0, dtype=np.float32).reshape(16, 4))
+
+
 # ---- FSDP2 ----------------------------------------------------------------------------
 
 def _fsdp_model(seed: int) -> tuple[Any, Any]:

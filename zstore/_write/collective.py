@@ -1,8 +1,8 @@
 """A save every rank of a ``torch.distributed`` job calls: one checkpoint of global arrays.
 
 Each rank brings its own state dict: DTensors (its part of each global tensor) and plain
-tensors and values (the same on every rank). The save then runs in five steps, each
-ending in one small exchange on the save's own gloo group (``zstore._ranks.Ranks``):
+tensors and values (the same on every rank). The save then runs in five steps, with
+small exchanges between them on the save's own gloo group (``zstore._ranks.Ranks``):
 
 1. every rank describes what it holds: each array's global shape, dtype and the box this
    rank holds (a crc32c of each plain tensor, to find any that differ between ranks),
@@ -10,7 +10,9 @@ ending in one small exchange on the save's own gloo group (``zstore._ranks.Ranks
 2. every rank plans the same layout from those facts, object boundaries on every box
    boundary, and the same assignment of each object to one rank that holds it, largest
    first to the least loaded (replicated data is written once, the bytes spread evenly);
-   rank 0 takes the lease, clears the destination and marks it as a save under way;
+   rank 0 takes the lease, clears the destination and marks it as a save under way,
+   once every other rank has started its fence after the clearing, rank 0 renews the
+   lease and shares that version, so their fence holds however long the clearing took;
 3. every rank writes its objects, each whole, by itself (rank 0 the array documents
    too): no object has two writers, no read-modify-write. The other ranks' writes pass
    the same write gate as rank 0's, fenced by the lease rank 0 renews
@@ -117,7 +119,6 @@ async def _save(flat: FlatTree, location: Location, exchange: _Exchange,
         facts.update(planning=planning, profile=profile)
     except Exception as e:
         failure = e
-    since = time.time()  # rank 0 takes the lease after this exchange: the followers' fence
     everyone = await exchange.share(facts, failure, "describing the state")
     _same_save(everyone)
     merged = _merge(everyone, ranks.rank, parts)
@@ -148,6 +149,12 @@ async def _save(flat: FlatTree, location: Location, exchange: _Exchange,
     if ranks.rank == 0:
         return await _lead(location, exchange, plan, manifest, arrays, mine, load,
                            planning["overwrite"])
+    await exchange.share(None, None, "clearing the destination")
+    # Rank 0 renews the lease once the next exchange is over, and shares that version:
+    # it was written after ``since``, so the lease holds until ``since + lease_ttl`` on
+    # this rank's clock, however long planning and clearing the destination took.
+    since = time.time()
+    await exchange.share(None, None, "starting the fence")
     token, version = (await exchange.share(None, None, "taking the lease"))[0]
     lease = Lease(location)
     failure = None
@@ -201,6 +208,13 @@ async def _lead(location: Location, exchange: _Exchange, plan: Plan,
                 await claim_destination(location, overwrite)
             except Exception as e:
                 failure = e
+            await exchange.share(None, failure, "clearing the destination")
+            await exchange.share(None, None, "starting the fence")
+            try:  # a version every follower knows was written after it started its fence
+                await lease.renew()
+                lease.fence()
+            except Exception as e:
+                failure = e
             await exchange.share((lease.token, lease.version), failure, "taking the lease")
             try:  # the array documents while every rank writes objects: none needs them
                 await gather_all([write_documents(location, manifest, asyncio.Semaphore(8)),
@@ -218,8 +232,8 @@ async def _lead(location: Location, exchange: _Exchange, plan: Plan,
             assert outcome is not None
             return plan, outcome[0], load, outcome[1]
     except Exception as e:
-        if not entered:  # refused before the lease: the others wait for the lease step
-            await exchange.share(None, e, "taking the lease")
+        if not entered:  # refused before the lease: the others wait at the next step
+            await exchange.share(None, e, "clearing the destination")
         raise
 
 

@@ -100,19 +100,20 @@ def storage_writer_class() -> type:
             if checkpoint_id is not None:
                 self.url = str(checkpoint_id)
             self._location = None
-            self._since = time.time()
 
         def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any
                                   ) -> None:
             self.is_coordinator = is_coordinator
             self.rank = int(kwargs.get("rank", _rank()))
             self._location = resolve(self.url, self.options)
-            self._since = time.time()  # before the coordinator can take the lease
 
         def storage_meta(self) -> Any:
             return None
 
         def prepare_local_plan(self, plan: Any) -> Any:
+            # DCP gathers every rank's local plan next, and only then does the coordinator
+            # take the lease: this rank's fence starts here, as late as it can be proven.
+            self._since = time.time()
             return plan
 
         def prepare_global_plan(self, plans: list[Any]) -> list[Any]:
