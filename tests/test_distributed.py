@@ -214,6 +214,51 @@ def test_a_checkpoint_of_four_ranks_loads_on_fewer(saved, world):
         assert all(equal.values()), equal  # each rank's own per-rank values too
 
 
+def _replicated() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return {"a": torch.randn(64, 64, generator=g), "b": torch.randn(1000, generator=g),
+            "c": torch.randn(32, 16, generator=g).to(torch.bfloat16),
+            "d": torch.randn(8, generator=g), "w": torch.randn(12, 8, generator=g)}
+
+
+def _load_broadcast(rank: int, world: int, where: tuple[str, dict]) -> dict[str, Any]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    url, options = where
+    mesh = init_device_mesh("cpu", (world,))
+    full, read = _replicated(), {}
+    ckpt = zstore.open(url, storage_options=options)  # its metadata: read by every rank
+    for broadcast in (False, True):
+        targets = {k: torch.zeros_like(v) for k, v in full.items()}
+        targets["w"] = distribute_tensor(torch.zeros(12, 8), mesh, [Shard(0)])
+        with zstore.io_stats() as stats:
+            ckpt.load(into=targets, broadcast=broadcast)
+        assert all(torch.equal(targets[k], v) for k, v in full.items() if k != "w")
+        assert torch.equal(targets["w"].full_tensor(), full["w"])
+        read[broadcast] = (stats.bytes_read, stats.gets)
+    fewer = {k: torch.zeros_like(v) for k, v in full.items() if k != "d" or rank == 0}
+    mismatch = _raised(lambda: zstore.load(url, storage_options=options, into=fewer,
+                                           strict=False, broadcast=True))
+    return {"read": read, "mismatch": mismatch}
+
+
+def test_replicated_tensors_are_read_once_and_broadcast(tmp_path, moto_s3):
+    url = f"s3://{moto_s3.new_bucket()}/replicated"
+    full = _replicated()
+    zstore.save(full, url, storage_options=moto_s3.storage_options, codec="none")
+    found = _ok(run_ranks(2, _load_broadcast, (url, moto_s3.storage_options)), 2)
+    plain = sum(v.nbytes for k, v in full.items() if k != "w")
+    each = [r["read"][False][0] for r in found]
+    shared = [r["read"][True][0] for r in found]
+    assert all(b >= plain for b in each)  # without broadcast: every rank reads them all
+    assert sum(shared) <= (plain + full["w"].nbytes) * 1.05  # with it: each byte once
+    assert max(shared) < 0.8 * plain  # spread over both ranks
+    for r in found:
+        kind, message, _ = r["mismatch"]
+        assert kind == "ValueError" and "broadcast=True" in message and "'d'" in message
+
+
 # ---- failures -------------------------------------------------------------------------
 
 def _failing(rank: int, world: int, root: str) -> dict[str, Any]:

@@ -31,11 +31,13 @@ class Ranks:
     group: Any
     url: str
     key: Any = None  # the process group it stands for (None: all ranks)
+    work: str = "save"  # what the collectives are for: "save" or "load"
 
     @classmethod
-    def current(cls, url: str, process_group: Any = None) -> Ranks | None:
+    def current(cls, url: str, process_group: Any = None, work: str = "save"
+                ) -> Ranks | None:
         """The ranks of ``process_group`` (default: the whole job), or None where
-        ``torch.distributed`` is not initialized (a single-process save)."""
+        ``torch.distributed`` is not initialized (a single-process save or load)."""
         dist = sys.modules.get("torch.distributed")  # never imported for a numpy save
         if dist is None or not (dist.is_available() and dist.is_initialized()):
             return None
@@ -47,7 +49,7 @@ class Ranks:
                 use_local_synchronization=process_group is not None)
         group = _GROUPS[process_group]
         return cls(dist.get_rank(group), dist.get_world_size(group), group, url,
-                   process_group)
+                   process_group, work)
 
     def next_save(self) -> int:
         """This rank's count of collective saves on the group, this one included: each
@@ -68,12 +70,14 @@ class Ranks:
         try:
             dist.all_gather_object(gathered, value, group=self.group)
         except Exception as e:  # gloo: a timeout, or a peer's connection closed
+            alone = ("a save by one rank alone takes process_group=False" if self.work ==
+                     "save" else "a load by one rank alone leaves broadcast off")
             raise RankFailedError(
-                f"rank {self.rank}: the save to {self.url!r} stopped at {step}: another rank "
-                f"did not take part within {current().collective_timeout:.0f} s "
+                f"rank {self.rank}: the {self.work} of {self.url!r} stopped at {step}: "
+                f"another rank did not take part within {current().collective_timeout:.0f} s "
                 f"(Settings.collective_timeout), so it crashed or hangs ({_first_line(e)}); "
-                "nothing was committed. (Under torch.distributed every rank calls save; a "
-                "save by one rank alone takes process_group=False)", url=self.url) from e
+                f"{self._ending}. (Under torch.distributed every rank calls {self.work}; "
+                f"{alone})", url=self.url) from e
         return gathered
 
     def share(self, value: Any, failure: BaseException | None, step: str) -> list[Any]:
@@ -87,11 +91,15 @@ class Ranks:
             raise failure
         if failed:
             raise RankFailedError(
-                f"rank {self.rank}: the save to {self.url!r} stopped at {step} because "
+                f"rank {self.rank}: the {self.work} of {self.url!r} stopped at {step} because "
                 + "; ".join(f"rank {rank} failed: {what}" for rank, what in failed[:4])
                 + (f" (and {len(failed) - 4} more)" if len(failed) > 4 else "")
-                + "; nothing was committed", url=self.url, ranks=[r for r, _ in failed])
+                + f"; {self._ending}", url=self.url, ranks=[r for r, _ in failed])
         return [value for value, _ in said]
+
+    @property
+    def _ending(self) -> str:
+        return "nothing was committed" if self.work == "save" else "the load did not finish"
 
 
 def _describe(error: BaseException) -> str:

@@ -23,7 +23,7 @@ from zstore._format.tensors import is_dtensor, numpy_to_torch, require_torch, to
 from zstore._format.tree import tensor_leaves
 from zstore._options import concurrency, current
 from zstore._progress import bar
-from zstore._ranks import local_part
+from zstore._ranks import Ranks, assign, local_part
 from zstore._read.staging import DeviceStager
 from zstore._storage.location import run
 from zstore._tasks import gather_all
@@ -71,10 +71,13 @@ def _targets(into: Any) -> Mapping[str, Any]:
 
 def load_into(ckpt: Any, into: Any, *, strict: bool = True, prefix: str = "",
               progress: bool | None = None, budget: int | None = None,
-              max_concurrency: int | None = None) -> LoadReport:
+              max_concurrency: int | None = None, broadcast: bool = False,
+              process_group: Any = None) -> LoadReport:
     """Copy the checkpoint's arrays named ``prefix + key`` into ``into``'s tensors, in place,
     at most ``max_concurrency`` at once (None: ``Settings.load_concurrency``), staged ones
-    within ``budget`` bytes (None: ``Settings.staging_budget``)."""
+    within ``budget`` bytes (None: ``Settings.staging_budget``). With ``broadcast`` under
+    ``torch.distributed``, each plain (replicated) tensor is read by one rank of
+    ``process_group`` and broadcast to the others (``_Broadcast``)."""
     max_concurrency = concurrency(max_concurrency, saving=False)
     budget = current().staging_budget if budget is None else budget
     targets = _targets(into)
@@ -95,11 +98,21 @@ def load_into(ckpt: Any, into: Any, *, strict: bool = True, prefix: str = "",
             + "; ".join(problems) + ("" if strict or not shapes else
                                      "; shape mismatches fail even with strict=False"))
     keys = [k for k in targets if k in stored]
-    shown = bar(sum(ckpt[stored[k]].nbytes for k in keys), f"loading {ckpt.url}", progress)
+    shared = _Broadcast.among(ckpt.url, targets, keys, process_group) if broadcast else None
+    reads = keys if shared is None else [k for k in keys if k not in shared.received]
+    shown = bar(sum(ckpt[stored[k]].nbytes for k in reads), f"loading {ckpt.url}", progress)
     written: dict[str, bool] = {}  # key -> whether its copy finished; absent: not begun
     try:
-        run(ckpt.url, _copy_all(ckpt, targets, stored, keys, budget, max_concurrency, shown,
-                                written))
+        failure: Exception | None = None
+        try:
+            run(ckpt.url, _copy_all(ckpt, targets, stored, reads, budget, max_concurrency,
+                                    shown, written))
+        except Exception as e:
+            failure = e
+        if shared is not None:  # every rank takes part, or they would wait for this one
+            shared.send(targets, failure, written)
+        elif failure is not None:
+            raise failure
     except Exception as e:
         if not written:
             raise  # nothing was written: the target is as it was
@@ -108,6 +121,55 @@ def load_into(ckpt: Any, into: Any, *, strict: bool = True, prefix: str = "",
         shown.close()
     report.loaded = keys
     return report
+
+
+@dataclass
+class _Broadcast:
+    """Replicated tensors read once: each plain tensor (on every rank the same, unlike a
+    DTensor's part) is read by one rank, the bytes spread evenly (``assign``), and
+    broadcast to the others over the checkpoint's gloo group. The store serves each byte
+    once instead of once per rank: for N ranks on S3, 1/N of the requests and bytes."""
+
+    ranks: Ranks
+    owners: dict[str, int]  # key -> the rank that reads it, in broadcast order
+    received: set[str]  # keys this rank gets from another
+
+    @classmethod
+    def among(cls, url: str, targets: Mapping[str, Any], keys: list[str],
+              process_group: Any) -> _Broadcast | None:
+        ranks = Ranks.current(url, process_group, work="load")
+        if ranks is None or ranks.size == 1:
+            return None
+        plain = [(k, tuple(targets[k].shape)) for k in keys if not is_dtensor(targets[k])]
+        everyone = ranks.share(plain, None, "matching the targets")
+        for rank, theirs in enumerate(everyone):
+            if theirs != plain:
+                only = sorted(set(map(tuple, theirs)) ^ set(plain))[:3]
+                raise ValueError(
+                    f"broadcast=True loads the same replicated tensors on every rank, but "
+                    f"rank {rank}'s differ from rank {ranks.rank}'s (e.g. {only}); load "
+                    "without broadcast, or pass the same targets everywhere")
+        owners = assign([(k, targets[k].nbytes, range(ranks.size)) for k, _ in plain],
+                        ranks.size)
+        order = {k: owners[k] for k, _ in plain}
+        return cls(ranks, order, {k for k, r in order.items() if r != ranks.rank})
+
+    def send(self, targets: Mapping[str, Any], failure: Exception | None,
+             written: dict[str, bool]) -> None:
+        """Once every rank read its share (or every rank raises), broadcast each tensor
+        from its reader, in the same order everywhere."""
+        import torch.distributed as dist
+
+        self.ranks.share(None, failure, "reading")
+        for key, owner in self.owners.items():
+            tensor = targets[key].detach()
+            buffer = tensor if tensor.is_contiguous() else tensor.contiguous()
+            if owner != self.ranks.rank:
+                written[key] = False
+            dist.broadcast(buffer, group=self.ranks.group, group_src=owner)
+            if buffer is not tensor:
+                tensor.copy_(buffer)
+            written[key] = True
 
 
 def _partial(url: str, into: Any, keys: list[str], written: dict[str, bool],

@@ -513,7 +513,8 @@ class Checkpoint(Mapping[str, LazyTensor]):
     def load(self, *, keys: Sequence[str] | None = None, framework: str | None = None,
              device: Any = None, into: Any = None, strict: bool = True, prefix: str = "",
              entries: Sequence[str | int] | None = None, progress: bool | None = None,
-             max_concurrency: int | None = None) -> Any:
+             max_concurrency: int | None = None, broadcast: bool = False,
+             process_group: Any = None) -> Any:
         """The whole saved tree, or with ``keys`` (globs) a flat {name: array} of those only.
 
         ``entries`` keeps only these top-level keys of a tree saved as a dict
@@ -523,7 +524,11 @@ class Checkpoint(Mapping[str, LazyTensor]):
         max_concurrency = concurrency(max_concurrency, saving=False)
         if into is not None:
             return load_into(self, into, strict=strict, prefix=prefix, progress=progress,
-                             max_concurrency=max_concurrency)
+                             max_concurrency=max_concurrency, broadcast=broadcast,
+                             process_group=process_group)
+        if broadcast:
+            raise ValueError("broadcast=True shares the tensors of a load(into=...) between "
+                             "ranks; pass into= as well")
         if framework not in (None, "numpy", "torch"):
             raise ValueError(f"framework must be None, 'numpy' or 'torch', got {framework!r}")
         if device is not None:
@@ -698,7 +703,8 @@ def _this_rank() -> int:
 def load(url: str, *, storage_options: dict[str, Any] | None = None,
          keys: Sequence[str] | None = None, framework: str | None = None,
          device: Any = None, into: Any = None, strict: bool = True, prefix: str = "",
-         progress: bool | None = None, max_concurrency: int | None = None) -> Any:
+         progress: bool | None = None, max_concurrency: int | None = None,
+         broadcast: bool = False, process_group: Any = None) -> Any:
     """Load the whole tree saved at ``url``, only the arrays named by ``keys``, or into a model.
 
     Args:
@@ -725,6 +731,12 @@ def load(url: str, *, storage_options: dict[str, Any] | None = None,
             ``zstore.Settings.load_concurrency`` (32). The bytes in flight stay
             bounded by ``Settings.read_budget`` (64 MiB) or, for tensors staged
             for a device or a cast, ``Settings.staging_budget`` (256 MiB).
+        broadcast: with ``into`` under ``torch.distributed``, a collective call: each
+            plain (replicated) tensor is read by one rank of ``process_group`` (default:
+            all ranks), the bytes spread evenly, and broadcast to the others over a gloo
+            group of zstore's own. The store then serves each byte once, not once per
+            rank: worth it on S3; on local NVMe reading is faster. DTensors always read
+            their own part.
 
     Raises:
         StateMismatchError: with ``into``, keys or shapes disagree (nothing changed).
@@ -740,4 +752,5 @@ def load(url: str, *, storage_options: dict[str, Any] | None = None,
     """
     return open(url, storage_options=storage_options).load(
         keys=keys, framework=framework, device=device, into=into, strict=strict,
-        prefix=prefix, progress=progress, max_concurrency=max_concurrency)
+        prefix=prefix, progress=progress, max_concurrency=max_concurrency,
+        broadcast=broadcast, process_group=process_group)
