@@ -469,6 +469,14 @@ def main(argv: list[str] | None = None) -> None:
     layers = args.layers or (2 if args.quick else 24)
     vocab = args.vocab or (8000 if args.quick else 32000)
     sections = set(args.sections.split(","))
+    known = {"throughput", "many", "ranks", "clients", "lazy", "memory", "compression",
+             "series", "gpu"}
+    for given, allowed, what in ((sections, known, "--sections"),
+                                 (set(args.backends.split(",")), {"local", "s3", "seaweed"},
+                                  "--backends")):
+        if given - allowed:
+            parser.error(f"{what}: unknown {sorted(given - allowed)}; choose from "
+                         f"{sorted(allowed)}")
     backends = Backends(args.backends.split(","))
     names = backends.names
     detailed = [n for n in names if n != "seaweed"]  # sections that run on local and moto

@@ -9,6 +9,7 @@ commit and makes every rank raise within the collective timeout.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import socket
 import time
@@ -200,6 +201,17 @@ def test_every_object_is_written_by_one_rank_once_and_the_bytes_are_balanced(sav
     assert all(r["infos"] == first for r in saved["results"])  # every rank reports alike
     for _, rank_bytes, _ in first:
         assert max(rank_bytes) / (sum(rank_bytes) / 4) <= 1.1, rank_bytes
+
+
+def test_ranks_on_one_machine_plan_the_codec_with_their_share_of_its_cores(saved):
+    """Four ranks here compress at once: ``codec="auto"`` weighs S3 against a quarter of
+    the cores, as ``zstore.plan`` does when told that many."""
+    url, options = saved["where"]["s3"]
+    ckpt = zstore.open(url, storage_options=options)
+    share = max(1, (os.cpu_count() or 1) // 4)
+    expected = zstore.plan({"embed": ckpt["embed"]}, backend="s3", cores=share)
+    codecs = json.dumps(ckpt.array_documents()["embed"][0]["codecs"])
+    assert ("blosc" in codecs) == (expected.arrays["embed"].layout.codec == "blosc"), codecs
 
 
 def test_four_ranks_load_into_other_placements(saved):
