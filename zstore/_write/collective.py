@@ -175,7 +175,7 @@ def _cores_per_rank(everyone: list[dict[str, Any]]) -> int:
     on 2 cores compress at a quarter of 2 cores' rate each, slower than S3 takes bytes)."""
     first = everyone[0]
     sharing = sum(1 for facts in everyone if facts["host"] == first["host"])
-    return max(1, first["cores"] // sharing)
+    return max(1, int(first["cores"]) // sharing)
 
 
 def _same_save(everyone: list[dict[str, Any]]) -> None:
