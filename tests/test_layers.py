@@ -17,7 +17,7 @@ LAYERS = {
     "_plan": 2,
     "_storage": 3, "_ranks": 3,
     "_write": 4, "_read": 4,
-    "_series": 5,
+    "_series": 5, "_convert": 5,
     "_cli": 6,
     "__init__": 7, "__main__": 7, "testing": 7, "dcp": 7,
 }

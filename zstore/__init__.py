@@ -7,6 +7,7 @@
 (array([1., 0., 0.], dtype=float32), {'step': 1})
 """
 
+from zstore._convert import convert
 from zstore._format.layout import Layout
 from zstore._options import Settings, configure
 from zstore._plan.access import split
@@ -77,6 +78,7 @@ __all__ = [
     "UnsupportedTypeError",
     "ZStoreError",
     "configure",
+    "convert",
     "io_stats",
     "load",
     "open",

@@ -12,6 +12,9 @@
     zstore verify URL    read every chunk; report missing objects and bad checksums
     zstore plan URL      the layout of a checkpoint (or of a .safetensors file, before
                          converting it) and what each access pattern will cost
+    zstore convert SRC DST
+                         convert safetensors (a file or Hugging Face shards), torch .pt/.bin,
+                         DCP, HDF5 or zstore into zstore, or into safetensors
     zstore calibrate URL measure a backend's latency, bandwidth and concurrency, and keep
                          the profile for ``plan`` and ``save`` (``--backend NAME``)
 
@@ -35,6 +38,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from zstore._convert import convert
 from zstore._format.names import step_of
 from zstore._plan.planner import plan, plan_specs
 from zstore._plan.profiles import profile_for, store_profile
@@ -194,6 +198,16 @@ def _cmd_plan(args: argparse.Namespace, options: dict[str, Any]) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    out = _storage_options(args.dst_option) if args.dst_option else None
+    info = convert(args.url, args.dst, storage_options=options, dst_storage_options=out,
+                   access=_access(args.access) or None, codec=args.codec,
+                   overwrite=args.overwrite, max_shard_size=args.max_shard_size,
+                   progress=args.progress)
+    print(f"converted {args.url} -> {info}")
+    return 0
+
+
 def _cmd_calibrate(args: argparse.Namespace, options: dict[str, Any]) -> int:
     print(f"calibrating {args.url} (scratch objects are deleted afterwards)...", file=sys.stderr)
     profile = calibrate(args.url, name=args.name, storage_options=options, large=args.size)
@@ -208,7 +222,7 @@ def _cmd_calibrate(args: argparse.Namespace, options: dict[str, Any]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``zstore`` command line; every option has help (a test walks it)."""
     parser = argparse.ArgumentParser(prog="zstore",
-                                     description="Inspect and plan zstore checkpoints.")
+                                     description="Inspect, plan and convert zstore checkpoints.")
     _global_options(parser, dest="storage_option", default=[])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      help="what to do (zstore COMMAND --help for more)")
@@ -248,6 +262,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--codec", default="auto", choices=["auto", "blosc", "zstd", "none"],
                      help="codec a .safetensors file's arrays would be saved with (default "
                           "auto: compress only where the backend is slower than compressing)")
+    sub = command("convert", _cmd_convert,
+                  "convert safetensors (a file, or Hugging Face shards), a torch .pt/.bin, a "
+                  "DCP folder, an HDF5 file or a zstore checkpoint into a zstore checkpoint, "
+                  "or into safetensors (DST ending in .safetensors)", "the source")
+    sub.add_argument("dst", help="the destination: a zstore checkpoint, or a .safetensors file")
+    sub.add_argument("--access", "-a", action="append", default=[], metavar="GLOB=PATTERN",
+                     help="access pattern per name glob for the new layout: full, rows, "
+                          "tensor, split(DIM,PARTS)")
+    sub.add_argument("--codec", default="auto", choices=["auto", "blosc", "zstd", "none"],
+                     help="codec of a zstore destination (default auto)")
+    sub.add_argument("--overwrite", action="store_true", help="replace what DST holds")
+    sub.add_argument("--max-shard-size", type=int, default=5 * 10**9, metavar="BYTES",
+                     help="bytes per safetensors file before sharding (default 5e9, as "
+                          "Hugging Face)")
+    sub.add_argument("--dst-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="fsspec storage option of DST alone (default: DST takes -o's)")
+    sub.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="a progress bar on stderr (default: on a terminal)")
     sub = command("calibrate", _cmd_calibrate,
                   "measure a backend and keep its profile for planning",
                   "a prefix where scratch objects may be written")

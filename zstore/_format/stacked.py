@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from zstore._format.lazy import Lazy
 from zstore._format.tensors import host_array
 
 
@@ -43,6 +44,20 @@ class Stacked:
         with self._lock:
             self._last = (index, array)
         return array
+
+    @property
+    def lazy(self) -> bool:
+        """Whether members are read on demand (a conversion's): then the save fetches."""
+        return any(isinstance(m, Lazy) for m in self._members)
+
+    async def fetch(self, box: tuple[slice, ...]) -> np.ndarray:
+        """``self[box]`` of an object's box, lazy members fetched from the event loop."""
+        parts = []
+        for i in range(self.shape[0])[box[0]]:
+            member = self._members[i]
+            parts.append(await member.fetch(box[1:]) if isinstance(member, Lazy)
+                         else host_array(member, self._names[i])[box[1:]])
+        return np.stack(parts)
 
     def __getitem__(self, box: Any) -> np.ndarray:
         items = (box,) if not isinstance(box, tuple) else box

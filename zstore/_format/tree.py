@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from zstore._format.dtypes import check_supported, dtype_from_name
+from zstore._format.lazy import Lazy
 from zstore._format.tensors import (
     is_dtensor,
     is_torch_tensor,
@@ -94,6 +95,7 @@ def flatten(tree: Any, *, specs: bool = False) -> FlatTree:
 
 
 def _leaf(value: Any, name: str, flat: FlatTree, seen: dict[Any, str]) -> dict[str, Any]:
+    identity: tuple[Any, ...]  # what the leaf's memory is: the same twice means tied
     if value is None:
         return {"none": None}
     if isinstance(value, bool):
@@ -124,6 +126,12 @@ def _leaf(value: Any, name: str, flat: FlatTree, seen: dict[Any, str]) -> dict[s
     elif isinstance(value, np.generic):
         check_supported(value.dtype, name)
         return _scalar(np.asarray(value), "npscalar")
+    elif isinstance(value, Lazy):  # a conversion's source, read as each chunk is encoded
+        check_supported(value.dtype, name)
+        if value.ndim == 0:
+            return _scalar(value[()], "torch" if value.kind == "torch" else "numpy")
+        identity = ("lazy", id(value))
+        kind = value.kind
     else:
         raise UnsupportedTypeError(
             f"leaf {name!r} is a {type(value).__module__}.{type(value).__qualname__}, which "
@@ -375,7 +383,7 @@ def scalar_value(node: dict[str, Any]) -> np.ndarray:
 
 
 def unflatten(
-    skeleton: dict[str, Any], arrays: Mapping[str, np.ndarray], framework: str | None
+    skeleton: dict[str, Any], arrays: Mapping[str, Any], framework: str | None
 ) -> Any:
     """Rebuild the saved tree from its skeleton and the arrays loaded for it.
 

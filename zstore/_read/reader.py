@@ -560,6 +560,14 @@ class Checkpoint(Mapping[str, LazyTensor]):
             del arrays[path]
         return unflatten(skeleton, arrays, framework)
 
+    def lazy_tree(self) -> Any:
+        """The saved tree as ``load()`` builds it, but with every stored array a
+        ``LazyTensor`` (read nothing yet; tied names share one) and inline scalars as their
+        values: what a conversion streams from."""
+        arrays = {leaf_key(node): self._tensors[name]
+                  for name, node in iter_leaves(self._manifest.tree) if "array" in node}
+        return unflatten(self._manifest.tree, arrays, None)
+
     def _whole_stacks(self, reads: dict[str, tuple[LazyTensor, Any]]
                       ) -> tuple[dict[str, tuple[LazyTensor, Any]], dict[str, tuple[str, int]]]:
         """``reads`` with each stacked array whose every member is read whole read as one

@@ -21,17 +21,18 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import zarr
 
 from zstore._budget import ByteBudget
+from zstore._format.lazy import Lazy
 from zstore._format.names import object_key
 from zstore._format.shards import ObjectFormat
+from zstore._ranks import Part
 from zstore._storage.location import Location
 from zstore._tasks import gather_all
 
 
-async def write_objects(fmt: ObjectFormat, location: Location, path: str, array: np.ndarray,
+async def write_objects(fmt: ObjectFormat, location: Location, path: str, array: Any,
                         boxes: Sequence[Any], budget: ByteBudget) -> None:
     """Write the objects of ``array`` holding ``boxes`` (each an object's box of slices, or
     ``...`` for every object), each holding its decoded size of ``budget`` while in memory
@@ -43,16 +44,25 @@ async def write_objects(fmt: ObjectFormat, location: Location, path: str, array:
     limit = asyncio.Semaphore(max(1, int(zarr.config.get("async.concurrency"))))
     decoded = fmt.chunk_count * fmt.chunk_nbytes
 
+    lazy = isinstance(array, Lazy) or getattr(array, "lazy", False)
+
     async def one(index: tuple[int, ...]) -> None:
         key = object_key(path, index)
-        in_place = fmt.compressor is None and location.backend.local_file(key) is not None
+        in_place = (fmt.compressor is None and not lazy
+                    and location.backend.local_file(key) is not None)
         async with limit, budget.hold(0 if in_place else decoded):
             origins = fmt.chunk_origins(index)
+            source: Any = array
+            if lazy:  # a conversion's source: the object's box in one read, then encoded
+                box = tuple((i * o, min((i + 1) * o, n))
+                            for i, o, n in zip(index, fmt.object_shape, fmt.shape))
+                block = await array.fetch(tuple(slice(lo, hi) for lo, hi in box))
+                source = Part(block, box, fmt.shape)
             if fmt.compressor is None or len(origins) == 1:
                 bodies = await asyncio.to_thread(
-                    lambda: [fmt.encode_chunk(array, o) for o in origins])
+                    lambda: [fmt.encode_chunk(source, o) for o in origins])
             else:  # compress the chunks in parallel (Blosc and zstd release the GIL)
-                bodies = await gather_all(asyncio.to_thread(fmt.encode_chunk, array, o)
+                bodies = await gather_all(asyncio.to_thread(fmt.encode_chunk, source, o)
                                           for o in origins)
             parts = await asyncio.to_thread(fmt.assemble, bodies)
             await location.put_parts(key, parts)

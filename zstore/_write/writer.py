@@ -38,6 +38,7 @@ from zstore._compat import ArrayV3Metadata, sync
 from zstore._format.dtypes import check_supported
 from zstore._format.hashes import decode_hashes, encode_hashes
 from zstore._format.layout import Layout, array_metadata
+from zstore._format.lazy import Lazy
 from zstore._format.manifest import (
     STACKED_FORMAT,
     Manifest,
@@ -448,13 +449,15 @@ class _NewObjectsStore(WrapperStore[Store]):
 
 
 async def _write_array(location: Location, path: str, document: dict[str, Any],
-                       host: np.ndarray, boxes: list[Any], budget: ByteBudget) -> None:
+                       host: Any, boxes: list[Any], budget: ByteBudget) -> None:
     """Write these boxes of the array (each a whole object, or ``...`` for all of it):
     zstore's layouts through its own data path (``shards``), any other through zarr."""
     fmt = object_format(document)
     if fmt is not None:
         await write_objects(fmt, location, path, host, boxes, budget)
         return
+    if isinstance(host, Lazy) or getattr(host, "lazy", False):  # fetched on this loop
+        host = await host.fetch(tuple(slice(0, n) for n in host.shape))
     store = _NewObjectsStore(location.store)
     store.location = location
     array = AsyncArray(

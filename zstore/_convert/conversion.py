@@ -1,0 +1,66 @@
+"""``zstore.convert``: between what users arrive with and what they leave for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zstore._convert.export import export_safetensors
+from zstore._convert.sources import open_source
+from zstore._plan.access import Access
+from zstore._write.writer import SaveInfo, save
+
+HF_SHARD = 5 * 10**9  # Hugging Face's default max_shard_size ("5GB")
+
+
+def convert(src: str, dst: str, *, storage_options: dict[str, Any] | None = None,
+            dst_storage_options: dict[str, Any] | None = None, access: Access = None,
+            codec: str = "auto", progress: bool | None = None, overwrite: bool = False,
+            max_shard_size: int = HF_SHARD) -> SaveInfo:
+    """Convert the checkpoint at ``src`` into ``dst``, tensor by tensor, between any two
+    fsspec URLs; returns what was written.
+
+    Sources, by what they are: a ``.safetensors`` file; a Hugging Face sharded model (its
+    ``*.safetensors.index.json``, or the folder holding it); a torch ``.pt``/``.pth``/
+    ``.bin`` file (``torch.load(weights_only=True)`` only: a file that needs arbitrary
+    unpickling is refused with a ``ZStoreError`` saying why, and nothing is written); a
+    PyTorch DCP folder (``.metadata``); an ``.h5``/``.hdf5`` file (groups become tree
+    levels, datasets arrays, attributes ``metadata["hdf5"]``); a zstore checkpoint
+    (re-planned for ``access``, re-encoded with ``codec``, copied between backends).
+
+    Destinations: a zstore checkpoint, or, for a ``dst`` ending in ``.safetensors``, a
+    safetensors file (more than ``max_shard_size`` bytes: Hugging Face shards
+    ``<stem>-00001-of-0000N.safetensors`` beside ``<stem>.safetensors.index.json``). Tied
+    tensors are written once, as Hugging Face does, and the tree of names, values and
+    ties goes into the metadata, so converting back restores them exactly.
+
+    Arrays stream from lazy reads of the source as each chunk is written: memory holds
+    the objects in flight (``Settings.write_budget``), not the model; sources that cannot
+    read part of a tensor (DCP) hold the tensors being written whole.
+
+    Args:
+        storage_options: fsspec options of ``src``, and of ``dst`` unless
+            ``dst_storage_options`` is given.
+        access, codec: as for ``save``, for a zstore destination.
+        progress: a progress bar on stderr (default: on a terminal, for large work).
+        overwrite: replace what ``dst`` holds (a committed checkpoint, or files).
+        max_shard_size: bytes per safetensors file before sharding.
+
+    Example:
+        >>> import numpy as np, zstore
+        >>> _ = zstore.save({"w": np.eye(2, dtype="float32")}, "memory://doc/convert")
+        >>> info = zstore.convert("memory://doc/convert", "memory://doc/w.safetensors")
+        >>> zstore.convert("memory://doc/w.safetensors", "memory://doc/back").arrays
+        1
+    """
+    out = storage_options if dst_storage_options is None else dst_storage_options
+    source = open_source(src, storage_options)
+    try:
+        if dst.rstrip("/").lower().endswith(".safetensors"):
+            return export_safetensors(source.tree, source.metadata, dst, out,
+                                      max_shard_size=max_shard_size, overwrite=overwrite,
+                                      progress=progress)
+        return save(source.tree, dst, storage_options=out, metadata=source.metadata,
+                    overwrite=overwrite, access=access, codec=codec, progress=progress,
+                    process_group=False)
+    finally:
+        source.close()

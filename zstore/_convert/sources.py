@@ -1,0 +1,495 @@
+"""What users arrive with, opened as a tree of lazy arrays: nothing is read until saved.
+
+Each source is recognized by its name, or for a folder by what it holds:
+
+- ``.safetensors``: one file, each tensor read by byte range as its chunks are encoded;
+- ``*.safetensors.index.json``, or a folder holding one (Hugging Face's sharded layout):
+  every shard's tensors, under the names of the index's weight map;
+- ``.pt`` / ``.pth`` / ``.bin``: ``torch.load(weights_only=True)``, memory-mapped (a
+  remote file is first copied to a temporary one); a file that needs arbitrary
+  unpickling is refused, since zstore never runs a pickle's code;
+- a folder with ``.metadata``: a PyTorch DCP checkpoint, each tensor loaded by DCP when
+  first read; DCP's pickled values are read with ``weights_only=True`` too;
+- ``.h5`` / ``.hdf5``: groups become tree levels, datasets arrays (read box by box),
+  attributes metadata (``metadata["hdf5"]``: {object path: {name: value}});
+- a zstore checkpoint: its tree as saved, arrays read lazily (re-planned on the way).
+
+A safetensors file written by ``zstore.convert`` carries the tree it came from
+(``zstore.tree`` in its metadata), so converting it back restores nesting, plain values,
+kinds and tied names exactly; any other file is a flat {name: tensor}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from zstore._format.dtypes import check_supported
+from zstore._format.lazy import Box, Lazy, rows_of
+from zstore._format.safetensors import Entry, header_length, parse_header
+from zstore._format.tensors import require_torch, torch_to_numpy
+from zstore._format.tree import iter_leaves, unflatten
+from zstore._read.reader import open as open_checkpoint
+from zstore.errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    UnsupportedFormatError,
+    UnsupportedTypeError,
+)
+
+TREE_KEY = "zstore.tree"  # a converted file's skeleton (``zstore._format.tree``), as JSON
+METADATA_KEY = "zstore.metadata"  # and the checkpoint's metadata
+
+
+@dataclass
+class Source:
+    """An opened source: its tree (lazy arrays, plain values), metadata and kind."""
+
+    url: str
+    kind: str  # "safetensors", "torch", "dcp", "hdf5" or "zstore"
+    tree: Any
+    metadata: dict[str, Any] = field(default_factory=dict)
+    closing: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    def close(self) -> None:
+        self.closing.close()
+
+
+def open_source(url: str, storage_options: dict[str, Any] | None = None) -> Source:
+    """Open ``url`` as whichever kind of source it is (see the module's docstring)."""
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    path = path.rstrip("/")
+    lower = path.lower()
+    if lower.endswith(".safetensors.index.json"):
+        return _sharded(url, fs, path)
+    if lower.endswith(".safetensors"):
+        return _safetensors(url, fs, path)
+    if lower.endswith((".pt", ".pth", ".bin")):
+        return _torch(url, fs, path)
+    if lower.endswith((".h5", ".hdf5")):
+        return _hdf5(url, fs, path)
+    try:
+        names = {os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)}
+    except (FileNotFoundError, NotADirectoryError):
+        names = set()
+    if "zstore.commit.json" in names or "zarr.json" in names:
+        return _zstore(url, storage_options)
+    if ".metadata" in names:
+        return _dcp(url, fs, path, storage_options)
+    index = sorted(n for n in names if n.endswith(".safetensors.index.json"))
+    if index:
+        return _sharded(url, fs, f"{path}/{index[0]}")
+    single = sorted(n for n in names if n.endswith(".safetensors"))
+    if len(single) == 1:
+        return _safetensors(url, fs, f"{path}/{single[0]}")
+    if not names and not fs.exists(path):
+        raise CheckpointNotFoundError(f"nothing to convert at {url!r}: it does not exist",
+                                      url=url)
+    raise UnsupportedFormatError(
+        f"{url!r} is none of what zstore converts: a .safetensors file (or a folder of "
+        "Hugging Face shards with their index), a torch .pt/.bin file, a PyTorch DCP folder "
+        "(with .metadata), an .h5/.hdf5 file or a zstore checkpoint"
+        + (f"; it holds {sorted(names)[:5]}" if names else ""), url=url)
+
+
+# ---- reading byte ranges ----------------------------------------------------------------
+
+class _File:
+    """Byte ranges of one file: ``pread`` on a local one (thread-safe, no seek), ranged
+    GETs through fsspec elsewhere."""
+
+    def __init__(self, fs: Any, path: str, closing: contextlib.ExitStack) -> None:
+        self.fs, self.path = fs, path
+        self.fd: int | None = None
+        if "file" in _protocols(fs):
+            self.fd = os.open(path, os.O_RDONLY)
+            closing.callback(os.close, self.fd)
+
+    def read(self, start: int, stop: int) -> bytes:
+        if stop <= start:
+            return b""
+        if self.fd is not None:
+            data = os.pread(self.fd, stop - start, start)
+            while 0 < len(data) < stop - start:  # a short read: keep going
+                more = os.pread(self.fd, stop - start - len(data), start + len(data))
+                if not more:
+                    break
+                data += more
+        else:
+            data = bytes(self.fs.cat_file(self.path, start=start, end=stop))
+        if len(data) != stop - start:
+            raise CorruptCheckpointError(
+                f"{self.path!r} ends at byte {start + len(data)}, before the {stop} its "
+                "header promises: the file is truncated", url=self.path)
+        return data
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+class _Span(Lazy):
+    """A tensor of a safetensors file: a box is one ranged read of its rows."""
+
+    def __init__(self, file: _File, entry: Entry, kind: str) -> None:
+        super().__init__(entry.shape, entry.dtype, kind)
+        self.file, self.entry = file, entry
+
+    def read(self, box: Box) -> np.ndarray:
+        first, end, rest = rows_of(box, self.shape)
+        row = math.prod(self.shape[1:]) * self.dtype.itemsize
+        data = self.file.read(self.entry.start + first * row, self.entry.start + end * row)
+        return np.frombuffer(data, self.dtype).reshape((end - first, *self.shape[1:]))[rest] \
+            if self.shape else np.frombuffer(data, self.dtype).reshape(())
+
+
+def _kind() -> str:
+    """Tensors of torch's formats load back as torch tensors where torch is installed."""
+    import importlib.util
+
+    return "torch" if importlib.util.find_spec("torch") is not None else "numpy"
+
+
+# ---- safetensors ------------------------------------------------------------------------
+
+def _header(file: _File, url: str) -> tuple[dict[str, Entry], dict[str, str]]:
+    length = header_length(file.read(0, 8), url)
+    return parse_header(file.read(8, 8 + length), url)
+
+
+def _safetensors(url: str, fs: Any, path: str) -> Source:
+    source = Source(url, "safetensors", {})
+    file = _File(fs, path, source.closing)
+    entries, metadata = _header(file, url)
+    kind = _kind()
+    tensors = {name: _Span(file, entry, kind) for name, entry in entries.items()}
+    source.tree, source.metadata = _rebuild(tensors, metadata)
+    return source
+
+
+def _sharded(url: str, fs: Any, index_path: str) -> Source:
+    """Hugging Face's sharded layout: ``{"metadata": {...}, "weight_map": {name: file}}``."""
+    source = Source(url, "safetensors", {})
+    try:
+        index = json.loads(fs.cat_file(index_path))
+        weight_map: dict[str, str] = index["weight_map"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UnsupportedFormatError(f"{index_path!r} is not a safetensors index ({e})",
+                                     url=url) from None
+    folder = index_path.rsplit("/", 1)[0] if "/" in index_path else ""
+    kind = _kind()
+    tensors: dict[str, Lazy] = {}
+    for shard in dict.fromkeys(weight_map.values()):
+        file = _File(fs, f"{folder}/{shard}" if folder else shard, source.closing)
+        entries, _ = _header(file, f"{url} ({shard})")
+        for name, entry in entries.items():
+            if weight_map.get(name) == shard:
+                tensors[name] = _Span(file, entry, kind)
+    missing = [name for name in weight_map if name not in tensors]
+    if missing:
+        raise UnsupportedFormatError(
+            f"the index of {url!r} maps {len(missing)} tensor(s) (e.g. {missing[0]!r}) to "
+            "shards that do not hold them", url=url)
+    ordered = {name: tensors[name] for name in weight_map}
+    info = {str(k): str(v) for k, v in (index.get("metadata") or {}).items()}
+    source.tree, source.metadata = _rebuild(ordered, info)
+    return source
+
+
+def _rebuild(tensors: Mapping[str, Lazy], metadata: dict[str, str]
+             ) -> tuple[Any, dict[str, Any]]:
+    """The tree a converted file came from (its ``zstore.tree``), else {name: tensor}; and
+    its metadata (a plain file's ``__metadata__`` under ``"safetensors"``)."""
+    if TREE_KEY not in metadata:
+        extra = {k: v for k, v in metadata.items() if k != "format"}
+        return dict(tensors), ({"safetensors": extra} if extra else {})
+    skeleton = json.loads(metadata[TREE_KEY])
+    for _, node in iter_leaves(skeleton):
+        if "array" in node and node["array"] in tensors:
+            tensors[node["array"]].kind = node["kind"]  # numpy or torch, as saved
+    return (unflatten(skeleton, tensors, None),
+            json.loads(metadata.get(METADATA_KEY, "{}")))
+
+
+# ---- torch ------------------------------------------------------------------------------
+
+def _torch(url: str, fs: Any, path: str) -> Source:
+    torch = require_torch()
+    source = Source(url, "torch", {})
+    local = path
+    if "file" not in _protocols(fs):  # torch.load memory-maps local files only
+        handle, local = tempfile.mkstemp(suffix=".pt", prefix="zstore-convert-")
+        os.close(handle)
+        source.closing.callback(os.unlink, local)
+        fs.get_file(path, local)
+    try:
+        try:
+            tree = torch.load(local, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            tree = torch.load(local, map_location="cpu", weights_only=True)  # legacy format
+    except Exception as e:
+        source.close()
+        if isinstance(e, torch.serialization.pickle.UnpicklingError) or \
+                "weights_only" in str(e):
+            raise UnsupportedFormatError(
+                f"{url!r} holds objects that torch.load(weights_only=True) refuses, so "
+                "loading it would run arbitrary code from the file: zstore never does. "
+                f"({_first_line(e)}) If you trust the file, load it yourself "
+                "(torch.load(..., weights_only=False)) and pass what you need to "
+                "zstore.save; nothing was written", url=url) from None
+        raise
+    source.tree = tree
+    return source
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# ---- PyTorch DCP ------------------------------------------------------------------------
+
+class _Whole(Lazy):
+    """A tensor loaded whole when first read (its format cannot read a part), kept until
+    every byte of it has been read once, then dropped: a save reads each box once."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, kind: str,
+                 load: Callable[[], np.ndarray]) -> None:
+        super().__init__(shape, dtype, kind)
+        self._load, self._left = load, self.nbytes
+        self._data: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def read(self, box: Box) -> np.ndarray:
+        with self._lock:
+            if self._data is None:
+                self._data = self._load()
+            data = self._data
+            part = np.array(data[box])  # its own memory: the whole may be dropped next
+            self._left -= part.nbytes
+            if self._left <= 0:
+                self._data, self._left = None, self.nbytes
+            return part
+
+
+def _dcp(url: str, fs: Any, path: str, storage_options: dict[str, Any] | None) -> Source:
+    torch = require_torch()
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
+    from torch.distributed.checkpoint.metadata import (
+        BytesStorageMetadata,
+        MetadataIndex,
+        TensorStorageMetadata,
+    )
+    from torch.distributed.checkpoint.state_dict_loader import load as load_state_dict
+
+    def make_reader() -> Any:  # one per load: DCP's readers keep state between calls
+        if "file" in _protocols(fs):
+            return FileSystemReader(path)
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+        return FsspecReader(url, **(storage_options or {}))
+
+    reader = make_reader()
+    metadata = reader.read_metadata()
+    mappings: dict[str, tuple[Any, ...]] = metadata.planner_data or {}
+    source = Source(url, "dcp", {})
+    leaves: dict[str, Any] = {}
+    lock = threading.Lock()  # DCP's single-process load is not meant to run twice at once
+
+    def loader(fqn: str, size: Any, dtype: Any) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            target = torch.empty(size, dtype=dtype)
+            with lock:
+                load_state_dict({fqn: target}, storage_reader=make_reader(), no_dist=True)
+            return torch_to_numpy(target, fqn)
+        return load
+
+    for fqn, entry in metadata.state_dict_metadata.items():
+        if isinstance(entry, TensorStorageMetadata):
+            dtype = torch_to_numpy(torch.empty(0, dtype=entry.properties.dtype), fqn).dtype
+            check_supported(dtype, fqn)
+            leaves[fqn] = _Whole(tuple(entry.size), dtype, "torch",
+                                 loader(fqn, entry.size, entry.properties.dtype))
+        elif isinstance(entry, BytesStorageMetadata):
+            info = metadata.storage_data[MetadataIndex(fqn)]
+            file = _File(fs, f"{path}/{info.relative_path}", source.closing)
+            raw = file.read(info.offset, info.offset + info.length)
+            leaves[fqn] = _value(torch, raw, fqn, url)
+    source.tree = _nest(leaves, mappings)
+    return source
+
+
+def _value(torch: Any, raw: bytes, fqn: str, url: str) -> Any:
+    """A value DCP pickled (``torch.save``), read with ``weights_only=True``."""
+    import io
+
+    try:
+        value = torch.load(io.BytesIO(raw), weights_only=True)
+    except Exception as e:
+        raise UnsupportedFormatError(
+            f"{fqn!r} in the DCP checkpoint {url!r} is an object that "
+            "torch.load(weights_only=True) refuses, so reading it would run arbitrary code "
+            f"from the checkpoint: zstore never does ({_first_line(e)}); nothing was "
+            "written", url=url) from None
+    return value
+
+
+def _nest(leaves: dict[str, Any], mappings: dict[str, tuple[Any, ...]]) -> Any:
+    """DCP's flat {fqn: leaf} as the tree it was flattened from (``planner_data``: fqn ->
+    the keys leading to it; DCP writes dict keys as str and list indices as int), or flat
+    where DCP recorded no path."""
+    tree: dict[Any, Any] = {}
+    for fqn, leaf in leaves.items():
+        keys = mappings.get(fqn) or (fqn,)
+        node = tree
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = leaf
+
+    def lists(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        if node and all(isinstance(k, int) for k in node):
+            return [lists(node[k]) for k in sorted(node)]
+        return {k: lists(v) for k, v in node.items()}
+
+    return lists(tree)
+
+
+# ---- HDF5 -------------------------------------------------------------------------------
+
+class _Dataset(Lazy):
+    """An HDF5 dataset: each box one h5py read (h5py serializes them itself)."""
+
+    def __init__(self, dataset: Any) -> None:
+        super().__init__(dataset.shape, dataset.dtype, "numpy")
+        self.dataset = dataset
+
+    def read(self, box: Box) -> np.ndarray:
+        return np.asarray(self.dataset[box] if box else self.dataset[()])
+
+
+def _hdf5(url: str, fs: Any, path: str) -> Source:
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError("converting HDF5 needs h5py: pip install 'zstore[hdf5]'") from None
+    source = Source(url, "hdf5", {})
+    handle = path if "file" in _protocols(fs) else source.closing.enter_context(
+        fs.open(path, "rb"))
+    file = source.closing.enter_context(h5py.File(handle, "r"))
+    attributes: dict[str, Any] = {}
+
+    def visit(group: Any) -> dict[str, Any]:
+        node: dict[str, Any] = {}
+        if group.attrs:
+            attributes[group.name] = _attributes(group.attrs, group.name)
+        for name, item in group.items():
+            if isinstance(item, h5py.Group):
+                node[name] = visit(item)
+                continue
+            if item.attrs:
+                attributes[item.name] = _attributes(item.attrs, item.name)
+            if item.dtype.kind in "SUO":
+                value = item[()]
+                if item.shape != ():
+                    raise UnsupportedTypeError(
+                        f"HDF5 dataset {item.name!r} in {url!r} is an array of strings, "
+                        "which zstore does not store as an array; nothing was written")
+                node[name] = value.decode() if isinstance(value, bytes) else str(value)
+                continue
+            check_supported(item.dtype, item.name)
+            node[name] = _Dataset(item)
+        return node
+
+    source.tree = visit(file)
+    source.metadata = {"hdf5": attributes} if attributes else {}
+    return source
+
+
+def _attributes(attrs: Any, where: str) -> dict[str, Any]:
+    """HDF5 attributes as JSON values (arrays as lists)."""
+    out: dict[str, Any] = {}
+    for name, value in attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, np.ndarray):
+            value = [v.decode() if isinstance(v, bytes) else v for v in value.tolist()]
+        elif isinstance(value, np.generic):
+            value = value.item()
+        try:
+            json.dumps(value)
+        except TypeError:
+            raise UnsupportedTypeError(
+                f"attribute {name!r} of HDF5 object {where!r} is a {type(value).__name__}, "
+                "which does not fit in JSON metadata; nothing was written") from None
+        out[name] = value
+    return out
+
+
+# ---- zstore -----------------------------------------------------------------------------
+
+class _Stored(Lazy):
+    """An array of another zstore checkpoint, each box read through its lazy reader."""
+
+    def __init__(self, tensor: Any) -> None:
+        super().__init__(tensor.shape, tensor.dtype, tensor.kind)
+        self.tensor = tensor
+
+    def read(self, box: Box) -> np.ndarray:
+        return np.asarray(self.tensor[box])
+
+    async def fetch(self, box: Box) -> np.ndarray:
+        return np.asarray(await self.tensor.read_async(box))  # on the save's loop itself
+
+
+def _zstore(url: str, storage_options: dict[str, Any] | None) -> Source:
+    ckpt = open_checkpoint(url, storage_options=storage_options)
+    wrapped: dict[int, _Stored] = {}
+
+    def wrap(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: wrap(v) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            items = [wrap(v) for v in node]
+            return tuple(items) if isinstance(node, tuple) else items
+        if hasattr(node, "stored_nbytes") and hasattr(node, "shape"):  # a LazyTensor
+            return wrapped.setdefault(id(node), _Stored(node))  # tied names: one source
+        return node
+
+    return Source(url, "zstore", wrap(ckpt.lazy_tree()), dict(ckpt.metadata))
+
+
+def tensor_arrays(tree: Any) -> Iterator[Any]:
+    """Every array-like leaf of a source's tree (for sizes and progress)."""
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from tensor_arrays(value)
+    elif isinstance(tree, (list, tuple)):
+        for value in tree:
+            yield from tensor_arrays(value)
+    elif hasattr(tree, "shape") and hasattr(tree, "dtype"):
+        yield tree
+
+
+def as_host(value: Any, name: str) -> Any:
+    """A leaf's array in host memory terms: a lazy one as it is, a tensor as numpy."""
+    if isinstance(value, Lazy):
+        return value
+    from zstore._format.tensors import host_array
+
+    return host_array(value, name)
+
