@@ -15,6 +15,9 @@ same bytes, interleaved, median of ``--reps`` rounds with min and max):
 - lazy reads: open, time to first tensor, one embedding row, tensor-parallel
   quarters along each dim, one whole layer; latency plus requests and bytes
   fetched against bytes asked for (read amplification);
+- peers: a whole model and one layer from S3 (moto and SeaweedFS) through zstore and as
+  users would read it otherwise: safetensors over s3fs, runai-model-streamer and
+  tensorizer; time, requests and bytes (see ``benchmarks/peers.py``);
 - memory: peak RSS of a full load and of a save, in fresh processes;
 - compression: stored size per dtype and codec, synthetic and real weights;
 - series: the stall of a background save against a host copy, and bytes uploaded
@@ -42,7 +45,7 @@ import numpy as np
 from zarr.core.sync import sync
 
 import zstore
-from benchmarks import clients, ranks, series, workloads
+from benchmarks import clients, peers, ranks, series, workloads
 from benchmarks.measure import Stat, interleave, ratio, timed
 from benchmarks.report import Report, Row, seconds
 from benchmarks.systems import (
@@ -460,16 +463,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=5, help="rounds per figure (>= 5)")
     parser.add_argument("--backends", default="local,s3,seaweed",
                         help="comma-separated: local, s3 (moto), seaweed (SeaweedFS: the "
-                             "throughput and many-tensors sections only)")
+                             "throughput, many-tensors and peers sections only)")
     parser.add_argument("--sections",
-                        default="throughput,many,ranks,clients,lazy,memory,compression,"
-                                "series,gpu")
+                        default="throughput,many,ranks,clients,lazy,peers,memory,"
+                                "compression,series,gpu")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON record")
     args = parser.parse_args(argv)
     layers = args.layers or (2 if args.quick else 24)
     vocab = args.vocab or (8000 if args.quick else 32000)
     sections = set(args.sections.split(","))
-    known = {"throughput", "many", "ranks", "clients", "lazy", "memory", "compression",
+    known = {"throughput", "many", "ranks", "clients", "lazy", "peers", "memory", "compression",
              "series", "gpu"}
     for given, allowed, what in ((sections, known, "--sections"),
                                  (set(args.backends.split(",")), {"local", "s3", "seaweed"},
@@ -512,6 +515,12 @@ def main(argv: list[str] | None = None) -> None:
                            "(ratio = baseline time / zstore time; amp = bytes fetched / asked)")
             for backend in detailed:
                 lazy(report, backends, backend, bf16, args.reps)
+        if "peers" in sections:
+            report.section("peers side by side: whole model and one layer from S3 "
+                           "(ratio = peer time / zstore time)")
+            for backend in (n for n in names if n != "local"):  # ~190 MiB: a few minutes
+                peers.peers(report, backends, backend, min(layers, 4), min(vocab, 8000),
+                            args.reps)
         if "memory" in sections:
             report.section("memory: peak RSS in a fresh process")
             for backend in detailed:
