@@ -127,9 +127,11 @@ def read_dask(saved: Saved, path: str) -> np.ndarray:
 
 
 def read_xarray(saved: Saved, path: str) -> np.ndarray:
-    """xarray opens no zstore group (no ``dimension_names``): it wraps dask's array."""
-    return xr.DataArray(da.from_zarr(saved.url, component=path,
-                                     storage_options=saved.storage_options or None)).values
+    """xarray opens the array's group as a Dataset (every dim is named)."""
+    group, _, name = path.rpartition("/")
+    dataset = xr.open_zarr(saved.url, group=group or None, consolidated=False,
+                           storage_options=saved.storage_options or None)
+    return dataset[name].values
 
 
 READERS: dict[str, Callable[[Saved, str], np.ndarray]] = {
@@ -221,10 +223,18 @@ print(json.dumps({{
     assert seen["bf16"] == seen["root"] == seen["listing"] == error
 
 
-def test_xarray_opens_no_group_of_a_checkpoint_as_a_dataset(local):
-    with pytest.raises(KeyError, match="missing the `dimension_names` metadata"):
-        xr.open_zarr(local.url, group="model", consolidated=False)
-    assert xr.open_zarr(local.url).attrs["zstore"]["format"] == 2  # the root: manifest only
+@pytest.mark.filterwarnings("ignore:Object at zstore.:UserWarning")  # zstore's own JSON files
+def test_xarray_opens_every_group_of_a_checkpoint(local):
+    """Every array names its dims (``<array name>.<axis>``), unique to it, so a group is a
+    Dataset and the checkpoint a DataTree; the root holds the manifest only."""
+    tree = xr.open_datatree(local.url, engine="zarr", consolidated=False)
+    ckpt = zstore.open(local.url)
+    for path, tensor in ckpt.stored_arrays().items():
+        group, _, name = path.rpartition("/")
+        variable = tree[group][name] if group else tree[name]
+        assert variable.dims == tuple(f"{name}.{axis}" for axis in range(tensor.ndim))
+        assert same_bits(variable.values, tensor[...])
+    assert xr.open_zarr(local.url, consolidated=False).attrs["zstore"]["format"] == 2
 
 
 def test_a_stacked_array_holds_each_member_at_the_index_the_manifest_gives(local):

@@ -88,10 +88,13 @@ def codecs_json(layout: Layout, dtype: np.dtype) -> list[dict[str, Any]]:
     }}]
 
 
-def array_metadata(shape: tuple[int, ...], dtype: np.dtype, layout: Layout,
+def array_metadata(path: str, shape: tuple[int, ...], dtype: np.dtype, layout: Layout,
                    members: Sequence[str] = ()) -> dict[str, Any]:
-    """The plain Zarr v3 ``zarr.json`` document of one array; a stacked array's lists its
-    ``members`` (the tensor at each index of dim 0) in its attributes."""
+    """The plain Zarr v3 ``zarr.json`` document of the array at ``path``; a stacked array's
+    lists its ``members`` (the tensor at each index of dim 0) in its attributes. Each dim
+    is named ``<array name>.<axis>``: xarray opens a group only when every array names its
+    dims, and dims of one name must agree in size across the group, so no two arrays
+    share one."""
     fill: Any = False if dtype.kind == "b" else [0.0, 0.0] if dtype.kind == "c" else 0
     return {
         "zarr_format": 3,
@@ -103,6 +106,7 @@ def array_metadata(shape: tuple[int, ...], dtype: np.dtype, layout: Layout,
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
         "fill_value": fill,
         "codecs": codecs_json(layout, dtype),
+        "dimension_names": [f"{path.rsplit('/', 1)[-1]}.{axis}" for axis in range(len(shape))],
         "attributes": {"zstore": {"members": list(members)}} if members else {},
     }
 

@@ -136,7 +136,7 @@ async def _save(flat: FlatTree, location: Location, exchange: _Exchange,
     manifest = Manifest(tree=flat.skeleton, metadata=first["metadata"], arrays={},
                         zstore_version=__version__)
     for path, a in plan.arrays.items():
-        manifest.arrays[path] = array_metadata(a.shape, a.dtype, a.layout, a.members)
+        manifest.arrays[path] = array_metadata(path, a.shape, a.dtype, a.layout, a.members)
     if any(a.members for a in plan.arrays.values()):
         manifest.format = STACKED_FORMAT
     if merged.per_rank:

@@ -143,7 +143,7 @@ def storage_writer_class() -> type:
             plan = plan_specs(specs, access=None, profile=profile_for(self.url, None),
                               codec=self.codec, cores=None, stack=False, held=held)
             writers = writers_of(plan, held, len(plans))
-            documents = {path: array_metadata(a.shape, a.dtype, a.layout, a.members)
+            documents = {path: array_metadata(path, a.shape, a.dtype, a.layout, a.members)
                          for path, a in plan.arrays.items()}
             self._manifest = Manifest(tree={}, metadata={}, arrays=dict(documents),
                                       zstore_version=__version__)
@@ -216,7 +216,7 @@ def storage_writer_class() -> type:
                         continue
                     data = np.frombuffer(planner.resolve_data(item).getbuffer(), np.uint8)
                     layout = Layout((max(1, data.size),), None, "none")
-                    extra[name] = array_metadata((data.size,), data.dtype, layout, ())
+                    extra[name] = array_metadata(name, (data.size,), data.dtype, layout, ())
                     arrays[name] = Part(data, ((0, data.size),), (data.size,))
                     results.append(WriteResult(item.index, data.size,
                                                {"bytes": extra[name]}))

@@ -261,7 +261,7 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
                       cores=None, layouts=layouts, stack=stack)
     arrays = _stack(flat, plan)
     for path, a in plan.arrays.items():
-        manifest.arrays[path] = array_metadata(a.shape, a.dtype, a.layout, a.members)
+        manifest.arrays[path] = array_metadata(path, a.shape, a.dtype, a.layout, a.members)
     if any(a.members for a in plan.arrays.values()):
         manifest.format = STACKED_FORMAT
     location = resolve(url, storage_options)
