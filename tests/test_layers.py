@@ -19,7 +19,7 @@ LAYERS = {
     "_write": 4, "_read": 4,
     "_series": 5, "_convert": 5,
     "_cli": 6,
-    "__init__": 7, "__main__": 7, "testing": 7, "dcp": 7,
+    "__init__": 7, "__main__": 7, "testing": 7, "dcp": 7, "hf": 7,
 }
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import fsspec
 import numpy as np
 
+from zstore._convert.pretrained import hf_metadata
 from zstore._format.dtypes import check_supported
 from zstore._format.lazy import Box, Lazy, rows_of
 from zstore._format.safetensors import Entry, header_length, parse_header
@@ -175,6 +176,7 @@ def _safetensors(url: str, fs: Any, path: str) -> Source:
     kind = _kind()
     tensors = {name: _Span(file, entry, kind) for name, entry in entries.items()}
     source.tree, source.metadata = _rebuild(tensors, metadata)
+    source.metadata.update(_beside(fs, path))
     return source
 
 
@@ -204,7 +206,24 @@ def _sharded(url: str, fs: Any, index_path: str) -> Source:
     ordered = {name: tensors[name] for name in weight_map}
     info = {str(k): str(v) for k, v in (index.get("metadata") or {}).items()}
     source.tree, source.metadata = _rebuild(ordered, info)
+    source.metadata.update(_beside(fs, index_path))
     return source
+
+
+def _beside(fs: Any, path: str) -> dict[str, Any]:
+    """A Hugging Face folder's ``config.json`` (and ``generation_config.json``) beside the
+    weights, kept in the metadata for ``zstore.hf.from_pretrained``."""
+    folder = path.rsplit("/", 1)[0] if "/" in path else "."
+    found = []
+    for name in ("config.json", "generation_config.json"):
+        try:
+            found.append(json.loads(fs.cat_file(f"{folder}/{name}")))
+        except (FileNotFoundError, ValueError):
+            found.append(None)
+    config, generation = found
+    if not isinstance(config, dict) or "model_type" not in config:
+        return {}
+    return hf_metadata(config, generation if isinstance(generation, dict) else None)
 
 
 def _rebuild(tensors: Mapping[str, Lazy], metadata: dict[str, str]
