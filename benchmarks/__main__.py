@@ -18,6 +18,8 @@ same bytes, interleaved, median of ``--reps`` rounds with min and max):
 - peers: a whole model and one layer from S3 (moto and SeaweedFS) through zstore and as
   users would read it otherwise: safetensors over s3fs, runai-model-streamer and
   tensorizer; time, requests and bytes (see ``benchmarks/peers.py``);
+- convert: a .safetensors model into a zstore checkpoint and back, against reading the
+  file and writing its bytes raw (see ``benchmarks/conversion.py``);
 - memory: peak RSS of a full load and of a save, in fresh processes;
 - compression: stored size per dtype and codec, synthetic and real weights;
 - series: the stall of a background save against a host copy, and bytes uploaded
@@ -45,7 +47,7 @@ import numpy as np
 from zarr.core.sync import sync
 
 import zstore
-from benchmarks import clients, peers, ranks, series, workloads
+from benchmarks import clients, conversion, peers, ranks, series, workloads
 from benchmarks.measure import Stat, interleave, ratio, timed
 from benchmarks.report import Report, Row, seconds
 from benchmarks.systems import (
@@ -465,15 +467,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated: local, s3 (moto), seaweed (SeaweedFS: the "
                              "throughput, many-tensors and peers sections only)")
     parser.add_argument("--sections",
-                        default="throughput,many,ranks,clients,lazy,peers,memory,"
+                        default="throughput,many,ranks,clients,lazy,peers,convert,memory,"
                                 "compression,series,gpu")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON record")
     args = parser.parse_args(argv)
     layers = args.layers or (2 if args.quick else 24)
     vocab = args.vocab or (8000 if args.quick else 32000)
     sections = set(args.sections.split(","))
-    known = {"throughput", "many", "ranks", "clients", "lazy", "peers", "memory", "compression",
-             "series", "gpu"}
+    known = {"throughput", "many", "ranks", "clients", "lazy", "peers", "convert", "memory",
+             "compression", "series", "gpu"}
     for given, allowed, what in ((sections, known, "--sections"),
                                  (set(args.backends.split(",")), {"local", "s3", "seaweed"},
                                   "--backends")):
@@ -521,6 +523,10 @@ def main(argv: list[str] | None = None) -> None:
             for backend in (n for n in names if n != "local"):  # ~190 MiB: a few minutes
                 peers.peers(report, backends, backend, min(layers, 4), min(vocab, 8000),
                             args.reps)
+        if "convert" in sections and "local" in names:
+            report.section("convert: a model converted, against reading it and writing it "
+                           "raw (ratio = raw time / conversion time)")
+            conversion.convert(report, backends.tmp, bf16, args.reps)
         if "memory" in sections:
             report.section("memory: peak RSS in a fresh process")
             for backend in detailed:
