@@ -121,7 +121,7 @@ async def survey_at(location: Location, depth: int) -> Survey | None:
 
 
 def _file_message(url: str) -> str:
-    hint = (f"; convert it with zstore.save(safetensors.torch.load_file({url!r}), URL) "
+    hint = (f"; convert it with zstore.convert({url!r}, URL) or `zstore convert {url} URL` "
             f"(`zstore plan {url} --target URL` shows the layout first)"
             if url.endswith(".safetensors") else
             f" (a checkpoint is a folder holding {ROOT} and {COMMIT_MARKER})")
