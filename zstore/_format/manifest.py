@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from zstore._format.names import COMMIT_MARKER, ROOT
+from zstore._format.tree import iter_leaves
 from zstore.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -31,12 +32,25 @@ from zstore.errors import (
     UnsupportedTypeError,
 )
 
-FORMAT_VERSION = 3  # the newest format this zstore reads and writes
+FORMAT_VERSION = 4  # the newest format this zstore reads and writes
 # Format 2 adds stacked arrays (tree leaves with an "index"); a checkpoint without them is
 # written as format 1, which every zstore reads. Format 3 adds per-rank leaves
 # ({"per_rank": [leaf, ...]}: a multi-rank save's values that differ between ranks).
+# Format 4 adds sparse leaves ({"sparse": {...}}, ``zstore._format.sparse``).
 STACKED_FORMAT = 2
 PER_RANK_FORMAT = 3
+SPARSE_FORMAT = 4
+
+
+def needed_format(tree: dict[str, Any], stacked: bool) -> int:
+    """The oldest format that holds ``tree`` (and stacked arrays, if any): a checkpoint
+    stays readable by every zstore that understands what it uses."""
+    kinds = {next(iter(node)) for _, node in iter_leaves(tree)}
+    if "sparse" in kinds:
+        return SPARSE_FORMAT
+    if "per_rank" in kinds:
+        return PER_RANK_FORMAT
+    return STACKED_FORMAT if stacked else 1
 MAX_METADATA_BYTES = 1 << 20
 
 __all__ = ["FORMAT_VERSION", "Manifest"]

@@ -29,6 +29,10 @@ import numpy as np
 
 from zstore._format.dtypes import check_supported, dtype_from_name
 from zstore._format.lazy import Lazy
+from zstore._format.sparse import build as build_sparse
+from zstore._format.sparse import check as check_sparse
+from zstore._format.sparse import is_sparse
+from zstore._format.sparse import split as split_sparse
 from zstore._format.tensors import (
     is_dtensor,
     is_torch_tensor,
@@ -47,6 +51,7 @@ class FlatTree:
 
     skeleton: dict[str, Any]
     arrays: dict[str, Any] = field(default_factory=dict)  # path -> np.ndarray | torch.Tensor
+    alone: set[str] = field(default_factory=set)  # paths never stacked (a sparse leaf's parts)
 
 
 def flatten(tree: Any, *, specs: bool = False) -> FlatTree:
@@ -106,6 +111,12 @@ def _leaf(value: Any, name: str, flat: FlatTree, seen: dict[Any, str]) -> dict[s
         return {"float": value.hex()}
     if isinstance(value, str):
         return {"str": value}
+    if is_sparse(value):  # its parts, arrays of their own beside each other under its name
+        body, parts = split_sparse(value, name)
+        for part, array in parts.items():
+            flat.arrays[f"{name}/{part}"] = array
+            flat.alone.add(f"{name}/{part}")
+        return {"sparse": {**body, "arrays": {part: f"{name}/{part}" for part in parts}}}
     if is_torch_tensor(value):
         if value.ndim == 0:
             return _scalar(torch_to_numpy(value, name), "torch")
@@ -321,6 +332,8 @@ def check_skeleton(node: Any) -> None:
             raise ValueError(f"malformed {kind} node {node!r}")
         if kind == "scalar":
             scalar_value(node)  # its dtype and bytes must decode
+    elif kind == "sparse":
+        check_sparse(body)
     elif kind not in _BODIES or not _BODIES[kind](body):
         raise ValueError(f"unknown or malformed tree node {node!r}")
 
@@ -408,6 +421,9 @@ def unflatten(
             return converted[key]
         if kind == "scalar":
             return as_framework(scalar_value(node), node["kind"], framework)
+        if kind == "sparse":
+            return build_sparse(body, {part: arrays[path] for part, path
+                                       in body["arrays"].items()}, framework)
         return _PYTHON_LEAVES[kind](body)
 
     return build(skeleton)

@@ -12,7 +12,7 @@ import fnmatch
 import math
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -246,15 +246,19 @@ def _array_plan(name: str, shape: tuple[int, ...], dtype: np.dtype, layout: Layo
                      estimated if stored is None else stored, ratio, members)
 
 
-def _patterns(name: str, shape: tuple[int, ...], access: Access, skipped: list[str]
-              ) -> tuple[Pattern, ...]:
+def _patterns(name: str, shape: tuple[int, ...], access: Access, skipped: list[str],
+              ranged: bool = False) -> tuple[Pattern, ...]:
     """The patterns ``name`` serves; ``rows`` of a 1-D array is left out (added to ``skipped``).
 
     A 1-D array's rows are single elements: gathering one would read a whole
     chunk per element (amplification of the chunk length), and a glob such as
-    ``*embed*`` also catches an embedding's 1-D LayerNorm weights.
+    ``*embed*`` also catches an embedding's 1-D LayerNorm weights. A ``ranged`` array (a
+    sparse leaf's part, read a range of elements at a time) serves ``rows`` whatever its
+    rank: small chunks in large shards.
     """
     patterns = patterns_for(name, access)
+    if ranged:
+        return (*patterns, "rows") if "rows" not in patterns else patterns
     if len(shape) == 1 and "rows" in patterns:
         patterns = tuple(p for p in patterns if p != "rows")
         skipped.append(f"{name!r} {shape}")
@@ -271,8 +275,11 @@ def _notes(skipped: list[str]) -> tuple[str, ...]:
 def plan_specs(specs: Mapping[str, Spec], *, access: Access, profile: BackendProfile,
                codec: str, cores: int | None,
                layouts: Mapping[str, Layout] | None = None, stack: bool = True,
-               held: Mapping[str, Sequence[Any]] | None = None) -> Plan:
+               held: Mapping[str, Sequence[Any]] | None = None,
+               alone: Collection[str] = ()) -> Plan:
     """The plan of arrays given as {name: (shape, dtype)}; what ``save`` and ``plan`` share.
+    ``alone`` names (the parts of a sparse leaf, which its node names) are never stacked,
+    and are cut for reads of element ranges (a CSR matrix's rows).
     ``layouts`` ({name glob: Layout}) are taken as given where a glob matches, and costed
     like the planner's own; with ``stack``, tensors that repeat are stacked (``stacking``).
     ``held`` (a multi-rank save): {name: the box each rank holds, or None}; no object
@@ -284,10 +291,12 @@ def plan_specs(specs: Mapping[str, Spec], *, access: Access, profile: BackendPro
     cores = cores or os.cpu_count() or 1
     chosen = resolve_codec(codec, profile, cores)
     skipped: list[str] = []
-    patterns = {name: _patterns(name, shape, access, skipped) for name, (shape, _) in specs.items()}
+    patterns = {name: _patterns(name, shape, access, skipped, name in alone)
+                for name, (shape, _) in specs.items()}
     given = {name: next(g for g in layouts if fnmatch.fnmatchcase(name, g))
              for name in specs if layouts and any(fnmatch.fnmatchcase(name, g) for g in layouts)}
-    stacks = find_stacks(specs, patterns, profile, set(given), held) if stack else {}
+    stacks = find_stacks(specs, patterns, profile, set(given) | set(alone), held) if stack \
+        else {}
     aligned = {name: region_grid(specs[name][0], boxes, specs[name][1].itemsize)
                for name, boxes in (held or {}).items()}
     first = {names[0]: path for path, names in stacks.items()}

@@ -29,6 +29,7 @@ from zstore._format.layout import object_shape
 from zstore._format.manifest import Manifest, read_manifest
 from zstore._format.names import COMMIT_MARKER, ROOT, object_key, step_name, step_of
 from zstore._format.shards import Box, ObjectFormat, object_format
+from zstore._format.sparse import build as build_sparse
 from zstore._format.tensors import numpy_to_torch
 from zstore._format.tree import (
     as_framework,
@@ -353,6 +354,56 @@ class _CommittedObjects(RangesThroughGet, WrapperStore[Store]):
         return value
 
 
+class LazySparse:
+    """A stored sparse leaf (``zstore._format.sparse``): shape, layout and the number of
+    nonzeros without I/O; ``load()`` reads it whole, ``rows(start, stop)`` (CSR) or
+    ``columns(start, stop)`` (CSC) only the nonzeros of those rows or columns, with two
+    round trips (the pointers, then their indices and values), never densifying."""
+
+    def __init__(self, name: str, body: dict[str, Any], parts: dict[str, LazyTensor]) -> None:
+        self.name, self._body, self._parts = name, body, parts
+        self.shape = tuple(body["shape"])
+        self.layout: str = body["layout"]
+        self.dtype = parts["values"].dtype
+        self.nnz = parts["values"].shape[0]
+        self.nbytes = sum(p.nbytes for p in parts.values())  # what is stored: ~ the nonzeros
+
+    def __repr__(self) -> str:
+        return (f"LazySparse({self.name!r}, {self.layout}, shape={self.shape}, "
+                f"nnz={self.nnz}, dtype={self.dtype})")
+
+    def load(self, framework: str | None = None) -> Any:
+        """The whole sparse object, as saved (or as ``framework``: "torch" or "numpy",
+        meaning scipy)."""
+        parts = {part: tensor.read() for part, tensor in self._parts.items()}
+        return build_sparse(self._body, parts, framework)
+
+    def rows(self, start: int, stop: int, framework: str | None = None) -> Any:
+        """Rows ``start:stop`` of a CSR matrix, as a CSR matrix of those rows."""
+        return self._outer("csr", start, stop, framework)
+
+    def columns(self, start: int, stop: int, framework: str | None = None) -> Any:
+        """Columns ``start:stop`` of a CSC matrix, as a CSC matrix of those columns."""
+        return self._outer("csc", start, stop, framework)
+
+    def _outer(self, layout: str, start: int, stop: int, framework: str | None) -> Any:
+        if self.layout != layout:
+            raise ValueError(f"{self.name!r} is {self.layout.upper()}: "
+                             + ("rows(...) reads CSR" if layout == "csr" else
+                                "columns(...) reads CSC") + "; load() reads it whole")
+        axis = 0 if layout == "csr" else 1
+        start, stop, _ = slice(start, stop).indices(self.shape[axis])
+        stop = max(start, stop)
+        pointers = self._parts["indptr"][start:stop + 1]
+        lo, hi = int(pointers[0]), int(pointers[-1])
+        shape = list(self.shape)
+        shape[axis] = stop - start
+        parts = {"indptr": pointers - pointers[0],
+                 "indices": self._parts["indices"][lo:hi],
+                 "values": self._parts["values"][lo:hi]}
+        return build_sparse({**self._body, "shape": shape}, parts, framework)
+
+
 class Checkpoint(Mapping[str, LazyTensor]):
     """A committed checkpoint: a read-only mapping of array name to ``LazyTensor``.
 
@@ -370,6 +421,7 @@ class Checkpoint(Mapping[str, LazyTensor]):
         store = self._store = ShardIndexCache(_CommittedObjects(location.store, location.url))
         self._stored: dict[str, LazyTensor] | None = None  # stored_arrays(), once built
         self._by_key: dict[str, LazyTensor] = {}  # tree.leaf_key -> the tensor it reads
+        self._sparse: dict[str, dict[str, Any]] = {}  # name -> its sparse node's body
         self._parsed: dict[str, tuple[ArrayV3Metadata, ObjectFormat | None]] = {}
         if has_per_rank(manifest.tree):  # a multi-rank save's per-rank values: this rank's
             manifest.tree, borrowed = for_rank(manifest.tree, _this_rank())
@@ -388,6 +440,8 @@ class Checkpoint(Mapping[str, LazyTensor]):
                 self._tensors[name] = self._by_key.setdefault(leaf_key(node), LazyTensor(
                     name, location, store, path, document, None, node["kind"],
                     manifest.stored_bytes.get(path, 0) // share, member, self._parsed[path]))
+            elif "sparse" in node:
+                self._sparse[name] = node["sparse"]
             elif "scalar" in node:
                 self._tensors[name] = LazyTensor(
                     name, location, store, None, None, scalar_value(node), node["kind"], 0)
@@ -396,6 +450,9 @@ class Checkpoint(Mapping[str, LazyTensor]):
         try:
             return self._tensors[name]
         except KeyError:
+            if name in self._sparse:
+                raise KeyError(f"{name!r} in {self.url!r} is a sparse leaf: read it with "
+                               f"ckpt.sparse({name!r})") from None
             close = [n for n in self._tensors if name.split("/")[-1] in n][:5]
             hint = f"; similar names: {close}" if close else ""
             raise KeyError(f"no array {name!r} in checkpoint {self.url!r}{hint}") from None
@@ -544,6 +601,9 @@ class Checkpoint(Mapping[str, LazyTensor]):
             reads = {leaf_key(node): (self._by_key[leaf_key(node)], ...)
                      for _, node in iter_leaves(skeleton) if "array" in node}
             reads, members = self._whole_stacks(reads)
+            stored = self.stored_arrays()
+            reads.update((path, (stored[path], ...)) for _, node in iter_leaves(skeleton)
+                         if "sparse" in node for path in node["sparse"]["arrays"].values())
         shown = bar(sum(t.nbytes for t, _ in reads.values()), f"loading {self.url}", progress)
         try:
             if device is None or _is_cpu(device):
@@ -559,6 +619,17 @@ class Checkpoint(Mapping[str, LazyTensor]):
         for path in set(path for path, _ in members.values()):
             del arrays[path]
         return unflatten(skeleton, arrays, framework)
+
+    def sparse(self, name: str) -> LazySparse:
+        """The sparse leaf ``name`` (a torch sparse tensor or ``scipy.sparse`` matrix when
+        saved): its shape and nonzeros known, its parts read when asked."""
+        if name not in self._sparse:
+            raise KeyError(f"no sparse leaf {name!r} in {self.url!r}; sparse leaves: "
+                           f"{sorted(self._sparse)[:5]}")
+        body = self._sparse[name]
+        stored = self.stored_arrays()
+        return LazySparse(name, body, {part: stored[path]
+                                       for part, path in body["arrays"].items()})
 
     def lazy_tree(self) -> Any:
         """The saved tree as ``load()`` builds it, but with every stored array a

@@ -43,10 +43,9 @@ from zstore._compat import sync
 from zstore._format.dtypes import dtype_from_name
 from zstore._format.layout import Layout, array_metadata
 from zstore._format.manifest import (
-    PER_RANK_FORMAT,
-    STACKED_FORMAT,
     Manifest,
     check_metadata,
+    needed_format,
 )
 from zstore._format.names import RANKS
 from zstore._format.shards import checksum
@@ -127,7 +126,7 @@ async def _save(flat: FlatTree, location: Location, exchange: _Exchange,
     first = everyone[0]
     plan = plan_specs(merged.specs, access=access, profile=first["profile"],
                       codec=planning["codec"], cores=_cores_per_rank(everyone), layouts=layouts,
-                      stack=planning["stack"], held=held)
+                      stack=planning["stack"], held=held, alone=flat.alone)
     writers = writers_of(plan, held, ranks.size)
     from zstore._write.writer import _stack
 
@@ -137,10 +136,7 @@ async def _save(flat: FlatTree, location: Location, exchange: _Exchange,
                         zstore_version=__version__)
     for path, a in plan.arrays.items():
         manifest.arrays[path] = array_metadata(path, a.shape, a.dtype, a.layout, a.members)
-    if any(a.members for a in plan.arrays.values()):
-        manifest.format = STACKED_FORMAT
-    if merged.per_rank:
-        manifest.format = PER_RANK_FORMAT
+    manifest.format = needed_format(manifest.tree, any(a.members for a in plan.arrays.values()))
     mine: dict[str, list[Box]] = {}
     load = [0] * ranks.size
     for (path, box), rank in writers.items():

@@ -40,7 +40,6 @@ from zstore._format.hashes import decode_hashes, encode_hashes
 from zstore._format.layout import Layout, array_metadata
 from zstore._format.lazy import Lazy
 from zstore._format.manifest import (
-    STACKED_FORMAT,
     Manifest,
     check_metadata,
     commit_document,
@@ -48,6 +47,7 @@ from zstore._format.manifest import (
     group_document,
     group_paths,
     is_zstore_root,
+    needed_format,
     read_manifest,
     root_document,
     writing_document,
@@ -258,12 +258,11 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
     specs = {path: (tuple(value.shape), _stored_dtype(value, path))
              for path, value in flat.arrays.items()}
     plan = plan_specs(specs, access=access, profile=profile_for(url, backend), codec=codec,
-                      cores=None, layouts=layouts, stack=stack)
+                      cores=None, layouts=layouts, stack=stack, alone=flat.alone)
     arrays = _stack(flat, plan)
     for path, a in plan.arrays.items():
         manifest.arrays[path] = array_metadata(path, a.shape, a.dtype, a.layout, a.members)
-    if any(a.members for a in plan.arrays.values()):
-        manifest.format = STACKED_FORMAT
+    manifest.format = needed_format(manifest.tree, any(a.members for a in plan.arrays.values()))
     location = resolve(url, storage_options)
     source = resolve(base, storage_options) if base is not None else None
     shown = bar(plan.nbytes, f"saving {url}", progress)
