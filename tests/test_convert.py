@@ -221,9 +221,12 @@ def test_converting_onto_existing_data_needs_overwrite(tmp_path):
 
 
 def test_unknown_sources_say_what_is_converted(tmp_path):
-    (tmp_path / "notes.txt").write_text("hi")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("hi")
     with pytest.raises(zstore.UnsupportedFormatError, match="safetensors"):
-        zstore.convert(str(tmp_path), str(tmp_path / "ckpt"))
+        zstore.convert(str(tmp_path / "in"), str(tmp_path / "ckpt"))
+    with pytest.raises(zstore.CheckpointNotFoundError):
+        zstore.convert(str(tmp_path / "missing.safetensors"), str(tmp_path / "ckpt"))
     with pytest.raises(zstore.CheckpointNotFoundError):
         zstore.convert(str(tmp_path / "missing"), str(tmp_path / "ckpt"))
 
@@ -236,3 +239,76 @@ def test_the_command_line_converts(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "ckpt"), str(tmp_path / "again.safetensors")]) == 0
     assert load_file(str(tmp_path / "again.safetensors")).keys() == _state().keys()
     assert main(["convert", str(tmp_path / "nothing"), str(tmp_path / "x")]) == 2
+
+
+class _Evil:
+    def __reduce__(self):  # what a hostile .metadata would run under plain pickle.load
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_dcp_metadata_file_never_runs_code(tmp_path, monkeypatch):
+    folder = tmp_path / "dcp"
+    folder.mkdir()
+    with open(folder / ".metadata", "wb") as f:
+        pickle.dump(_Evil(), f)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(zstore.UnsupportedFormatError, match="posix.system|os.system"):
+        zstore.convert(str(folder), str(tmp_path / "ckpt"))
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_an_optimizer_converted_from_dcp_loads_back_into_the_optimizer(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    model = torch.nn.Linear(4, 3)
+    optim = torch.optim.Adam(model.parameters())
+    model(torch.ones(2, 4)).sum().backward()
+    optim.step()
+    dcp.save({"optim": optim.state_dict()}, checkpoint_id=str(tmp_path / "dcp"), no_dist=True)
+    zstore.convert(str(tmp_path / "dcp"), str(tmp_path / "ckpt"))
+    fresh = torch.optim.Adam(model.parameters())
+    fresh.load_state_dict(zstore.load(str(tmp_path / "ckpt"))["optim"])
+    assert torch.equal(fresh.state[model.weight]["exp_avg"], optim.state[model.weight]["exp_avg"])
+
+
+def test_converting_a_checkpoint_onto_itself_is_refused(tmp_path):
+    url = str(tmp_path / "ckpt")
+    zstore.save({"w": np.ones(3)}, url)
+    for dst in (url, url + "/", str(tmp_path)):
+        with pytest.raises(ValueError, match="its own source"):
+            zstore.convert(url, dst, overwrite=True, codec="zstd")
+    assert np.array_equal(zstore.load(url)["w"], np.ones(3))
+
+
+def test_overwriting_an_export_keeps_the_old_one_until_the_new_one_is_whole(tmp_path):
+    first = {"a": torch.ones(100, 100), "b": torch.zeros(100, 100)}
+    src = str(tmp_path / "first.safetensors")
+    save_file(first, src)
+    out = tmp_path / "exp" / "model.safetensors"
+    zstore.convert(src, str(out), max_shard_size=50_000)  # two shards and an index
+    bad = str(tmp_path / "bad.safetensors")
+    save_file({"a": torch.full((100, 100), 2.0), "b": torch.ones(100, 100)}, bad)
+    with open(bad, "r+b") as f:  # its second tensor is cut short: found before writing
+        f.truncate(os.path.getsize(bad) - 100)
+    with pytest.raises(zstore.CorruptCheckpointError):
+        zstore.convert(bad, str(out), overwrite=True, max_shard_size=50_000)
+    again = zstore.load(zstore.convert(str(tmp_path / "exp"), str(tmp_path / "c1")).url)
+    assert torch.equal(again["a"], first["a"]) and torch.equal(again["b"], first["b"])
+    zstore.convert(str(tmp_path / "c1"), str(out), overwrite=True)  # now one file
+    assert sorted(os.listdir(tmp_path / "exp")) == ["model.safetensors"]  # no stale shards
+
+
+def test_hdf5_big_endian_data_and_unsupported_datasets(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    src = str(tmp_path / "be.h5")
+    with h5py.File(src, "w") as f:
+        f.create_dataset("x", data=np.arange(6, dtype=">f4"))
+    zstore.convert(src, str(tmp_path / "ckpt"))
+    assert np.array_equal(zstore.load(str(tmp_path / "ckpt"))["x"], np.arange(6, dtype="f4"))
+    bad = str(tmp_path / "refs.h5")
+    with h5py.File(bad, "w") as f:
+        f.create_dataset("r", data=[f.ref], dtype=h5py.ref_dtype)
+    with pytest.raises(zstore.UnsupportedTypeError, match="references"):
+        zstore.convert(bad, str(tmp_path / "refs"))
+    assert not (tmp_path / "refs").exists()

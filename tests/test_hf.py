@@ -4,7 +4,6 @@ loaded offline. Saved, converted and loaded back, it gives the same embeddings."
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,9 @@ IDS = torch.tensor([[101, 7592, 2088, 2003, 1037, 3231, 1997, 25353, 102]])
 
 @pytest.fixture(scope="module")
 def original() -> object:
-    os.environ["HF_HUB_OFFLINE"] = "1"  # nothing is downloaded: the weights are local
-    return transformers.BertModel.from_pretrained(str(MODEL)).eval()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")  # nothing is downloaded: the weights are local
+        return transformers.BertModel.from_pretrained(str(MODEL)).eval()
 
 
 def embed(model: object) -> torch.Tensor:
@@ -106,3 +106,19 @@ def test_a_checkpoint_missing_a_parameter_is_refused(original, tmp_path):
     zstore.save({"w": torch.ones(2)}, plain)
     with pytest.raises(zstore.UnsupportedFormatError, match="config="):
         zstore.hf.from_pretrained(plain)
+
+
+def test_a_hugging_face_folder_with_tied_weights_stored_once_loads(tmp_path):
+    """transformers' own save_pretrained writes a tied weight under one name only."""
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100,
+                                     n_positions=16)
+    torch.manual_seed(1)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    model.save_pretrained(str(tmp_path / "hf"))
+    zstore.convert(str(tmp_path / "hf"), str(tmp_path / "ckpt"))
+    assert "lm_head.weight" not in zstore.open(str(tmp_path / "ckpt"))
+    loaded = zstore.hf.from_pretrained(str(tmp_path / "ckpt"))
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    ids = torch.tensor([[1, 5, 7, 9]])
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+import fsspec
 
 from zstore._convert.export import export_safetensors
 from zstore._convert.sources import open_source
@@ -10,6 +13,22 @@ from zstore._plan.access import Access
 from zstore._write.writer import SaveInfo, save
 
 HF_SHARD = 5 * 10**9  # Hugging Face's default max_shard_size ("5GB")
+
+
+def _refuse_overlap(src: str, src_options: dict[str, Any] | None, dst: str,
+                    dst_options: dict[str, Any] | None) -> None:
+    """``ValueError`` where writing ``dst`` would clear or bury ``src`` (the same place,
+    or one inside the other): a save clears its destination before it reads anything."""
+    fs_in, path_in = fsspec.core.url_to_fs(src, **(src_options or {}))
+    fs_out, path_out = fsspec.core.url_to_fs(dst, **(dst_options or {}))
+    if type(fs_in) is not type(fs_out):
+        return
+    a, b = (os.path.realpath(p) if "file" in str(fs_in.protocol) else p.rstrip("/")
+            for p in (path_in, path_out))
+    if a == b or b.startswith(a + "/") or a.startswith(b + "/"):
+        raise ValueError(f"cannot convert {src!r} into {dst!r}: one holds the other, and the "
+                         "conversion would clear its own source; convert to another URL, then "
+                         "move it")
 
 
 def convert(src: str, dst: str, *, storage_options: dict[str, Any] | None = None,
@@ -53,6 +72,7 @@ def convert(src: str, dst: str, *, storage_options: dict[str, Any] | None = None
         1
     """
     out = storage_options if dst_storage_options is None else dst_storage_options
+    _refuse_overlap(src, storage_options, dst, out)
     source = open_source(src, storage_options)
     try:
         if dst.rstrip("/").lower().endswith(".safetensors"):

@@ -27,7 +27,7 @@ import numpy as np
 
 from zstore._convert.sources import METADATA_KEY, TREE_KEY, as_host
 from zstore._format.manifest import check_metadata
-from zstore._format.safetensors import encode_header
+from zstore._format.safetensors import CODES, encode_header
 from zstore._format.tree import flatten, iter_leaves, scalar_value
 from zstore._progress import bar
 from zstore._write.writer import SaveInfo
@@ -44,8 +44,10 @@ def export_safetensors(tree: Any, metadata: dict[str, Any], url: str,
     started = time.perf_counter()
     flat = flatten(tree)
     tensors: list[tuple[str, Any]] = [(path, as_host(v, path)) for path, v in flat.arrays.items()]
-    tensors += [(name, scalar_value(node)) for name, node in iter_leaves(flat.skeleton)
-                if "scalar" in node]  # 0-d: inline in the tree, and in the file for others
+    tensors += [(name, value) for name, node in iter_leaves(flat.skeleton)
+                if "scalar" in node and (value := scalar_value(node)).dtype in CODES]
+    # 0-d: inline in the tree, and in the file for other readers where safetensors holds
+    # their dtype (a complex scalar lives in the tree alone)
     info = {"format": "pt", TREE_KEY: json.dumps(flat.skeleton, separators=(",", ":"))}
     if metadata:
         info[METADATA_KEY] = json.dumps(check_metadata(metadata), separators=(",", ":"))
@@ -66,35 +68,60 @@ def export_safetensors(tree: Any, metadata: dict[str, Any], url: str,
         if taken:
             raise CheckpointExistsError(
                 f"{taken[0]!r} exists; pass overwrite=True to replace it", url=url)
+    stale = _previous(fs, path, index_path) if overwrite else []
     total = sum(v.nbytes for _, v in tensors)
     shown = bar(total, f"exporting {url}", progress)
-    written: list[str] = []
+    final = list(paths)
+    temporary = [f"{p}.zstore-{uuid.uuid4().hex}.tmp" for p in final]
+    files = list(zip(shards, temporary))
     try:
-        for shard, shard_path in zip(shards, paths):
+        for shard, where in files:
             header = encode_header([(n, tuple(v.shape), v.dtype) for n, v in shard],
                                    info if len(shards) == 1 else {"format": "pt"})
-            _write_file(fs, shard_path, _stream(header, shard, shown))
-            written.append(shard_path)
-        if len(shards) > 1:
+            _write_file(fs, where, _stream(header, shard, shown))
+        if len(shards) > 1:  # the index names the shards: it lands last
             index = {"metadata": {"total_size": total, **info},
                      "weight_map": {n: name for shard, name in zip(shards, names)
                                     for n, _ in shard}}
-            _write_file(fs, index_path, iter([json.dumps(index, indent=2).encode()]))
+            temporary.append(f"{index_path}.zstore-{uuid.uuid4().hex}.tmp")
+            final.append(index_path)
+            _write_file(fs, temporary[-1], iter([json.dumps(index, indent=2).encode()]))
     except BaseException:
-        for done in written:  # shards of an export whose index was never written
-            try:
-                fs.rm_file(done)
-            except Exception:
-                pass
+        _remove(fs, temporary)  # what it replaces is untouched
         raise
     finally:
         shown.close()
+    for source, target in zip(temporary, final):
+        fs.mv(source, target)
+    _remove(fs, [p for p in stale if p not in final])  # an older export's other files
     return SaveInfo(url=url, arrays=len(flat.arrays), logical_bytes=total,
-                    stored_bytes=sum(fs.size(p) for p in written) +
-                    (fs.size(index_path) if len(shards) > 1 else 0),
-                    objects=len(written) + (len(shards) > 1),
+                    stored_bytes=sum(fs.size(p) for p in final),
+                    objects=len(final),
                     seconds=time.perf_counter() - started,
                     inline_values=len(tensors) - len(flat.arrays))
+
+
+def _previous(fs: Any, path: str, index_path: str) -> list[str]:
+    """The files an earlier export to this name left: the file itself, or its index and
+    the shards the index names."""
+    found = [p for p in (path, index_path) if fs.exists(p)]
+    if index_path in found:
+        folder = index_path.rsplit("/", 1)[0] if "/" in index_path else ""
+        try:
+            weight_map = json.loads(fs.cat_file(index_path)).get("weight_map") or {}
+            found += [f"{folder}/{name}" if folder else name
+                      for name in set(weight_map.values()) if "/" not in name]
+        except (ValueError, AttributeError):
+            pass
+    return found
+
+
+def _remove(fs: Any, paths: list[str]) -> None:
+    for path in paths:
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            pass
 
 
 def _shards(tensors: list[tuple[str, Any]], limit: int) -> list[list[tuple[str, Any]]]:
@@ -137,19 +164,18 @@ def _bytes(array: np.ndarray) -> Any:
 
 
 def _write_file(fs: Any, path: str, parts: Iterator[Any]) -> None:
-    """Write ``parts`` as the file ``path``, whole or not at all."""
+    """Write ``parts`` as the file ``path`` (a temporary name: the caller moves it into
+    place); on failure nothing stays behind where the backend allows it."""
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
     if "file" in protocols:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        temporary = f"{path}.zstore-{uuid.uuid4().hex}.tmp"
         try:
-            with open(temporary, "wb") as f:
+            with open(path, "wb") as f:
                 for part in parts:
                     f.write(part)
-            os.replace(temporary, path)
         except BaseException:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+            if os.path.exists(path):
+                os.remove(path)
             raise
         return
     f = fs.open(path, "wb")
@@ -157,8 +183,7 @@ def _write_file(fs: Any, path: str, parts: Iterator[Any]) -> None:
         for part in parts:
             f.write(part)
     except BaseException:
-        discard = getattr(f, "discard", None)  # s3fs: abort the multipart upload
-        if discard is not None:
-            discard()
+        f.discard()  # s3fs: the multipart upload is aborted
+        f.closed = True  # so that its finalizer does not write what was buffered
         raise
     f.close()

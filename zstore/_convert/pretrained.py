@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -101,15 +102,21 @@ def from_pretrained(url: str, storage_options: dict[str, Any] | None = None,
         else:  # an Auto class
             model = model_class.from_config(config)
     _materialize(torch, model, ckpt, device)
-    parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    aliases: dict[int, list[str]] = {}  # a tied parameter's names: one stored is enough
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), []).append(name)
     stored = set(ckpt)
-    missing = sorted(parameters - stored)
+    missing = sorted(names[0] for names in aliases.values() if stored.isdisjoint(names))
     if missing or (strict and stored - set(model.state_dict())):
         unexpected = sorted(stored - set(model.state_dict()))
         raise StateMismatchError(
             f"{url!r} does not fit {type(model).__name__} (nothing was loaded): "
             + (f"{len(missing)} parameter(s) missing, e.g. {missing[:3]}" if missing else
                f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[:3]}"))
+    for module in model.modules():  # buffers as the model built them, where it will run
+        for key, buffer in module._buffers.items():
+            if buffer is not None and buffer.device != torch.device(device):
+                module._buffers[key] = buffer.to(device)
     report = load_into(ckpt, model, strict=False)
     if report.unexpected_keys:
         warnings.warn(f"{url!r} holds {len(report.unexpected_keys)} tensor(s) that "
@@ -123,39 +130,49 @@ def from_pretrained(url: str, storage_options: dict[str, Any] | None = None,
     return model.eval()
 
 
+_BUILDING = threading.local()  # set on the thread building a model: others are untouched
+_PATCH = threading.Lock()
+
+
 @contextlib.contextmanager
 def _parameters_on_meta(torch: Any) -> Iterator[None]:
-    """While a model is built: every parameter moves to the meta device as it is registered
-    (its initialization then costs nothing); buffers stay as the model makes them."""
-    register = torch.nn.Module.register_parameter
+    """While a model is built on this thread: every parameter moves to the meta device as
+    it is registered (its initialization then costs nothing); buffers stay as the model
+    makes them. Other threads building modules meanwhile get theirs as usual."""
+    with _PATCH:
+        if not getattr(torch.nn.Module.register_parameter, "_zstore", False):
+            register = torch.nn.Module.register_parameter
 
-    def on_meta(module: Any, name: str, param: Any) -> None:
-        register(module, name, param)
-        if param is not None and param.device.type != "meta":
-            module._parameters[name] = type(param)(param.to("meta"),
-                                                   requires_grad=param.requires_grad)
+            def on_meta(module: Any, name: str, param: Any) -> None:
+                register(module, name, param)
+                if (getattr(_BUILDING, "depth", 0) and param is not None
+                        and param.device.type != "meta"):
+                    module._parameters[name] = type(param)(
+                        param.to("meta"), requires_grad=param.requires_grad)
 
-    torch.nn.Module.register_parameter = on_meta
+            on_meta._zstore = True  # type: ignore[attr-defined]
+            torch.nn.Module.register_parameter = on_meta
+    _BUILDING.depth = getattr(_BUILDING, "depth", 0) + 1
     try:
         yield
     finally:
-        torch.nn.Module.register_parameter = register
+        _BUILDING.depth -= 1
 
 
 def _materialize(torch: Any, model: Any, ckpt: Checkpoint, device: Any) -> None:
     """Give every meta parameter uninitialized memory on ``device``, in the dtype the
     checkpoint stores it in (tied parameters: one tensor for all their names)."""
     made: dict[int, Any] = {}
-    for module_name, module in model.named_modules(remove_duplicate=False):
+    stored_as: dict[int, Any] = {}  # a parameter's stored dtype, under any of its names
+    for full, param in model.named_parameters(remove_duplicate=False):
+        if full in ckpt and id(param) not in stored_as:
+            stored_as[id(param)] = numpy_to_torch(np.empty(0, ckpt[full].dtype)).dtype
+    for module in model.modules():
         for name, param in list(module._parameters.items()):
             if param is None or param.device.type != "meta":
                 continue
             if id(param) not in made:
-                full = f"{module_name}.{name}" if module_name else name
-                dtype = param.dtype
-                if full in ckpt:
-                    stored = ckpt[full].dtype
-                    dtype = numpy_to_torch(np.empty(0, stored)).dtype
+                dtype = stored_as.get(id(param), param.dtype)
                 made[id(param)] = type(param)(
                     torch.empty(param.shape, dtype=dtype, device=device),
                     requires_grad=param.requires_grad)
@@ -175,7 +192,7 @@ class _Slice:
         return CODES.get(self._tensor.dtype, str(self._tensor.dtype))
 
     def __getitem__(self, index: Any) -> Any:
-        return numpy_to_torch(np.ascontiguousarray(self._tensor[index]))
+        return numpy_to_torch(np.require(self._tensor[index], requirements="C"))
 
 
 class SafeOpen:

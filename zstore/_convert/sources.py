@@ -25,6 +25,7 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -69,30 +70,43 @@ class Source:
 def open_source(url: str, storage_options: dict[str, Any] | None = None) -> Source:
     """Open ``url`` as whichever kind of source it is (see the module's docstring)."""
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    path = path.rstrip("/")
-    lower = path.lower()
+    source = Source(url, "", {})
+    try:
+        _open(source, fs, path.rstrip("/"), storage_options)
+    except FileNotFoundError as e:
+        source.close()
+        raise CheckpointNotFoundError(f"nothing to convert at {url!r}: {e}", url=url) from None
+    except BaseException:
+        source.close()  # the files and temporary copies opened so far
+        raise
+    return source
+
+
+def _open(source: Source, fs: Any, path: str, storage_options: dict[str, Any] | None
+          ) -> None:
+    url, lower = source.url, path.lower()
     if lower.endswith(".safetensors.index.json"):
-        return _sharded(url, fs, path)
+        return _sharded(source, fs, path)
     if lower.endswith(".safetensors"):
-        return _safetensors(url, fs, path)
+        return _safetensors(source, fs, path)
     if lower.endswith((".pt", ".pth", ".bin")):
-        return _torch(url, fs, path)
+        return _torch(source, fs, path)
     if lower.endswith((".h5", ".hdf5")):
-        return _hdf5(url, fs, path)
+        return _hdf5(source, fs, path)
     try:
         names = {os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)}
     except (FileNotFoundError, NotADirectoryError):
         names = set()
     if "zstore.commit.json" in names or "zarr.json" in names:
-        return _zstore(url, storage_options)
+        return _zstore(source, storage_options)
     if ".metadata" in names:
-        return _dcp(url, fs, path, storage_options)
+        return _dcp(source, fs, path, storage_options)
     index = sorted(n for n in names if n.endswith(".safetensors.index.json"))
     if index:
-        return _sharded(url, fs, f"{path}/{index[0]}")
+        return _sharded(source, fs, f"{path}/{index[0]}")
     single = sorted(n for n in names if n.endswith(".safetensors"))
     if len(single) == 1:
-        return _safetensors(url, fs, f"{path}/{single[0]}")
+        return _safetensors(source, fs, f"{path}/{single[0]}")
     if not names and not fs.exists(path):
         raise CheckpointNotFoundError(f"nothing to convert at {url!r}: it does not exist",
                                       url=url)
@@ -115,6 +129,11 @@ class _File:
         if "file" in _protocols(fs):
             self.fd = os.open(path, os.O_RDONLY)
             closing.callback(os.close, self.fd)
+
+    def size(self) -> int:
+        if self.fd is not None:
+            return os.fstat(self.fd).st_size
+        return int(self.fs.size(self.path))
 
     def read(self, start: int, stop: int) -> bytes:
         if stop <= start:
@@ -165,24 +184,31 @@ def _kind() -> str:
 # ---- safetensors ------------------------------------------------------------------------
 
 def _header(file: _File, url: str) -> tuple[dict[str, Entry], dict[str, str]]:
+    """The header of a file, checked against the file's size: a tensor past its end is a
+    damaged file, found before anything is written."""
     length = header_length(file.read(0, 8), url)
-    return parse_header(file.read(8, 8 + length), url)
+    entries, metadata = parse_header(file.read(8, 8 + length), url)
+    end = max((e.stop for e in entries.values()), default=0)
+    if end > file.size():
+        raise CorruptCheckpointError(
+            f"{url!r} is {file.size()} bytes, but its header places tensors up to byte {end}: "
+            "the file is truncated", url=url)
+    return entries, metadata
 
 
-def _safetensors(url: str, fs: Any, path: str) -> Source:
-    source = Source(url, "safetensors", {})
+def _safetensors(source: Source, fs: Any, path: str) -> None:
+    url, source.kind = source.url, "safetensors"
     file = _File(fs, path, source.closing)
     entries, metadata = _header(file, url)
     kind = _kind()
     tensors = {name: _Span(file, entry, kind) for name, entry in entries.items()}
     source.tree, source.metadata = _rebuild(tensors, metadata)
     source.metadata.update(_beside(fs, path))
-    return source
 
 
-def _sharded(url: str, fs: Any, index_path: str) -> Source:
+def _sharded(source: Source, fs: Any, index_path: str) -> None:
     """Hugging Face's sharded layout: ``{"metadata": {...}, "weight_map": {name: file}}``."""
-    source = Source(url, "safetensors", {})
+    url, source.kind = source.url, "safetensors"
     try:
         index = json.loads(fs.cat_file(index_path))
         weight_map: dict[str, str] = index["weight_map"]
@@ -207,7 +233,6 @@ def _sharded(url: str, fs: Any, index_path: str) -> Source:
     info = {str(k): str(v) for k, v in (index.get("metadata") or {}).items()}
     source.tree, source.metadata = _rebuild(ordered, info)
     source.metadata.update(_beside(fs, index_path))
-    return source
 
 
 def _beside(fs: Any, path: str) -> dict[str, Any]:
@@ -243,9 +268,9 @@ def _rebuild(tensors: Mapping[str, Lazy], metadata: dict[str, str]
 
 # ---- torch ------------------------------------------------------------------------------
 
-def _torch(url: str, fs: Any, path: str) -> Source:
+def _torch(source: Source, fs: Any, path: str) -> None:
     torch = require_torch()
-    source = Source(url, "torch", {})
+    url, source.kind = source.url, "torch"
     local = path
     if "file" not in _protocols(fs):  # torch.load memory-maps local files only
         handle, local = tempfile.mkstemp(suffix=".pt", prefix="zstore-convert-")
@@ -259,19 +284,18 @@ def _torch(url: str, fs: Any, path: str) -> Source:
             if "mmap" not in str(e):
                 raise
             tree = torch.load(local, map_location="cpu", weights_only=True)  # legacy format
-    except Exception as e:
-        source.close()
-        if isinstance(e, torch.serialization.pickle.UnpicklingError) or \
-                "weights_only" in str(e):
+    except pickle.UnpicklingError as e:  # what weights_only=True refuses to run
             raise UnsupportedFormatError(
                 f"{url!r} holds objects that torch.load(weights_only=True) refuses, so "
                 "loading it would run arbitrary code from the file: zstore never does. "
                 f"({_first_line(e)}) If you trust the file, load it yourself "
                 "(torch.load(..., weights_only=False)) and pass what you need to "
                 "zstore.save; nothing was written", url=url) from None
-        raise
+    except (RuntimeError, ValueError, EOFError, KeyError) as e:  # not a torch file at all
+        raise CorruptCheckpointError(f"{url!r} is not a file torch.load reads "
+                                     f"({_first_line(e)}); nothing was written",
+                                     url=url) from None
     source.tree = tree
-    return source
 
 
 def _first_line(error: BaseException) -> str:
@@ -304,7 +328,8 @@ class _Whole(Lazy):
             return part
 
 
-def _dcp(url: str, fs: Any, path: str, storage_options: dict[str, Any] | None) -> Source:
+def _dcp(source: Source, fs: Any, path: str, storage_options: dict[str, Any] | None
+         ) -> None:
     torch = require_torch()
     from torch.distributed.checkpoint.filesystem import FileSystemReader
     from torch.distributed.checkpoint.metadata import (
@@ -316,16 +341,17 @@ def _dcp(url: str, fs: Any, path: str, storage_options: dict[str, Any] | None) -
 
     def make_reader() -> Any:  # one per load: DCP's readers keep state between calls
         if "file" in _protocols(fs):
-            return FileSystemReader(path)
+            return _safe(FileSystemReader)(path)
         from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
 
-        return FsspecReader(url, **(storage_options or {}))
+        return _safe(FsspecReader)(url, **(storage_options or {}))
 
     reader = make_reader()
     metadata = reader.read_metadata()
     mappings: dict[str, tuple[Any, ...]] = metadata.planner_data or {}
-    source = Source(url, "dcp", {})
+    url, source.kind = source.url, "dcp"
     leaves: dict[str, Any] = {}
+    files: dict[str, _File] = {}  # one handle per data file, however many values it holds
     lock = threading.Lock()  # DCP's single-process load is not meant to run twice at once
 
     def loader(fqn: str, size: Any, dtype: Any) -> Callable[[], np.ndarray]:
@@ -344,11 +370,61 @@ def _dcp(url: str, fs: Any, path: str, storage_options: dict[str, Any] | None) -
                                  loader(fqn, entry.size, entry.properties.dtype))
         elif isinstance(entry, BytesStorageMetadata):
             info = metadata.storage_data[MetadataIndex(fqn)]
-            file = _File(fs, f"{path}/{info.relative_path}", source.closing)
+            where = f"{path}/{info.relative_path}"
+            file = files[where] = files.get(where) or _File(fs, where, source.closing)
             raw = file.read(info.offset, info.offset + info.length)
             leaves[fqn] = _value(torch, raw, fqn, url)
     source.tree = _nest(leaves, mappings)
-    return source
+
+
+# What a DCP ``.metadata`` pickle may name: DCP's own records, torch's sizes, dtypes and
+# layouts, paths. DCP reads it with plain ``pickle.load``, which runs whatever a file says.
+_METADATA_GLOBALS = {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch.serialization", "_get_layout"), ("torch", "Size"),
+    ("collections", "OrderedDict"), ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
+    ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath"),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        import torch
+
+        allowed = ((module, name) in _METADATA_GLOBALS
+                   or (module == "torch.distributed.checkpoint.metadata"
+                       and isinstance(getattr(_dcp_metadata(), name, None), type))
+                   or (module == "torch" and isinstance(getattr(torch, name, None),
+                                                        (torch.dtype, torch.layout,
+                                                         torch.memory_format))))
+        if not allowed:
+            raise UnsupportedFormatError(
+                f"the DCP metadata names {module}.{name}, which is none of DCP's own records: "
+                "zstore does not load it, since unpickling it could run code from the "
+                "checkpoint; nothing was written")
+        return super().find_class(module, name)
+
+
+def _dcp_metadata() -> Any:
+    import torch.distributed.checkpoint.metadata as metadata
+
+    return metadata
+
+
+def _safe(reader: type) -> type:
+    """DCP's reader whose ``read_metadata`` unpickles only DCP's records."""
+
+    class Safe(reader):  # type: ignore[misc]
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            path = self._get_metadata_path(kwargs.get("rank"))
+            with self.fs.create_stream(path, "rb") as stream:
+                metadata = _MetadataUnpickler(stream).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = _dcp_metadata().StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return Safe
 
 
 def _value(torch: Any, raw: bytes, fqn: str, url: str) -> Any:
@@ -383,9 +459,22 @@ def _nest(leaves: dict[str, Any], mappings: dict[str, tuple[Any, ...]]) -> Any:
             return node
         if node and all(isinstance(k, int) for k in node):
             return [lists(node[k]) for k in sorted(node)]
-        return {k: lists(v) for k, v in node.items()}
+        return _optimizer({k: lists(v) for k, v in node.items()})
 
     return lists(tree)
+
+
+def _optimizer(node: dict[Any, Any]) -> dict[Any, Any]:
+    """An optimizer's ``state_dict`` keys its ``state`` by the int ids its ``param_groups``
+    list; DCP wrote them as str. Put them back, or ``load_state_dict`` drops the state."""
+    groups, state = node.get("param_groups"), node.get("state")
+    if not (isinstance(groups, list) and isinstance(state, dict)):
+        return node
+    ids = {p for g in groups if isinstance(g, dict) for p in g.get("params", ())}
+    if ids and all(isinstance(p, int) for p in ids) and all(
+            isinstance(k, str) and k.isdigit() and int(k) in ids for k in state):
+        node["state"] = {int(k): v for k, v in state.items()}
+    return node
 
 
 # ---- HDF5 -------------------------------------------------------------------------------
@@ -393,20 +482,21 @@ def _nest(leaves: dict[str, Any], mappings: dict[str, tuple[Any, ...]]) -> Any:
 class _Dataset(Lazy):
     """An HDF5 dataset: each box one h5py read (h5py serializes them itself)."""
 
-    def __init__(self, dataset: Any) -> None:
-        super().__init__(dataset.shape, dataset.dtype, "numpy")
+    def __init__(self, dataset: Any) -> None:  # big-endian data is stored little-endian
+        super().__init__(dataset.shape, dataset.dtype.newbyteorder("="), "numpy")
         self.dataset = dataset
 
     def read(self, box: Box) -> np.ndarray:
-        return np.asarray(self.dataset[box] if box else self.dataset[()])
+        data = np.asarray(self.dataset[box] if box else self.dataset[()])
+        return data.astype(self.dtype, copy=False)
 
 
-def _hdf5(url: str, fs: Any, path: str) -> Source:
+def _hdf5(source: Source, fs: Any, path: str) -> None:
     try:
         import h5py
     except ImportError:
         raise ImportError("converting HDF5 needs h5py: pip install 'zstore[hdf5]'") from None
-    source = Source(url, "hdf5", {})
+    url, source.kind = source.url, "hdf5"
     handle = path if "file" in _protocols(fs) else source.closing.enter_context(
         fs.open(path, "rb"))
     file = source.closing.enter_context(h5py.File(handle, "r"))
@@ -417,26 +507,45 @@ def _hdf5(url: str, fs: Any, path: str) -> Source:
         if group.attrs:
             attributes[group.name] = _attributes(group.attrs, group.name)
         for name, item in group.items():
+            if item is None:  # a soft or external link to nothing
+                raise UnsupportedFormatError(f"HDF5 object {group.name}/{name} in {url!r} is "
+                                             "a broken link; nothing was written", url=url)
             if isinstance(item, h5py.Group):
                 node[name] = visit(item)
                 continue
             if item.attrs:
                 attributes[item.name] = _attributes(item.attrs, item.name)
-            if item.dtype.kind in "SUO":
-                value = item[()]
+            if item.shape is None:  # h5py.Empty: a dataset without a dataspace
+                raise UnsupportedTypeError(f"HDF5 dataset {item.name!r} in {url!r} is empty "
+                                           "(no shape); nothing was written")
+            if h5py.check_string_dtype(item.dtype) is not None:
                 if item.shape != ():
                     raise UnsupportedTypeError(
                         f"HDF5 dataset {item.name!r} in {url!r} is an array of strings, "
                         "which zstore does not store as an array; nothing was written")
-                node[name] = value.decode() if isinstance(value, bytes) else str(value)
+                node[name] = _text(item[()], item.name, url)
                 continue
+            if item.dtype.kind in "OSUV":  # references, variable-length or compound data
+                raise UnsupportedTypeError(
+                    f"HDF5 dataset {item.name!r} in {url!r} holds {item.dtype} values (object "
+                    "references, variable-length or compound data), which zstore does not "
+                    "store; nothing was written")
             check_supported(item.dtype, item.name)
             node[name] = _Dataset(item)
         return node
 
     source.tree = visit(file)
     source.metadata = {"hdf5": attributes} if attributes else {}
-    return source
+
+
+def _text(value: Any, where: str, url: str) -> str:
+    if not isinstance(value, bytes):
+        return str(value)
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise UnsupportedTypeError(f"HDF5 dataset {where!r} in {url!r} is a string that is "
+                                   "not UTF-8; nothing was written") from None
 
 
 def _attributes(attrs: Any, where: str) -> dict[str, Any]:
@@ -475,7 +584,8 @@ class _Stored(Lazy):
         return np.asarray(await self.tensor.read_async(box))  # on the save's loop itself
 
 
-def _zstore(url: str, storage_options: dict[str, Any] | None) -> Source:
+def _zstore(source: Source, storage_options: dict[str, Any] | None) -> None:
+    url, source.kind = source.url, "zstore"
     ckpt = open_checkpoint(url, storage_options=storage_options)
     wrapped: dict[int, _Stored] = {}
 
@@ -489,7 +599,7 @@ def _zstore(url: str, storage_options: dict[str, Any] | None) -> Source:
             return wrapped.setdefault(id(node), _Stored(node))  # tied names: one source
         return node
 
-    return Source(url, "zstore", wrap(ckpt.lazy_tree()), dict(ckpt.metadata))
+    source.tree, source.metadata = wrap(ckpt.lazy_tree()), dict(ckpt.metadata)
 
 
 def tensor_arrays(tree: Any) -> Iterator[Any]:

@@ -69,20 +69,39 @@ def parse_header(raw: bytes, url: str) -> tuple[dict[str, Entry], dict[str, str]
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        dtype = DTYPES.get(entry.get("dtype"))
+        try:
+            code, shape_list, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+            shape = tuple(_count(n) for n in shape_list)
+            begin, end = (_count(x) for x in offsets)
+            dtype = DTYPES.get(code) if isinstance(code, str) else None
+        except (TypeError, KeyError, ValueError):
+            raise CorruptCheckpointError(f"tensor {name!r} in {url!r} has a malformed header "
+                                         f"entry {entry!r}", url=url) from None
         if dtype is None:
             raise UnsupportedTypeError(
-                f"tensor {name!r} in {url!r} has dtype {entry.get('dtype')!r}, which zstore "
+                f"tensor {name!r} in {url!r} has dtype {code!r}, which zstore "
                 f"does not store; supported: {', '.join(DTYPES)}")
-        shape = tuple(int(n) for n in entry["shape"])
-        begin, end = (int(x) for x in entry["data_offsets"])
-        if end - begin != math.prod(shape) * dtype.itemsize or begin < 0:
+        if end - begin != math.prod(shape) * dtype.itemsize:
             raise CorruptCheckpointError(
                 f"tensor {name!r} in {url!r}: {end - begin} bytes at {begin} cannot hold "
                 f"{dtype} {shape}", url=url)
         entries[name] = Entry(shape, dtype, base + begin, base + end)
+    spans = sorted((e.start, e.stop, n) for n, e in entries.items() if e.stop > e.start)
+    for (_, stop, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < stop:
+            raise CorruptCheckpointError(f"tensors {first!r} and {second!r} in {url!r} share "
+                                         "bytes: the header is damaged", url=url)
     metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise CorruptCheckpointError(f"{url!r}: __metadata__ is not an object", url=url)
     return entries, {str(k): str(v) for k, v in metadata.items()}
+
+
+def _count(value: Any) -> int:
+    """A non-negative int of a header (``ValueError`` for anything else)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(value)
+    return value
 
 
 def encode_header(tensors: list[tuple[str, tuple[int, ...], np.dtype]],
