@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 import zstore
 
+torch = pytest.importorskip("torch")  # the Python 3.12 leg runs without torch
 sp = pytest.importorskip("scipy.sparse")
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse:UserWarning")  # torch's beta notes
 
