@@ -11,7 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")  # the Python 3.12 leg runs without torch
 
-from safetensors.torch import load_file, save_file  # noqa: E402
+import fsspec  # noqa: E402
+from safetensors.torch import load_file, save, save_file  # noqa: E402
 
 import zstore  # noqa: E402
 from zstore._cli import main  # noqa: E402
@@ -314,3 +315,19 @@ def test_hdf5_big_endian_data_and_unsupported_datasets(tmp_path):
     with pytest.raises(zstore.UnsupportedTypeError, match="references"):
         zstore.convert(bad, str(tmp_path / "refs"))
     assert not (tmp_path / "refs").exists()
+
+
+def test_a_layout_split_by_columns_reads_the_source_once(tmp_path, moto_s3):
+    """Objects side by side along dim 1 need the same rows: they share one read of them."""
+    state = {"w": torch.randn(2048, 1024)}
+    url = f"s3://{moto_s3.new_bucket()}/model.safetensors"
+    with fsspec.open(url, "wb", **moto_s3.storage_options) as f:
+        f.write(save(state))
+    size = fsspec.filesystem("s3", **moto_s3.storage_options).size(url)
+    moto_s3.log.clear()
+    zstore.convert(url, str(tmp_path / "ckpt"), storage_options=moto_s3.storage_options,
+                   dst_storage_options={}, access={"w": zstore.split(1, 8)}, codec="none")
+    assert moto_s3.log.bytes_sent <= 1.1 * size  # not 8x: each row block is fetched once
+    ckpt = zstore.open(str(tmp_path / "ckpt"))
+    assert ckpt["w"].shard_shape[1] <= 128  # the layout is split by columns
+    assert torch.equal(zstore.load(str(tmp_path / "ckpt"))["w"], state["w"])
