@@ -121,6 +121,7 @@ def test_csr_rows_and_csc_columns_read_lazily(tmp_path):
         ckpt.sparse("rows").columns(0, 1)
     with pytest.raises(KeyError, match="sparse leaf"):
         ckpt["rows"]
+    assert ckpt.sparse_names == ["rows", "cols"]
 
 
 def test_sparse_leaves_with_numbered_names_are_never_stacked(tmp_path):
@@ -147,3 +148,11 @@ def test_framework_converts_between_torch_and_scipy(tmp_path):
     t = zstore.load(str(tmp_path / "c"), framework="torch")["m"]
     assert t.layout == torch.sparse_csr
     assert np.array_equal(t.to_dense().numpy(), matrix.toarray())
+
+
+def test_zstore_info_lists_sparse_leaves(tmp_path, capsys):
+    from zstore._cli import main
+
+    zstore.save({"adj": torch.eye(5).to_sparse_csr()}, str(tmp_path / "c"))
+    assert main(["info", str(tmp_path / "c")]) == 0
+    assert "sparse csr, 5 nonzeros" in capsys.readouterr().out

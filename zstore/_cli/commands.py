@@ -93,6 +93,10 @@ def _cmd_info(args: argparse.Namespace, options: dict[str, Any]) -> int:
         ratio = f"{t.nbytes / t.stored_nbytes:.2f}" if t.stored_nbytes else "-"
         rows.append([name, str(t.shape), str(t.dtype), size(t.nbytes), size(t.stored_nbytes),
                      ratio, str(t.chunk_shape or "inline"), str(t.shard_shape or "-")])
+    for name in ckpt.sparse_names:  # stored as their parts: bytes are the nonzeros'
+        s = ckpt.sparse(name)
+        rows.append([name, str(s.shape), str(s.dtype), size(s.nbytes), "-", "-",
+                     f"sparse {s.layout}, {s.nnz} nonzeros", "-"])
     print(table(rows, ["name", "shape", "dtype", "bytes", "stored", "ratio", "chunk", "shard"]))
     print(f"\n{_contents(ckpt)}")
     return 0

@@ -620,6 +620,11 @@ class Checkpoint(Mapping[str, LazyTensor]):
             del arrays[path]
         return unflatten(skeleton, arrays, framework)
 
+    @property
+    def sparse_names(self) -> list[str]:
+        """The names of the sparse leaves (``sparse(name)`` reads one), in tree order."""
+        return list(self._sparse)
+
     def sparse(self, name: str) -> LazySparse:
         """The sparse leaf ``name`` (a torch sparse tensor or ``scipy.sparse`` matrix when
         saved): its shape and nonzeros known, its parts read when asked."""
