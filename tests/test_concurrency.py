@@ -427,3 +427,18 @@ def test_a_follower_stops_writing_when_its_leader_loses_the_lease(tmp_path, how)
         with pytest.raises(LeaseLostError, match=how.split()[0]):
             sync(run())
     assert sync(location.get("late-object")) is None
+
+
+def test_renewals_made_at_once_never_take_the_lease_for_lost(tmp_path):
+    """A collective save renews the lease itself while ``held`` renews it in the
+    background: two renewals at once must both succeed, one after the other."""
+    import asyncio
+
+    async def renew_at_once() -> None:
+        lease = Lease(resolve(str(tmp_path / "ckpt")))
+        await lease.acquire()
+        await asyncio.gather(*(lease.renew() for _ in range(4)))
+        lease.fence()  # raises LeaseLostError if a renewal lost to its twin
+        await lease.release()
+
+    sync(renew_at_once())

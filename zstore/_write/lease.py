@@ -97,6 +97,10 @@ class Lease:
         self._version = ""  # of the lease object as this save last wrote it
         self._writable_until = 0.0  # this machine's clock
         self._lost: BaseException | None = None
+        # one renewal at a time: two at once would both replace the same version, and the
+        # one that lost would take the lease for lost (a collective save renews on its own
+        # too, beside the renewals of ``held``)
+        self._renewing = asyncio.Lock()
 
     def _document(self) -> tuple[bytes, float]:
         now = time.time()
@@ -160,6 +164,10 @@ class Lease:
 
     async def renew(self) -> None:
         """Extend the lease, only if it is still the version this save wrote last."""
+        async with self._renewing:
+            await self._renew()
+
+    async def _renew(self) -> None:
         document, writable_until = self._document()
         version = await replace(self.location, LEASE, document, self._version)
         if version is None:
