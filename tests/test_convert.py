@@ -331,3 +331,17 @@ def test_a_layout_split_by_columns_reads_the_source_once(tmp_path, moto_s3):
     ckpt = zstore.open(str(tmp_path / "ckpt"))
     assert ckpt["w"].shard_shape[1] <= 128  # the layout is split by columns
     assert torch.equal(zstore.load(str(tmp_path / "ckpt"))["w"], state["w"])
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_a_dcp_checkpoint_on_s3_converts(tmp_path, moto_s3):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+
+    state = {"w": torch.randn(8, 3), "step": 4}
+    url = f"s3://{moto_s3.new_bucket()}/dcp"
+    dcp.save(state, storage_writer=FsspecWriter(url, **moto_s3.storage_options), no_dist=True)
+    zstore.convert(url, str(tmp_path / "ckpt"), storage_options=moto_s3.storage_options,
+                   dst_storage_options={})
+    back = zstore.load(str(tmp_path / "ckpt"))
+    assert torch.equal(back["w"], state["w"]) and back["step"] == 4

@@ -362,6 +362,7 @@ class _Whole(Lazy):
 def _dcp(source: Source, fs: Any, path: str, storage_options: dict[str, Any] | None
          ) -> None:
     torch = require_torch()
+    url, source.kind = source.url, "dcp"
     from torch.distributed.checkpoint.filesystem import FileSystemReader
     from torch.distributed.checkpoint.metadata import (
         BytesStorageMetadata,
@@ -380,7 +381,6 @@ def _dcp(source: Source, fs: Any, path: str, storage_options: dict[str, Any] | N
     reader = make_reader()
     metadata = reader.read_metadata()
     mappings: dict[str, tuple[Any, ...]] = metadata.planner_data or {}
-    url, source.kind = source.url, "dcp"
     leaves: dict[str, Any] = {}
     files: dict[str, _File] = {}  # one handle per data file, however many values it holds
     lock = threading.Lock()  # DCP's single-process load is not meant to run twice at once
