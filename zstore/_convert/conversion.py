@@ -8,7 +8,7 @@ from typing import Any
 import fsspec
 
 from zstore._convert.export import export_safetensors
-from zstore._convert.sources import open_source
+from zstore._convert.sources import is_local, open_source
 from zstore._plan.access import Access
 from zstore._write.writer import SaveInfo, save
 
@@ -23,7 +23,7 @@ def _refuse_overlap(src: str, src_options: dict[str, Any] | None, dst: str,
     fs_out, path_out = fsspec.core.url_to_fs(dst, **(dst_options or {}))
     if type(fs_in) is not type(fs_out):
         return
-    a, b = (os.path.realpath(p) if "file" in str(fs_in.protocol) else p.rstrip("/")
+    a, b = (os.path.realpath(p) if is_local(fs_in) else p.rstrip("/")
             for p in (path_in, path_out))
     if a == b or b.startswith(a + "/") or a.startswith(b + "/"):
         raise ValueError(f"cannot convert {src!r} into {dst!r}: one holds the other, and the "

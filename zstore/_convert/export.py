@@ -25,9 +25,10 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from zstore._convert.sources import METADATA_KEY, TREE_KEY, as_host
+from zstore._convert.sources import METADATA_KEY, TREE_KEY, is_local
 from zstore._format.manifest import check_metadata
 from zstore._format.safetensors import CODES, encode_header
+from zstore._format.tensors import host_array
 from zstore._format.tree import flatten, iter_leaves, scalar_value
 from zstore._progress import bar
 from zstore._write.writer import SaveInfo
@@ -43,7 +44,8 @@ def export_safetensors(tree: Any, metadata: dict[str, Any], url: str,
     Hugging Face shards when it holds more than ``max_shard_size`` bytes."""
     started = time.perf_counter()
     flat = flatten(tree)
-    tensors: list[tuple[str, Any]] = [(path, as_host(v, path)) for path, v in flat.arrays.items()]
+    tensors: list[tuple[str, Any]] = [(path, host_array(v, path))  # a lazy source as it is
+                                      for path, v in flat.arrays.items()]
     tensors += [(name, value) for name, node in iter_leaves(flat.skeleton)
                 if "scalar" in node and (value := scalar_value(node)).dtype in CODES]
     # 0-d: inline in the tree, and in the file for other readers where safetensors holds
@@ -166,17 +168,11 @@ def _bytes(array: np.ndarray) -> Any:
 def _write_file(fs: Any, path: str, parts: Iterator[Any]) -> None:
     """Write ``parts`` as the file ``path`` (a temporary name: the caller moves it into
     place); on failure nothing stays behind where the backend allows it."""
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    if "file" in protocols:
+    if is_local(fs):  # the caller removes the temporary file if this fails
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        try:
-            with open(path, "wb") as f:
-                for part in parts:
-                    f.write(part)
-        except BaseException:
-            if os.path.exists(path):
-                os.remove(path)
-            raise
+        with open(path, "wb") as f:
+            for part in parts:
+                f.write(part)
         return
     f = fs.open(path, "wb")
     try:

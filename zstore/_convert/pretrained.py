@@ -47,12 +47,12 @@ def save_pretrained(model: Any, url: str, storage_options: dict[str, Any] | None
     ``options`` go to ``zstore.save`` (``overwrite=True``, ``access=``, ``codec=``, ...)."""
     config = json.loads(model.config.to_json_string())
     config["architectures"] = [type(model).__name__]  # as transformers records it
-    hf: dict[str, Any] = {"config": config}
-    generation = getattr(model, "generation_config", None)
-    can_generate = getattr(model, "can_generate", lambda: False)
-    if generation is not None and can_generate():
-        hf["generation_config"] = json.loads(generation.to_json_string())
-    metadata = {**options.pop("metadata", {}), HF: hf}
+    generation: Any = getattr(model, "generation_config", None)
+    if generation is not None and getattr(model, "can_generate", lambda: False)():
+        generation = json.loads(generation.to_json_string())
+    else:
+        generation = None
+    metadata = {**options.pop("metadata", {}), **hf_metadata(config, generation)}
     return save(model.state_dict(), url, storage_options=storage_options, metadata=metadata,
                 **options)
 
@@ -101,7 +101,6 @@ def from_pretrained(url: str, storage_options: dict[str, Any] | None = None,
             model = model_class(config)
         else:  # an Auto class
             model = model_class.from_config(config)
-    _materialize(torch, model, ckpt, device)
     aliases: dict[int, list[str]] = {}  # a tied parameter's names: one stored is enough
     for name, param in model.named_parameters(remove_duplicate=False):
         aliases.setdefault(id(param), []).append(name)
@@ -113,6 +112,7 @@ def from_pretrained(url: str, storage_options: dict[str, Any] | None = None,
             f"{url!r} does not fit {type(model).__name__} (nothing was loaded): "
             + (f"{len(missing)} parameter(s) missing, e.g. {missing[:3]}" if missing else
                f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[:3]}"))
+    _materialize(torch, model, ckpt, device, aliases)
     for module in model.modules():  # buffers as the model built them, where it will run
         for key, buffer in module._buffers.items():
             if buffer is not None and buffer.device != torch.device(device):
@@ -159,14 +159,15 @@ def _parameters_on_meta(torch: Any) -> Iterator[None]:
         _BUILDING.depth -= 1
 
 
-def _materialize(torch: Any, model: Any, ckpt: Checkpoint, device: Any) -> None:
+def _materialize(torch: Any, model: Any, ckpt: Checkpoint, device: Any,
+                 aliases: dict[int, list[str]]) -> None:
     """Give every meta parameter uninitialized memory on ``device``, in the dtype the
-    checkpoint stores it in (tied parameters: one tensor for all their names)."""
+    checkpoint stores it in under any of its ``aliases`` (a tied parameter's names: one
+    tensor for all of them)."""
     made: dict[int, Any] = {}
-    stored_as: dict[int, Any] = {}  # a parameter's stored dtype, under any of its names
-    for full, param in model.named_parameters(remove_duplicate=False):
-        if full in ckpt and id(param) not in stored_as:
-            stored_as[id(param)] = numpy_to_torch(np.empty(0, ckpt[full].dtype)).dtype
+    stored_as = {key: numpy_to_torch(np.empty(0, ckpt[stored].dtype)).dtype
+                 for key, names in aliases.items()
+                 if (stored := next((n for n in names if n in ckpt), None)) is not None}
     for module in model.modules():
         for name, param in list(module._parameters.items()):
             if param is None or param.device.type != "meta":

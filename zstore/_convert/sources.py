@@ -28,7 +28,7 @@ import os
 import pickle
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ from zstore._format.safetensors import Entry, header_length, parse_header
 from zstore._format.tensors import require_torch, torch_to_numpy
 from zstore._format.tree import iter_leaves, unflatten
 from zstore._options import current
+from zstore._read import LazyTensor
 from zstore._read.reader import open as open_checkpoint
 from zstore.errors import (
     CheckpointNotFoundError,
@@ -127,7 +128,7 @@ class _File:
     def __init__(self, fs: Any, path: str, closing: contextlib.ExitStack) -> None:
         self.fs, self.path = fs, path
         self.fd: int | None = None
-        if "file" in _protocols(fs):
+        if is_local(fs):
             self.fd = os.open(path, os.O_RDONLY)
             closing.callback(os.close, self.fd)
 
@@ -155,9 +156,30 @@ class _File:
         return data
 
 
-def _protocols(fs: Any) -> tuple[str, ...]:
+def is_local(fs: Any) -> bool:
+    """Whether ``fs`` is fsspec's local filesystem (its paths are the OS's)."""
     protocol = fs.protocol
-    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+    return "file" in ((protocol,) if isinstance(protocol, str) else tuple(protocol))
+
+
+class _Kept:
+    """One block of a tensor kept until every byte of it has been read once, then dropped:
+    a save reads each box once, so the boxes that share a block share one read of it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._block: tuple[Any, np.ndarray, int] | None = None  # key, data, bytes left
+
+    def take(self, key: Any, load: Callable[[], np.ndarray], box: Box) -> np.ndarray:
+        with self._lock:
+            if self._block is None or self._block[0] != key:
+                data = load()
+                self._block = (key, data, data.nbytes)
+            _, data, left = self._block
+            part = np.array(data[box])  # its own memory: the block may be dropped next
+            left -= part.nbytes
+            self._block = None if left <= 0 else (key, data, left)
+            return part
 
 
 class _Span(Lazy):
@@ -172,25 +194,16 @@ class _Span(Lazy):
     def __init__(self, file: _File, entry: Entry, kind: str) -> None:
         super().__init__(entry.shape, entry.dtype, kind)
         self.file, self.entry = file, entry
-        self._lock = threading.Lock()
-        self._rows: tuple[tuple[int, int], np.ndarray, int] | None = None  # kept, bytes left
+        self._kept = _Kept()
 
     def read(self, box: Box) -> np.ndarray:
         if not self.shape:
             return np.frombuffer(self._bytes(0, 1), self.dtype).reshape(())
         first, end, rest = rows_of(box, self.shape)
         whole = all(s == slice(0, n) for s, n in zip(box[1:], self.shape[1:]))
-        nbytes = (end - first) * self._row
-        if whole or nbytes > current().write_budget:
+        if whole or (end - first) * self._row > current().write_budget:
             return self._block(first, end)[rest]
-        with self._lock:
-            if self._rows is None or self._rows[0] != (first, end):
-                self._rows = ((first, end), self._block(first, end), nbytes)
-            key, block, left = self._rows
-            part = np.array(block[rest])  # its own memory: the block may be dropped next
-            left -= part.nbytes
-            self._rows = None if left <= 0 else (key, block, left)
-            return part
+        return self._kept.take((first, end), lambda: self._block(first, end), rest)
 
     @property
     def _row(self) -> int:
@@ -303,7 +316,7 @@ def _torch(source: Source, fs: Any, path: str) -> None:
     torch = require_torch()
     url, source.kind = source.url, "torch"
     local = path
-    if "file" not in _protocols(fs):  # torch.load memory-maps local files only
+    if not is_local(fs):  # torch.load memory-maps local files only
         handle, local = tempfile.mkstemp(suffix=".pt", prefix="zstore-convert-")
         os.close(handle)
         source.closing.callback(os.unlink, local)
@@ -316,12 +329,12 @@ def _torch(source: Source, fs: Any, path: str) -> None:
                 raise
             tree = torch.load(local, map_location="cpu", weights_only=True)  # legacy format
     except pickle.UnpicklingError as e:  # what weights_only=True refuses to run
-            raise UnsupportedFormatError(
-                f"{url!r} holds objects that torch.load(weights_only=True) refuses, so "
-                "loading it would run arbitrary code from the file: zstore never does. "
-                f"({_first_line(e)}) If you trust the file, load it yourself "
-                "(torch.load(..., weights_only=False)) and pass what you need to "
-                "zstore.save; nothing was written", url=url) from None
+        raise UnsupportedFormatError(
+            f"{url!r} holds objects that torch.load(weights_only=True) refuses, so "
+            "loading it would run arbitrary code from the file: zstore never does. "
+            f"({_first_line(e)}) If you trust the file, load it yourself "
+            "(torch.load(..., weights_only=False)) and pass what you need to "
+            "zstore.save; nothing was written", url=url) from None
     except (RuntimeError, ValueError, EOFError, KeyError) as e:  # not a torch file at all
         raise CorruptCheckpointError(f"{url!r} is not a file torch.load reads "
                                      f"({_first_line(e)}); nothing was written",
@@ -338,25 +351,15 @@ def _first_line(error: BaseException) -> str:
 
 class _Whole(Lazy):
     """A tensor loaded whole when first read (its format cannot read a part), kept until
-    every byte of it has been read once, then dropped: a save reads each box once."""
+    every byte of it has been read once (``_Kept``)."""
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype, kind: str,
                  load: Callable[[], np.ndarray]) -> None:
         super().__init__(shape, dtype, kind)
-        self._load, self._left = load, self.nbytes
-        self._data: np.ndarray | None = None
-        self._lock = threading.Lock()
+        self._load, self._kept = load, _Kept()
 
     def read(self, box: Box) -> np.ndarray:
-        with self._lock:
-            if self._data is None:
-                self._data = self._load()
-            data = self._data
-            part = np.array(data[box])  # its own memory: the whole may be dropped next
-            self._left -= part.nbytes
-            if self._left <= 0:
-                self._data, self._left = None, self.nbytes
-            return part
+        return self._kept.take(None, self._load, box)
 
 
 def _dcp(source: Source, fs: Any, path: str, storage_options: dict[str, Any] | None
@@ -372,7 +375,7 @@ def _dcp(source: Source, fs: Any, path: str, storage_options: dict[str, Any] | N
     from torch.distributed.checkpoint.state_dict_loader import load as load_state_dict
 
     def make_reader() -> Any:  # one per load: DCP's readers keep state between calls
-        if "file" in _protocols(fs):
+        if is_local(fs):
             return _safe(FileSystemReader)(path)
         from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
 
@@ -528,7 +531,7 @@ def _hdf5(source: Source, fs: Any, path: str) -> None:
     except ImportError:
         raise ImportError("converting HDF5 needs h5py: pip install 'zstore[hdf5]'") from None
     url, source.kind = source.url, "hdf5"
-    handle = path if "file" in _protocols(fs) else source.closing.enter_context(
+    handle = path if is_local(fs) else source.closing.enter_context(
         fs.open(path, "rb"))
     file = source.closing.enter_context(h5py.File(handle, "r"))
     attributes: dict[str, Any] = {}
@@ -626,30 +629,8 @@ def _zstore(source: Source, storage_options: dict[str, Any] | None) -> None:
         if isinstance(node, (list, tuple)):
             items = [wrap(v) for v in node]
             return tuple(items) if isinstance(node, tuple) else items
-        if hasattr(node, "stored_nbytes") and hasattr(node, "shape"):  # a LazyTensor
+        if isinstance(node, LazyTensor):
             return wrapped.setdefault(id(node), _Stored(node))  # tied names: one source
         return node
 
     source.tree, source.metadata = wrap(ckpt.lazy_tree()), dict(ckpt.metadata)
-
-
-def tensor_arrays(tree: Any) -> Iterator[Any]:
-    """Every array-like leaf of a source's tree (for sizes and progress)."""
-    if isinstance(tree, dict):
-        for value in tree.values():
-            yield from tensor_arrays(value)
-    elif isinstance(tree, (list, tuple)):
-        for value in tree:
-            yield from tensor_arrays(value)
-    elif hasattr(tree, "shape") and hasattr(tree, "dtype"):
-        yield tree
-
-
-def as_host(value: Any, name: str) -> Any:
-    """A leaf's array in host memory terms: a lazy one as it is, a tensor as numpy."""
-    if isinstance(value, Lazy):
-        return value
-    from zstore._format.tensors import host_array
-
-    return host_array(value, name)
-

@@ -53,6 +53,12 @@ class Lazy:
         return f"<{type(self).__name__} {self.dtype} {self.shape}>"
 
 
+def is_lazy(array: Any) -> bool:
+    """Whether the save must ``fetch`` ``array``'s boxes: a ``Lazy`` leaf, or a stacked
+    array of them."""
+    return isinstance(array, Lazy) or bool(getattr(array, "lazy", False))
+
+
 def full_box(index: Any, shape: tuple[int, ...]) -> Box:
     """``index`` (``...``, slices, a tuple of them) as one bounded unit-step slice per dim;
     ``IndexError`` for anything else (a lazy source reads boxes only)."""

@@ -71,6 +71,12 @@ def slot_nbytes(chunk_nbytes: int) -> int:
     return -(-(chunk_nbytes + CRC) // ALIGN) * ALIGN
 
 
+def object_box(index: Sequence[int], object_shape: Sequence[int], shape: Sequence[int]
+               ) -> Box:
+    """The box of the object at grid ``index`` (the last ones cut at the array's end)."""
+    return tuple((i * o, min((i + 1) * o, n)) for i, o, n in zip(index, object_shape, shape))
+
+
 @dataclass(frozen=True)
 class Placement:
     """One inner chunk a read needs: where it is in its object and where its part goes.

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from zstore._format.shards import object_box
 from zstore._format.tensors import is_dtensor
 from zstore.errors import UnsupportedTypeError
 
@@ -104,8 +105,7 @@ def _fsdp_over_tp(placements: Sequence[Any], i: int, mesh: Sequence[int]) -> boo
 def object_boxes(shape: tuple[int, ...], object_shape: tuple[int, ...]) -> list[Box]:
     """The box of every object of an array, C order."""
     counts = [max(1, -(-n // o)) for n, o in zip(shape, object_shape)]
-    return [tuple((i * o, min((i + 1) * o, n)) for i, o, n in zip(index, object_shape, shape))
-            for index in np.ndindex(*counts)]
+    return [object_box(index, object_shape, shape) for index in np.ndindex(*counts)]
 
 
 def holders(box: Box, held: Sequence[Box | None]) -> list[int]:

@@ -24,9 +24,9 @@ from typing import Any
 import zarr
 
 from zstore._budget import ByteBudget
-from zstore._format.lazy import Lazy
+from zstore._format.lazy import is_lazy
 from zstore._format.names import object_key
-from zstore._format.shards import ObjectFormat
+from zstore._format.shards import ObjectFormat, object_box
 from zstore._ranks import Part
 from zstore._storage.location import Location
 from zstore._tasks import gather_all
@@ -44,7 +44,7 @@ async def write_objects(fmt: ObjectFormat, location: Location, path: str, array:
     limit = asyncio.Semaphore(max(1, int(zarr.config.get("async.concurrency"))))
     decoded = fmt.chunk_count * fmt.chunk_nbytes
 
-    lazy = isinstance(array, Lazy) or getattr(array, "lazy", False)
+    lazy = is_lazy(array)
 
     async def one(index: tuple[int, ...]) -> None:
         key = object_key(path, index)
@@ -54,8 +54,7 @@ async def write_objects(fmt: ObjectFormat, location: Location, path: str, array:
             origins = fmt.chunk_origins(index)
             source: Any = array
             if lazy:  # a conversion's source: the object's box in one read, then encoded
-                box = tuple((i * o, min((i + 1) * o, n))
-                            for i, o, n in zip(index, fmt.object_shape, fmt.shape))
+                box = object_box(index, fmt.object_shape, fmt.shape)
                 block = await array.fetch(tuple(slice(lo, hi) for lo, hi in box))
                 source = Part(block, box, fmt.shape)
             if fmt.compressor is None or len(origins) == 1:

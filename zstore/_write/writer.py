@@ -38,7 +38,7 @@ from zstore._compat import ArrayV3Metadata, sync
 from zstore._format.dtypes import check_supported
 from zstore._format.hashes import decode_hashes, encode_hashes
 from zstore._format.layout import Layout, array_metadata
-from zstore._format.lazy import Lazy
+from zstore._format.lazy import is_lazy
 from zstore._format.manifest import (
     Manifest,
     check_metadata,
@@ -455,7 +455,7 @@ async def _write_array(location: Location, path: str, document: dict[str, Any],
     if fmt is not None:
         await write_objects(fmt, location, path, host, boxes, budget)
         return
-    if isinstance(host, Lazy) or getattr(host, "lazy", False):  # fetched on this loop
+    if is_lazy(host):  # fetched on this loop
         host = await host.fetch(tuple(slice(0, n) for n in host.shape))
     store = _NewObjectsStore(location.store)
     store.location = location
