@@ -8,6 +8,7 @@
 """
 
 from zstore._convert import convert
+from zstore._format.crypto import encryption_keys
 from zstore._format.layout import Layout
 from zstore._options import Settings, configure
 from zstore._plan.access import split
@@ -25,6 +26,7 @@ from zstore.errors import (
     CommitRaceLostError,
     CorruptCheckpointError,
     DeviceUnavailableError,
+    EncryptionKeyError,
     ForeignObjectsError,
     IncompleteCheckpointError,
     InvalidKeyError,
@@ -54,6 +56,7 @@ __all__ = [
     "CommitRaceLostError",
     "CorruptCheckpointError",
     "DeviceUnavailableError",
+    "EncryptionKeyError",
     "ForeignObjectsError",
     "IOStats",
     "IncompleteCheckpointError",
@@ -79,6 +82,7 @@ __all__ = [
     "ZStoreError",
     "configure",
     "convert",
+    "encryption_keys",
     "io_stats",
     "load",
     "open",

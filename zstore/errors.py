@@ -18,6 +18,7 @@ hold ``KeyError`` (a ``Checkpoint`` is a mapping)::
     │   └── LeaseHeldError                             another live save is writing the URL
     ├── LeaseLostError            (RuntimeError)       this save's own lease lapsed or was taken
     ├── CorruptCheckpointError                         metadata or objects fail their checks
+    ├── EncryptionKeyError                             encrypted: no key given, or the wrong one
     ├── UnsupportedFormatError                         written by a newer zstore
     ├── InvalidKeyError           (ValueError)         a key cannot name a stored array
     ├── UnsupportedTypeError      (TypeError)          a leaf or dtype zstore cannot store
@@ -34,7 +35,8 @@ hold ``KeyError`` (a ``Checkpoint`` is a mapping)::
 Besides ``url``, the facts each one carries (see its docstring): ``ForeignObjectsError``
 ``.objects``, ``.example``; ``NestedCheckpointError`` ``.nested``; ``LeaseHeldError``
 ``.holder``, ``.expires``; ``CorruptCheckpointError`` ``.array``, ``.key``;
-``UnsupportedFormatError`` ``.version``; ``InvalidKeyError`` ``.key``;
+``EncryptionKeyError`` ``.key_id``; ``UnsupportedFormatError`` ``.version``;
+``InvalidKeyError`` ``.key``;
 ``SaveTimeoutError`` ``.timeout``; ``RetentionError`` ``.step``, ``.not_deleted``,
 ``.errors``; ``PartialLoadError`` ``.loaded``, ``.partial``, ``.untouched``;
 ``DeviceUnavailableError`` ``.device``; ``RankFailedError`` ``.ranks``.
@@ -137,6 +139,17 @@ class CorruptCheckpointError(ZStoreError):
                  key: str | None = None) -> None:
         super().__init__(*args, url=url)
         self.array, self.key = array, key
+
+
+class EncryptionKeyError(ZStoreError):
+    """The checkpoint's arrays are encrypted and no key was given, or a key other than the
+    one they were saved with. ``key_id`` is the id the checkpoint recorded (a fingerprint
+    or a key provider's name; never the key)."""
+
+    def __init__(self, *args: object, url: str | None = None, key_id: str | None = None
+                 ) -> None:
+        super().__init__(*args, url=url)
+        self.key_id = key_id
 
 
 class UnsupportedFormatError(ZStoreError):

@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from zstore._format.crypto import CODEC as SEALED
+from zstore._format.crypto import codec_json
+
 CODECS: tuple[str, ...] = ("blosc", "zstd", "none")
 
 _BLOSC_BLOCK = 1 << 20  # an explicit block size keeps the ratio at clevel 1 (see design.md)
@@ -74,9 +77,12 @@ def _compressor(codec: str, dtype: np.dtype) -> list[dict[str, Any]]:
     return []
 
 
-def codecs_json(layout: Layout, dtype: np.dtype) -> list[dict[str, Any]]:
-    """The array's codec pipeline as Zarr v3 JSON; every chunk ends with a crc32c."""
-    inner = [_bytes_codec(dtype), *_compressor(layout.codec, dtype), {"name": "crc32c"}]
+def codecs_json(layout: Layout, dtype: np.dtype, sealed: dict[str, Any] | None = None
+                ) -> list[dict[str, Any]]:
+    """The array's codec pipeline as Zarr v3 JSON; every chunk ends with a crc32c, and is
+    encrypted by the ``sealed`` codec (``crypto.codec_json``), if given, after compression."""
+    inner = [_bytes_codec(dtype), *_compressor(layout.codec, dtype),
+             *([sealed] if sealed else []), {"name": "crc32c"}]
     if layout.shard_shape is None:
         return inner
     return [{"name": "sharding_indexed", "configuration": {
@@ -89,9 +95,10 @@ def codecs_json(layout: Layout, dtype: np.dtype) -> list[dict[str, Any]]:
 
 
 def array_metadata(path: str, shape: tuple[int, ...], dtype: np.dtype, layout: Layout,
-                   members: Sequence[str] = ()) -> dict[str, Any]:
+                   members: Sequence[str] = (), key_id: str | None = None) -> dict[str, Any]:
     """The plain Zarr v3 ``zarr.json`` document of the array at ``path``; a stacked array's
-    lists its ``members`` (the tensor at each index of dim 0) in its attributes. Each dim
+    lists its ``members`` (the tensor at each index of dim 0) in its attributes; with a
+    ``key_id``, its chunks are encrypted (``crypto``) under that key. Each dim
     is named ``<array name>.<axis>``: xarray opens a group only when every array names its
     dims, and dims of one name must agree in size across the group, so no two arrays
     share one."""
@@ -105,7 +112,8 @@ def array_metadata(path: str, shape: tuple[int, ...], dtype: np.dtype, layout: L
                        "configuration": {"chunk_shape": list(layout.object_shape)}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
         "fill_value": fill,
-        "codecs": codecs_json(layout, dtype),
+        "codecs": codecs_json(layout, dtype,
+                              None if key_id is None else codec_json(path, key_id)),
         "dimension_names": [f"{path.rsplit('/', 1)[-1]}.{axis}" for axis in range(len(shape))],
         "attributes": {"zstore": {"members": list(members)}} if members else {},
     }
@@ -136,5 +144,6 @@ def layout_from_metadata(document: dict[str, Any]) -> Layout:
     if codecs and codecs[0]["name"] == "sharding_indexed":
         shard, config = grid, codecs[0]["configuration"]
         grid, codecs = tuple(config["chunk_shape"]), config["codecs"]
-    names = [c["name"] for c in codecs if c["name"] not in ("bytes", "crc32c", "transpose")]
+    names = [c["name"] for c in codecs
+             if c["name"] not in ("bytes", "crc32c", "transpose", SEALED)]
     return Layout(grid, shard, names[0] if names else "none")

@@ -32,19 +32,24 @@ from zstore.errors import (
     UnsupportedTypeError,
 )
 
-FORMAT_VERSION = 4  # the newest format this zstore reads and writes
+FORMAT_VERSION = 5  # the newest format this zstore reads and writes
 # Format 2 adds stacked arrays (tree leaves with an "index"); a checkpoint without them is
 # written as format 1, which every zstore reads. Format 3 adds per-rank leaves
 # ({"per_rank": [leaf, ...]}: a multi-rank save's values that differ between ranks).
-# Format 4 adds sparse leaves ({"sparse": {...}}, ``zstore._format.sparse``).
+# Format 4 adds sparse leaves ({"sparse": {...}}, ``zstore._format.sparse``). Format 5
+# adds encrypted arrays (``zstore._format.crypto``; the manifest's "encryption" says with
+# which key): an older zstore says to upgrade rather than fail on an unknown codec.
 STACKED_FORMAT = 2
 PER_RANK_FORMAT = 3
 SPARSE_FORMAT = 4
+ENCRYPTED_FORMAT = 5
 
 
-def needed_format(tree: dict[str, Any], stacked: bool) -> int:
-    """The oldest format that holds ``tree`` (and stacked arrays, if any): a checkpoint
-    stays readable by every zstore that understands what it uses."""
+def needed_format(tree: dict[str, Any], stacked: bool, encrypted: bool = False) -> int:
+    """The oldest format that holds ``tree`` (and stacked arrays, encrypted ones, if any):
+    a checkpoint stays readable by every zstore that understands what it uses."""
+    if encrypted:
+        return ENCRYPTED_FORMAT
     kinds = {next(iter(node)) for _, node in iter_leaves(tree)}
     if "sparse" in kinds:
         return SPARSE_FORMAT
@@ -67,6 +72,7 @@ class Manifest:
     created: float = 0.0
     zstore_version: str = ""
     format: int = 1
+    encryption: dict[str, str] | None = None  # ``Cipher.record()``: algorithm and key id
 
 
 def encode(document: Any) -> bytes:
@@ -207,6 +213,8 @@ def root_document(manifest: Manifest) -> dict[str, Any]:
         "tree": manifest.tree,
         "stored_bytes": manifest.stored_bytes,
     }}
+    if manifest.encryption is not None:
+        doc["attributes"]["zstore"]["encryption"] = manifest.encryption
     metadata, int_keys = metadata_document(manifest.metadata)
     doc["attributes"]["zstore"]["metadata"] = metadata
     if int_keys:  # absent unless needed: older readers see the same JSON, keys as str
@@ -284,7 +292,17 @@ def read_manifest(root: bytes | None, commit: bytes | None, url: str) -> Manifes
             created=info.get("created", 0.0),
             zstore_version=info.get("zstore_version", ""),
             format=version,
+            encryption=_encryption(info.get("encryption")),
         )
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
         raise CorruptCheckpointError(f"{url}/{ROOT} is not a zstore manifest: {e!r}", url=url,
                                      key=ROOT) from None
+
+
+def _encryption(record: Any) -> dict[str, str] | None:
+    if record is None:
+        return None
+    if not isinstance(record, dict) or not all(
+            isinstance(record.get(k), str) for k in ("algorithm", "key_id", "key_check")):
+        raise ValueError(f"its encryption record is malformed: {record!r}")
+    return {k: record[k] for k in ("algorithm", "key_id", "key_check")}

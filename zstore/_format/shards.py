@@ -10,7 +10,9 @@ where each chunk is and how long, as any Zarr reader needs), so that every body 
 aligned in the file: copies between the page cache and the arrays' memory ran 1.3-1.5x
 faster aligned than 4 bytes off (measured, writes and reads of 8 MiB objects of 1 MiB
 chunks). An unsharded object is one chunk so encoded. Edge chunks are stored at the full
-chunk shape, the part past the array's end filled with the fill value (zero).
+chunk shape, the part past the array's end filled with the fill value (zero). An encrypted
+array's chunks are sealed after compression and before their crc32c (``crypto``): sealed
+chunks take no aligned slots, since they are never read in place.
 
 zarr-python's codec pipeline decodes such objects one chunk at a time through several
 buffers; ``ObjectFormat`` reads and writes them directly, and ``object_format`` says for
@@ -36,6 +38,8 @@ import crc32c
 import numpy as np
 from numcodecs import Blosc, Zstd
 
+from zstore._format.crypto import CODEC as SEALED
+from zstore._format.crypto import Cipher
 from zstore._format.dtypes import dtype_from_name
 
 CRC = 4  # bytes of the crc32c after every chunk and after the shard index
@@ -91,6 +95,7 @@ class Placement:
     source: tuple[slice, ...]
     target: tuple[slice, ...]
     flat: tuple[int, int] | None
+    number: int = 0  # its position in the array's chunk grid, C order (what a seal binds)
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,21 @@ class ObjectFormat:
     chunk_shape: tuple[int, ...]
     sharded: bool
     compressor: Blosc | Zstd | None
+    sealed: tuple[str, str] | None = None  # encrypted: (array path, key id)
+    cipher: Cipher | None = None  # its key, where the caller has it
+
+    @property
+    def locked(self) -> bool:
+        """Encrypted, and the key was not given: nothing can be read or written."""
+        return self.sealed is not None and self.cipher is None
+
+    def chunk_number(self, origin: Sequence[int]) -> int:
+        """The C-order position in the array's chunk grid of the chunk starting at
+        ``origin`` (array coordinates)."""
+        number = 0
+        for g, c, n in zip(origin, self.chunk_shape, self.shape):
+            number = number * -(-n // c) + g // c
+        return number
 
     @property
     def chunks_per_object(self) -> tuple[int, ...]:
@@ -131,7 +151,7 @@ class ObjectFormat:
         """The size of an object whose chunks are all uncompressed and in C order (as
         zstore writes them), or None with a compressor. (An edge object whose chunk slots
         past the array's end are empty is smaller, and read from its index.)"""
-        if self.compressor is not None:
+        if self.compressor is not None or self.sealed is not None:
             return None
         return self.chunk_count * self.slot_nbytes + self.index_nbytes
 
@@ -167,7 +187,7 @@ class ObjectFormat:
             if _is_prefix(source, self.chunk_shape) and _is_prefix_block(target, dest_shape):
                 start = _flat_offset(target, dest_shape) * itemsize
                 flat = (start, start + math.prod(s.stop - s.start for s in source) * itemsize)
-            found.append(Placement(local, source, target, flat))
+            found.append(Placement(local, source, target, flat, self.chunk_number(origin)))
         return found, whole
 
     # ---- decoding ------------------------------------------------------------------
@@ -187,11 +207,14 @@ class ObjectFormat:
         return np.stack([offsets, np.full_like(offsets, self.chunk_nbytes + CRC)], axis=1)
 
     def decode(self, encoded: Any, placement: Placement, dest: np.ndarray, key: str) -> None:
-        """Check one chunk's crc32c and decode its needed part into ``dest``."""
+        """Check one chunk's crc32c (and seal) and decode its needed part into ``dest``."""
         data = memoryview(encoded).cast("B")
-        body, stored = data[:-CRC], int.from_bytes(data[-CRC:], "little")
-        if len(data) < CRC or checksum(body) != stored:
+        body: Any = data[:-CRC]
+        if len(data) < CRC or checksum(body) != int.from_bytes(data[-CRC:], "little"):
             raise ValueError(f"chunk {placement.index} of {key!r}: checksum mismatch")
+        if self.sealed is not None:
+            assert self.cipher is not None, "a locked format is refused before reading"
+            body = self.cipher.open(body, self.sealed[0], placement.number, key)
         if placement.flat is not None:  # straight into place where the bytes allow
             start, stop = placement.flat
             raw = dest.reshape(-1).view(np.uint8)
@@ -236,9 +259,11 @@ class ObjectFormat:
             padded[tuple(slice(0, s) for s in part.shape)] = part
             part = padded
         raw = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
-        if self.compressor is None:
-            return raw.data
-        return self.compressor.encode(raw)
+        body = raw.data if self.compressor is None else self.compressor.encode(raw)
+        if self.sealed is None:
+            return body
+        assert self.cipher is not None, "a locked format is refused before writing"
+        return self.cipher.seal(body, self.sealed[0], self.chunk_number(origin))
 
     def assemble(self, bodies: Sequence[Any]) -> list[Any]:
         """An object's buffers, to be written back to back: each chunk body (C order) and
@@ -247,7 +272,7 @@ class ObjectFormat:
         parts: list[Any] = []
         entries = []
         offset = 0
-        aligned = self.sharded and self.compressor is None
+        aligned = self.sharded and self.compressor is None and self.sealed is None
         for body in bodies:
             if body is None:
                 entries.append((EMPTY, EMPTY))
@@ -265,17 +290,20 @@ class ObjectFormat:
         return parts
 
 
-def object_format(document: dict[str, Any]) -> ObjectFormat | None:
+def object_format(document: dict[str, Any], cipher: Cipher | None = None
+                  ) -> ObjectFormat | None:
     """The ``ObjectFormat`` of an array's ``zarr.json``, or None where zstore's data path
     does not read and write it itself (then zarr does): another codec chain or chunk key
-    encoding, a non-zero fill value, a shard index not at the end, a big-endian host."""
+    encoding, a non-zero fill value, a shard index not at the end, a big-endian host. An
+    encrypted array's format holds ``cipher`` where it is the array's key (else it is
+    ``locked``)."""
     try:
-        return _object_format(document)
+        return _object_format(document, cipher)
     except (KeyError, TypeError, ValueError, IndexError):
         return None
 
 
-def _object_format(document: dict[str, Any]) -> ObjectFormat | None:
+def _object_format(document: dict[str, Any], cipher: Cipher | None) -> ObjectFormat | None:
     keys = document.get("chunk_key_encoding", {})
     if (sys.byteorder != "little" or keys.get("name") != "default"
             or keys.get("configuration", {}).get("separator", "/") != "/"
@@ -298,11 +326,18 @@ def _object_format(document: dict[str, Any]) -> ObjectFormat | None:
             return None
     if not shape or len(grid) != len(shape) or any(n <= 0 for n in grid):
         return None
+    sealed = None
+    if len(codecs) >= 3 and codecs[-2]["name"] == SEALED:  # sealed just before the crc32c
+        config = codecs[-2]["configuration"]
+        sealed = (str(config["path"]), str(config["key_id"]))
+        codecs = [*codecs[:-2], codecs[-1]]
     compressor = _chunk_codecs(codecs, dtype)
     if compressor is False:
         return None
     return ObjectFormat(shape, dtype, grid, chunk, sharded,
-                        compressor if compressor is not True else None)
+                        compressor if compressor is not True else None, sealed,
+                        cipher if sealed is not None and cipher is not None
+                        and cipher.key_id == sealed[1] else None)
 
 
 def _plain_index(codecs: list[dict[str, Any]]) -> bool:

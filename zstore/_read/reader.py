@@ -24,6 +24,13 @@ from zarr.storage import StorePath, WrapperStore
 
 from zstore._budget import ByteBudget
 from zstore._compat import ArrayV3Metadata, RangesThroughGet
+from zstore._format.crypto import (
+    ChunkAuthenticationError,
+    Cipher,
+    KeySource,
+    cipher_for,
+    key_needed,
+)
 from zstore._format.dtypes import dtype_from_name
 from zstore._format.layout import object_shape
 from zstore._format.manifest import Manifest, read_manifest
@@ -175,6 +182,8 @@ class LazyTensor:
         direct = out is not None and selection.direct
         box = _box(selection) if self._format is not None else None
         stored = selection.zarr if self._member is None else (self._member, *selection.zarr)
+        if self._format is not None and self._format.sealed is not None and self._format.locked:
+            raise key_needed(self._location.url, self.name, self._format.sealed[1])
         try:
             if box is not None:
                 if self._member is not None:
@@ -188,6 +197,12 @@ class LazyTensor:
                     stored,
                     out=default_buffer_prototype().nd_buffer.from_numpy_array(out)
                     if direct and out is not None else None)
+        except ChunkAuthenticationError as e:
+            raise CorruptCheckpointError(
+                f"array {self.name!r} in {self._location.url!r}: stored object {e.key!r} "
+                f"failed its AES-GCM authentication (chunk {e.number}): it was changed after "
+                "the save, or moved from another place; run `zstore verify` to list all the "
+                "damage", url=self._location.url, array=self.name, key=e.key) from None
         except (ValueError, TypeError, KeyError, ZeroDivisionError) as e:
             if "checksum" not in str(e):
                 raise CorruptCheckpointError(
@@ -269,11 +284,11 @@ class LazyTensor:
 MAX_ELEMENTS = 1 << 50  # no real array is larger; a manifest that says so is damaged
 
 
-def parse_document(document: dict[str, Any], name: str, url: str | None = None
-                   ) -> tuple[ArrayV3Metadata, ObjectFormat | None]:
+def parse_document(document: dict[str, Any], name: str, url: str | None = None,
+                   cipher: Cipher | None = None) -> tuple[ArrayV3Metadata, ObjectFormat | None]:
     """An array document's checked zarr metadata, and its ``ObjectFormat`` (None where
-    zarr reads it)."""
-    return _checked_metadata(document, name, url), object_format(document)
+    zarr reads it; holding ``cipher`` where the array is encrypted under it)."""
+    return _checked_metadata(document, name, url), object_format(document, cipher)
 
 
 def _checked_metadata(document: dict[str, Any], name: str, url: str | None = None
@@ -411,11 +426,13 @@ class Checkpoint(Mapping[str, LazyTensor]):
     included (held inline), plain Python values are only in ``load()``'s tree.
     """
 
-    def __init__(self, location: Location, manifest: Manifest) -> None:
+    def __init__(self, location: Location, manifest: Manifest, cipher: Cipher | None = None
+                 ) -> None:
         self.url = location.url
         self.metadata = manifest.metadata
         self._location = location
         self._manifest = manifest
+        self._cipher = cipher  # an encrypted checkpoint's key, where it was given
         self._tensors: dict[str, LazyTensor] = {}
         # one per open checkpoint, shared by its arrays
         store = self._store = ShardIndexCache(_CommittedObjects(location.store, location.url))
@@ -435,7 +452,7 @@ class Checkpoint(Mapping[str, LazyTensor]):
                 path, member = node["array"], node.get("index")
                 document = manifest.arrays[path]
                 if path not in self._parsed:
-                    self._parsed[path] = parse_document(document, name, location.url)
+                    self._parsed[path] = parse_document(document, name, location.url, cipher)
                 share = 1 if member is None else max(1, document["shape"][0])
                 self._tensors[name] = self._by_key.setdefault(leaf_key(node), LazyTensor(
                     name, location, store, path, document, None, node["kind"],
@@ -516,7 +533,7 @@ class Checkpoint(Mapping[str, LazyTensor]):
                     self._stored[path] = LazyTensor(
                         path, self._location, self._store, path, document, None, "numpy",
                         self._manifest.stored_bytes.get(path, 0), None,
-                        parse_document(document, path, self.url))
+                        parse_document(document, path, self.url, self._cipher))
         return self._stored
 
     def whole_stacks(self, tensors: Mapping[K, LazyTensor]) -> dict[LazyTensor, dict[int, K]]:
@@ -708,13 +725,20 @@ async def _to_device(reads: dict[str, tuple[LazyTensor, Any]], device: Any,
     return done
 
 
-def open(url: str, *, storage_options: dict[str, Any] | None = None) -> Checkpoint:  # noqa: A001
+def open(url: str, *, storage_options: dict[str, Any] | None = None,  # noqa: A001
+         encryption_key: KeySource | None = None) -> Checkpoint:
     """Open the committed checkpoint at ``url`` lazily: two small reads, no array data.
+
+    ``encryption_key``: the key an encrypted checkpoint was saved with (32 bytes, or a
+    provider called with the recorded key id), checked here; ignored for one that is
+    not encrypted. Without it, an encrypted checkpoint still opens (names, shapes,
+    metadata), and reading an array raises ``EncryptionKeyError``.
 
     Raises:
         CheckpointNotFoundError: nothing is saved at ``url``.
         IncompleteCheckpointError: a save there never committed.
         CorruptCheckpointError, UnsupportedFormatError: the metadata cannot be trusted/read.
+        EncryptionKeyError: ``encryption_key`` is not the key the checkpoint was saved with.
 
     Example:
         >>> import numpy as np, zstore
@@ -729,9 +753,10 @@ def open(url: str, *, storage_options: dict[str, Any] | None = None) -> Checkpoi
         manifest = read_manifest(root, commit, url)
     except CheckpointNotFoundError as e:
         raise _not_a_checkpoint(location, e) from None
+    cipher = cipher_for(manifest.encryption, encryption_key, url)
     try:
         check_skeleton(manifest.tree)
-        return Checkpoint(location, manifest)
+        return Checkpoint(location, manifest, cipher)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as e:
         raise CorruptCheckpointError(
             f"the manifest of {url!r} is committed but malformed ({type(e).__name__}: {e}); "
@@ -788,7 +813,8 @@ def load(url: str, *, storage_options: dict[str, Any] | None = None,
          keys: Sequence[str] | None = None, framework: str | None = None,
          device: Any = None, into: Any = None, strict: bool = True, prefix: str = "",
          progress: bool | None = None, max_concurrency: int | None = None,
-         broadcast: bool = False, process_group: Any = None) -> Any:
+         broadcast: bool = False, process_group: Any = None,
+         encryption_key: KeySource | None = None) -> Any:
     """Load the whole tree saved at ``url``, only the arrays named by ``keys``, or into a model.
 
     Args:
@@ -821,6 +847,7 @@ def load(url: str, *, storage_options: dict[str, Any] | None = None,
             group of zstore's own. The store then serves each byte once, not once per
             rank: worth it on S3; on local NVMe reading is faster. DTensors always read
             their own part.
+        encryption_key: the key an encrypted checkpoint was saved with (see ``open``).
 
     Raises:
         StateMismatchError: with ``into``, keys or shapes disagree (nothing changed).
@@ -834,7 +861,7 @@ def load(url: str, *, storage_options: dict[str, Any] | None = None,
         >>> zstore.load("memory://doc/load")
         {'a': [array([1., 1.]), (1, 'x')]}
     """
-    return open(url, storage_options=storage_options).load(
+    return open(url, storage_options=storage_options, encryption_key=encryption_key).load(
         keys=keys, framework=framework, device=device, into=into, strict=strict,
         prefix=prefix, progress=progress, max_concurrency=max_concurrency,
         broadcast=broadcast, process_group=process_group)

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from zstore._format.crypto import KeySource
 from zstore._format.hashes import box_hash, decode_hashes, object_boxes
 from zstore._format.layout import object_shape
 from zstore._format.manifest import parse_json
@@ -14,7 +15,7 @@ from zstore._read.reader import Checkpoint, LazyTensor
 from zstore._read.reader import open as open_checkpoint
 from zstore._storage.failures import is_storage_failure
 from zstore._storage.location import run
-from zstore.errors import CorruptCheckpointError
+from zstore.errors import CorruptCheckpointError, EncryptionKeyError
 
 
 @dataclass
@@ -31,7 +32,7 @@ class VerifyReport:
 
 
 def verify(url: str, *, storage_options: dict[str, Any] | None = None,
-           max_concurrency: int = 8) -> VerifyReport:
+           max_concurrency: int = 8, encryption_key: KeySource | None = None) -> VerifyReport:
     """Check every stored object of the checkpoint at ``url``.
 
     - every object each array needs exists (zarr would silently read a missing
@@ -40,8 +41,20 @@ def verify(url: str, *, storage_options: dict[str, Any] | None = None,
       of each object hash to what was recorded: end to end, past the codecs;
     - each array's own ``zarr.json`` (what plain zarr readers use) says what the
       committed, consolidated metadata says.
+
+    An encrypted checkpoint needs its ``encryption_key``: each chunk's AES-GCM tag is
+    checked too, and its keyed hashes are recomputed under it.
+
+    Raises:
+        EncryptionKeyError: the checkpoint is encrypted and no key, or another key, was given.
     """
-    ckpt = open_checkpoint(url, storage_options=storage_options)
+    ckpt = open_checkpoint(url, storage_options=storage_options, encryption_key=encryption_key)
+    sealed = ckpt._manifest.encryption
+    if sealed is not None and ckpt._cipher is None:
+        raise EncryptionKeyError(
+            f"{url!r} is encrypted (key id {sealed['key_id']!r}): its objects can be checked "
+            "only with its key; pass encryption_key= (`zstore verify --key-file`)",
+            url=url, key_id=sealed["key_id"])
     return run(ckpt.url, _verify(ckpt, max_concurrency))
 
 
@@ -62,8 +75,10 @@ async def _verify(ckpt: Checkpoint, max_concurrency: int) -> VerifyReport:
         async with limit:
             try:
                 data = await tensor.read_async(box)
-            except CorruptCheckpointError:
-                report.problems.append(f"{key}: damaged (fails its crc32c check)")
+            except CorruptCheckpointError as e:
+                why = "fails its AES-GCM authentication" if "AES-GCM" in str(e) else \
+                    "fails its crc32c check"
+                report.problems.append(f"{key}: damaged ({why})")
                 return
             except Exception as e:  # any decode failure is a finding, not a crash
                 if is_storage_failure(e):  # the storage failed, not the object: no finding
@@ -72,7 +87,8 @@ async def _verify(ckpt: Checkpoint, max_concurrency: int) -> VerifyReport:
                 return
             finally:
                 report.objects_checked += 1
-        if key in hashes and box_hash(data, tuple(slice(None) for _ in box)) != hashes[key]:
+        if key in hashes and box_hash(data, tuple(slice(None) for _ in box),
+                                      ckpt._cipher) != hashes[key]:
             report.problems.append(f"{key}: decodes, but not to the bytes that were saved")
 
     async def check_document(path: str, expected: dict[str, Any]) -> None:

@@ -40,12 +40,12 @@ import numpy as np
 
 from zstore._budget import ByteBudget
 from zstore._compat import sync
+from zstore._format.crypto import Cipher
 from zstore._format.dtypes import dtype_from_name
-from zstore._format.layout import Layout, array_metadata
+from zstore._format.layout import Layout
 from zstore._format.manifest import (
     Manifest,
     check_metadata,
-    needed_format,
 )
 from zstore._format.names import RANKS
 from zstore._format.shards import checksum
@@ -68,7 +68,8 @@ def write_collective(flat: FlatTree, url: str, ranks: Ranks, *,
                      storage_options: dict[str, Any] | None, metadata: dict[str, Any] | None,
                      overwrite: bool, access: Access, backend: str | BackendProfile | None,
                      codec: str, timeout: float | None, layouts: Mapping[str, Layout] | None,
-                     stack: bool) -> tuple[Plan, int, list[int], int]:
+                     stack: bool, cipher: Cipher | None = None
+                     ) -> tuple[Plan, int, list[int], int]:
     """Run this rank's part of the collective save; (plan, objects, bytes written by each
     rank, stored bytes), the same on every rank. ``timeout`` is checked at each exchange:
     a rank past it fails there, so every rank learns it at the same step."""
@@ -76,10 +77,11 @@ def write_collective(flat: FlatTree, url: str, ranks: Ranks, *,
     deadline = None if timeout is None else time.monotonic() + timeout
     planning = {"url": location.url, "codec": codec, "stack": stack, "access": repr(access),
                 "layouts": repr(layouts), "overwrite": overwrite, "timeout": timeout,
-                "save": ranks.next_save()}
+                "save": ranks.next_save(),
+                "encryption key id": None if cipher is None else cipher.key_id}
     exchange = _Exchange(ranks, deadline, timeout)
     work = _save(flat, location, exchange, metadata, planning, profile_for(url, backend),
-                 access, layouts)
+                 access, layouts, cipher)
     with storage_errors(url, saving=True):
         try:
             return sync(work)
@@ -108,8 +110,8 @@ class _Exchange:
 
 async def _save(flat: FlatTree, location: Location, exchange: _Exchange,
                 metadata: dict[str, Any] | None, planning: dict[str, Any],
-                profile: BackendProfile, access: Access, layouts: Mapping[str, Layout] | None
-                ) -> tuple[Plan, int, list[int], int]:
+                profile: BackendProfile, access: Access, layouts: Mapping[str, Layout] | None,
+                cipher: Cipher | None) -> tuple[Plan, int, list[int], int]:
     ranks = exchange.ranks
     facts: dict[str, Any] | None = None
     parts: dict[str, Any] = {}
@@ -128,15 +130,14 @@ async def _save(flat: FlatTree, location: Location, exchange: _Exchange,
                       codec=planning["codec"], cores=_cores_per_rank(everyone), layouts=layouts,
                       stack=planning["stack"], held=held, alone=flat.alone)
     writers = writers_of(plan, held, ranks.size)
-    from zstore._write.writer import _stack
+    from zstore._write.writer import _stack, describe
 
     flat = FlatTree(skeleton=merged.tree, arrays=dict(merged.parts))
     arrays = _stack(flat, plan)
     manifest = Manifest(tree=flat.skeleton, metadata=first["metadata"], arrays={},
-                        zstore_version=__version__)
-    for path, a in plan.arrays.items():
-        manifest.arrays[path] = array_metadata(path, a.shape, a.dtype, a.layout, a.members)
-    manifest.format = needed_format(manifest.tree, any(a.members for a in plan.arrays.values()))
+                        zstore_version=__version__,
+                        encryption=None if cipher is None else cipher.record())
+    describe(manifest, plan, cipher)
     mine: dict[str, list[Box]] = {}
     load = [0] * ranks.size
     for (path, box), rank in writers.items():
@@ -145,7 +146,7 @@ async def _save(flat: FlatTree, location: Location, exchange: _Exchange,
             mine.setdefault(path, []).append(box)
     if ranks.rank == 0:
         return await _lead(location, exchange, plan, manifest, arrays, mine, load,
-                           planning["overwrite"])
+                           planning["overwrite"], cipher)
     await exchange.share(None, None, "clearing the destination")
     # Rank 0 renews the lease once the next exchange is over, and shares that version:
     # it was written after ``since``, so the lease holds until ``since + lease_ttl`` on
@@ -157,7 +158,7 @@ async def _save(flat: FlatTree, location: Location, exchange: _Exchange,
     failure = None
     try:
         async with lease.followed(token, version, since):
-            await write_mine(location, manifest, arrays, mine)
+            await write_mine(location, manifest, arrays, mine, cipher)
     except Exception as e:
         failure = e
     await exchange.share(None, failure, "writing the objects")
@@ -193,7 +194,7 @@ def _same_save(everyone: list[dict[str, Any]]) -> None:
 async def _lead(location: Location, exchange: _Exchange, plan: Plan,
                 manifest: Manifest,
                 arrays: dict[str, Any], mine: dict[str, list[Box]], load: list[int],
-                overwrite: bool) -> tuple[Plan, int, list[int], int]:
+                overwrite: bool, cipher: Cipher | None) -> tuple[Plan, int, list[int], int]:
     """Rank 0's part: the lease, the destination, the metadata, its own objects, and the
     commit once every rank's objects are written."""
     from zstore._write.writer import (
@@ -224,7 +225,7 @@ async def _lead(location: Location, exchange: _Exchange, plan: Plan,
             await exchange.share((lease.token, lease.version), failure, "taking the lease")
             try:  # the array documents while every rank writes objects: none needs them
                 await gather_all([write_documents(location, manifest, asyncio.Semaphore(8)),
-                                  write_mine(location, manifest, arrays, mine)])
+                                  write_mine(location, manifest, arrays, mine, cipher)])
             except Exception as e:
                 failure = e
             await exchange.share(None, failure, "writing the objects")
@@ -244,7 +245,7 @@ async def _lead(location: Location, exchange: _Exchange, plan: Plan,
 
 
 async def write_mine(location: Location, manifest: Manifest, arrays: dict[str, Any],
-                     mine: dict[str, list[Box]]) -> None:
+                     mine: dict[str, list[Box]], cipher: Cipher | None) -> None:
     """Write the objects assigned to this rank, each whole."""
     from zstore._write.writer import _write_array
 
@@ -255,7 +256,7 @@ async def write_mine(location: Location, manifest: Manifest, arrays: dict[str, A
         async with limit:
             await _write_array(location, path, manifest.arrays[path], arrays[path],
                                [tuple(slice(lo, hi) for lo, hi in box) for box in boxes],
-                               budget)
+                               budget, cipher)
 
     await gather_all([one(path, boxes) for path, boxes in mine.items() if boxes])
 

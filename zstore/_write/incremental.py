@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from zstore._format.crypto import Cipher
 from zstore._format.hashes import box_hash, object_boxes
 from zstore._format.layout import object_shape
 
@@ -49,10 +50,12 @@ class ArrayPlan:
 
 
 async def plan_array(path: str, array: np.ndarray, document: dict[str, Any],
-                     baseline: Baseline | None) -> ArrayPlan:
-    """Hash every object's box (in threads: hashlib releases the GIL) and sort them."""
+                     baseline: Baseline | None, cipher: Cipher | None) -> ArrayPlan:
+    """Hash every object's box (in threads: hashlib releases the GIL; keyed under
+    ``cipher`` for an encrypted array) and sort them."""
     boxes = list(object_boxes(path, tuple(document["shape"]), object_shape(document)))
-    digests = await asyncio.gather(*(asyncio.to_thread(box_hash, array, box) for _, box in boxes))
+    digests = await asyncio.gather(*(asyncio.to_thread(box_hash, array, box, cipher)
+                                     for _, box in boxes))
     plan = ArrayPlan(hashes={key: digest for (key, _), digest in zip(boxes, digests)})
     same_layout = baseline is not None and baseline.documents.get(path) == document
     for (key, box), digest in zip(boxes, digests):

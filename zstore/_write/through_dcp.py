@@ -253,13 +253,13 @@ def storage_writer_class() -> type:
 
         async def _lead(self, manifest: Manifest, arrays: dict[str, Any],
                         mine: dict[str, list[Box]]) -> None:
-            await write_mine(self._location, manifest, arrays, mine)
+            await write_mine(self._location, manifest, arrays, mine, None)
             self._arm()  # the others' writes, then finish: within the timeout from here
 
         async def _follow(self, work: _Work, manifest: Manifest, arrays: dict[str, Any],
                           mine: dict[str, list[Box]]) -> None:
             async with Lease(self._location).followed(*work.lease, self._since):
-                await write_mine(self._location, manifest, arrays, mine)
+                await write_mine(self._location, manifest, arrays, mine, None)
 
         def finish(self, metadata: Any, results: list[list[Any]]) -> None:
             from zstore._write.writer import commit, write_documents

@@ -35,6 +35,7 @@ from zarr.storage import StorePath, WrapperStore
 
 from zstore._budget import ByteBudget
 from zstore._compat import ArrayV3Metadata, sync
+from zstore._format.crypto import Cipher, KeySource, make_cipher
 from zstore._format.dtypes import check_supported
 from zstore._format.hashes import decode_hashes, encode_hashes
 from zstore._format.layout import Layout, array_metadata
@@ -142,6 +143,7 @@ def save(
     layouts: Mapping[str, Layout] | None = None,
     stack: bool = True,
     process_group: Any = None,
+    encryption_key: KeySource | None = None,
 ) -> SaveInfo:
     """Save a tree of arrays and values as a committed checkpoint at ``url``.
 
@@ -190,6 +192,11 @@ def save(
             None: all); its own collectives run on a gloo group of the same ranks. False:
             this process saves alone, even under ``torch.distributed`` (rank 0 saving a
             gathered state).
+        encryption_key: encrypt every array's chunks with AES-256-GCM under this key:
+            32 bytes, or a provider called with None that returns the key (or
+            ``(key_id, key)``, for a key held in a KMS). The key is never stored: only
+            its id, to refuse a wrong key on open. Names, shapes, dtypes, sizes, the
+            tree's inline values and ``metadata`` stay readable (README, "Encryption").
         max_concurrency: arrays written at once (each also writes its shards
             concurrently, per zarr's ``async.concurrency``); None:
             ``zstore.Settings.save_concurrency`` (8), which bounds a save's memory.
@@ -220,7 +227,8 @@ def save(
     return write(flatten(tree), url, storage_options=storage_options, metadata=metadata,
                  overwrite=overwrite, access=access, backend=backend, codec=codec, base=base,
                  timeout=timeout, max_concurrency=max_concurrency, progress=progress,
-                 layouts=layouts, stack=stack, process_group=process_group)
+                 layouts=layouts, stack=stack, process_group=process_group,
+                 encryption_key=encryption_key)
 
 
 def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = None,
@@ -229,7 +237,8 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
           codec: str = "auto", base: str | None = None, hashes: bool | None = None,
           timeout: float | None = None, max_concurrency: int | None = None,
           progress: bool | None = None, layouts: Mapping[str, Layout] | None = None,
-          stack: bool = True, process_group: Any = None) -> SaveInfo:
+          stack: bool = True, process_group: Any = None,
+          encryption_key: KeySource | None = None) -> SaveInfo:
     """``save`` of a tree already flattened (and perhaps snapshotted): see ``save``.
 
     ``hashes`` (default: only with a ``base``) records each object's hash so
@@ -237,6 +246,7 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
     core-second per 1.8 GB, noticeable only where storage is faster than that.
     """
     started = time.perf_counter()
+    cipher = None if encryption_key is None else make_cipher(encryption_key)
     ranks = None if process_group is False else Ranks.current(url, process_group)
     if ranks is not None and (ranks.size > 1 or any(
             is_dtensor(v) or isinstance(v, Part) for v in flat.arrays.values())):
@@ -246,7 +256,7 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
         plan, objects, rank_bytes, stored = write_collective(
             flat, url, ranks, storage_options=storage_options, metadata=metadata,
             overwrite=overwrite, access=access, backend=backend, codec=codec, timeout=timeout,
-            layouts=layouts, stack=stack)
+            layouts=layouts, stack=stack, cipher=cipher)
         return SaveInfo(url=url, arrays=len(plan.arrays), logical_bytes=plan.nbytes,
                         stored_bytes=stored, objects=objects,
                         seconds=time.perf_counter() - started,
@@ -254,21 +264,20 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
                         rank_bytes=tuple(rank_bytes))
     max_concurrency = concurrency(max_concurrency, saving=True)
     manifest = Manifest(tree=flat.skeleton, metadata=check_metadata(metadata), arrays={},
-                        zstore_version=__version__)
+                        zstore_version=__version__,
+                        encryption=None if cipher is None else cipher.record())
     specs = {path: (tuple(value.shape), _stored_dtype(value, path))
              for path, value in flat.arrays.items()}
     plan = plan_specs(specs, access=access, profile=profile_for(url, backend), codec=codec,
                       cores=None, layouts=layouts, stack=stack, alone=flat.alone)
     arrays = _stack(flat, plan)
-    for path, a in plan.arrays.items():
-        manifest.arrays[path] = array_metadata(path, a.shape, a.dtype, a.layout, a.members)
-    manifest.format = needed_format(manifest.tree, any(a.members for a in plan.arrays.values()))
+    describe(manifest, plan, cipher)
     location = resolve(url, storage_options)
     source = resolve(base, storage_options) if base is not None else None
     shown = bar(plan.nbytes, f"saving {url}", progress)
     work = _save(location, arrays, manifest, overwrite, max_concurrency,
                  lambda path: shown.update(plan.arrays[path].nbytes), source,
-                 base is not None if hashes is None else hashes)
+                 base is not None if hashes is None else hashes, cipher)
     with storage_errors(url, saving=True):
         try:
             outcome = sync(work if timeout is None else asyncio.wait_for(work, timeout))
@@ -291,6 +300,17 @@ def write(flat: FlatTree, url: str, *, storage_options: dict[str, Any] | None = 
         copied_bytes=outcome.copied_bytes,
         inline_values=sum("scalar" in node for _, node in iter_leaves(flat.skeleton)),
     )
+
+
+def describe(manifest: Manifest, plan: Plan, cipher: Cipher | None) -> None:
+    """Each planned array's ``zarr.json`` into the manifest (encrypted under ``cipher``,
+    if given), and the format that holds them."""
+    key_id = None if cipher is None else cipher.key_id
+    for path, a in plan.arrays.items():
+        manifest.arrays[path] = array_metadata(path, a.shape, a.dtype, a.layout, a.members,
+                                               key_id)
+    manifest.format = needed_format(manifest.tree, any(a.members for a in plan.arrays.values()),
+                                    cipher is not None)
 
 
 def _stack(flat: FlatTree, plan: Plan) -> dict[str, Any]:
@@ -323,17 +343,18 @@ class _Outcome:
 
 async def _save(location: Location, arrays: dict[str, Any], manifest: Manifest,
                 overwrite: bool, max_concurrency: int, written: Callable[[str], None],
-                source: Location | None, hashing: bool) -> _Outcome:
+                source: Location | None, hashing: bool, cipher: Cipher | None) -> _Outcome:
     baseline = await _baseline(source) if source is not None else None
     await _refuse_committed(location, overwrite)  # before the lease: a refusal writes nothing
     async with Lease(location).held() as lease:
         return await _save_leased(location, arrays, manifest, overwrite, max_concurrency,
-                                  written, baseline, hashing, lease)
+                                  written, baseline, hashing, lease, cipher)
 
 
 async def _save_leased(location: Location, arrays: dict[str, Any], manifest: Manifest,
                        overwrite: bool, max_concurrency: int, written: Callable[[str], None],
-                       baseline: Baseline | None, hashing: bool, lease: Lease) -> _Outcome:
+                       baseline: Baseline | None, hashing: bool, lease: Lease,
+                       cipher: Cipher | None) -> _Outcome:
     await claim_destination(location, overwrite)
     limit = asyncio.Semaphore(max_concurrency)
     budget = ByteBudget(current().write_budget)
@@ -350,10 +371,10 @@ async def _save_leased(location: Location, arrays: dict[str, Any], manifest: Man
         host: Any = value if isinstance(value, Stacked) else host_array(value, path)
         document = manifest.arrays[path]
         if not hashing:
-            await _write_array(location, path, document, host, [Ellipsis], budget)
+            await _write_array(location, path, document, host, [Ellipsis], budget, cipher)
             written(path)
             return
-        reuse = await plan_array(path, host, document, baseline)
+        reuse = await plan_array(path, host, document, baseline, cipher)
         hashes.update(reuse.hashes)
         lost: list[Any] = []  # boxes whose object the base no longer has: write them instead
 
@@ -367,7 +388,8 @@ async def _save_leased(location: Location, arrays: dict[str, Any], manifest: Man
 
         await asyncio.gather(*(copy(key, box) for key, box in reuse.copy))
         await _write_array(location, path, document, host,
-                           [Ellipsis] if reuse.writes_everything else reuse.write + lost, budget)
+                           [Ellipsis] if reuse.writes_everything else reuse.write + lost, budget,
+                           cipher)
         written(path)
 
     await asyncio.gather(*(bounded(write(path, value)) for path, value in arrays.items()))
@@ -393,7 +415,7 @@ async def commit(location: Location, manifest: Manifest, lease: Lease,
     """Once every object is written: the hashes, the final root ``zarr.json`` (manifest and
     stored sizes), then, if the lease is still this save's, the commit marker, created only
     if absent. The sizes of the checkpoint's objects."""
-    await location.put(HASHES, encode_hashes(hashes))
+    await location.put(HASHES, encode_hashes(hashes, keyed=manifest.encryption is not None))
     sizes = {k: n for k, n in (await location.sizes()).items()
              if k != LEASE and not is_temporary(k)}
     manifest.stored_bytes = {
@@ -448,10 +470,12 @@ class _NewObjectsStore(WrapperStore[Store]):
 
 
 async def _write_array(location: Location, path: str, document: dict[str, Any],
-                       host: Any, boxes: list[Any], budget: ByteBudget) -> None:
+                       host: Any, boxes: list[Any], budget: ByteBudget,
+                       cipher: Cipher | None = None) -> None:
     """Write these boxes of the array (each a whole object, or ``...`` for all of it):
-    zstore's layouts through its own data path (``shards``), any other through zarr."""
-    fmt = object_format(document)
+    zstore's layouts through its own data path (``shards``, encrypting under ``cipher``
+    where the document says so), any other through zarr."""
+    fmt = object_format(document, cipher)
     if fmt is not None:
         await write_objects(fmt, location, path, host, boxes, budget)
         return
