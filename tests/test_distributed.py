@@ -548,3 +548,28 @@ def test_fsdp2_over_tensor_parallel_saves_global_arrays_and_resumes(tmp_path):
     found = run_ranks(4, _fsdp_tp_round_trip, str(tmp_path / "ckpt"))
     for checks in _ok(found, 4):
         assert checks == {"strided": True, "global arrays": True, "resumed": True}, checks
+
+
+def _encrypted(rank: int, world: int, url: str, keys: list[bytes]) -> bool:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    full = _full()
+    zstore.save({"rows": distribute_tensor(full["rows"], mesh, [Shard(0)]),
+                 "norm": full["norm"]}, url, encryption_key=keys[rank])
+    return True
+
+
+def test_ranks_save_one_encrypted_checkpoint_and_must_agree_on_the_key(tmp_path):
+    key, other = bytes(range(32)), bytes(range(1, 33))
+    url = str(tmp_path / "sealed")
+    _ok(run_ranks(2, _encrypted, url, [key, key]), 2)
+    ckpt = zstore.open(url, encryption_key=key)
+    assert np.array_equal(ckpt["rows"][...], _full()["rows"].numpy())
+    without = zstore.open(url)  # opens: names and shapes are not secret
+    with pytest.raises(zstore.EncryptionKeyError):
+        without["norm"][...]
+    found = run_ranks(2, _encrypted, str(tmp_path / "mixed"), [key, other])
+    assert sorted(found) == [0, 1] and all(status == "error" for status, _ in found.values())
+    assert "encryption key id" in found[0][1][1] and key.hex() not in found[0][1][1]
