@@ -93,24 +93,29 @@ class Cipher:
                                 memoryview(out)[_NUMBER + _NONCE:])
         return out
 
-    def open(self, sealed: Any, path: str, number: int | None, key: str) -> bytes:
+    def open(self, sealed: Any, path: str, number: int | None, key: str,
+             into: Any = None) -> Any:
         """The plaintext of a sealed chunk, expected to be chunk ``number`` of ``path``
-        (None: whatever number it carries); ``ChunkAuthenticationError`` naming object
-        ``key`` where it is not exactly what was sealed there."""
+        (None: whatever number it carries), decrypted into ``into`` where given (a writable
+        buffer of exactly its size: a chunk lands in the caller's array with no copy);
+        ``ChunkAuthenticationError`` naming object ``key`` where it is not exactly what was
+        sealed there."""
         data = memoryview(sealed).cast("B")
         carried = int.from_bytes(data[:_NUMBER], "little") if len(data) >= _NUMBER else -1
         expected = carried if number is None else number
-        if len(data) < OVERHEAD or carried != expected:
+        if len(data) < OVERHEAD or carried != expected or (
+                into is not None and len(into) != len(data) - OVERHEAD):
             raise ChunkAuthenticationError(key, expected)
+        nonce, body = bytes(data[_NUMBER:_NUMBER + _NONCE]), data[_NUMBER + _NONCE:]
         try:
-            plain: bytes = self._aead.decrypt(bytes(data[_NUMBER:_NUMBER + _NONCE]),
-                                              data[_NUMBER + _NONCE:],
-                                              _associated(path, expected))
+            if into is None:
+                return self._aead.decrypt(nonce, body, _associated(path, expected))
+            self._aead.decrypt_into(nonce, body, _associated(path, expected), into)
+            return into
         except Exception as e:  # cryptography's InvalidTag
             if type(e).__name__ != "InvalidTag":
                 raise
             raise ChunkAuthenticationError(key, expected) from None
-        return plain
 
     def digest(self, data: Any) -> str:
         """The keyed hash (HMAC-SHA256) an encrypted checkpoint records of an object's box."""

@@ -212,12 +212,18 @@ class ObjectFormat:
         body: Any = data[:-CRC]
         if len(data) < CRC or checksum(body) != int.from_bytes(data[-CRC:], "little"):
             raise ValueError(f"chunk {placement.index} of {key!r}: checksum mismatch")
-        if self.sealed is not None:
-            assert self.cipher is not None, "a locked format is refused before reading"
-            body = self.cipher.open(body, self.sealed[0], placement.number, key)
         if placement.flat is not None:  # straight into place where the bytes allow
             start, stop = placement.flat
             raw = dest.reshape(-1).view(np.uint8)
+            if self.sealed is not None and self.compressor is None \
+                    and stop - start == self.chunk_nbytes:
+                assert self.cipher is not None, "a locked format is refused before reading"
+                self.cipher.open(body, self.sealed[0], placement.number, key, raw[start:stop])
+                return
+        if self.sealed is not None:
+            assert self.cipher is not None, "a locked format is refused before reading"
+            body = self.cipher.open(body, self.sealed[0], placement.number, key)
+        if placement.flat is not None:
             if self.compressor is None and len(body) == self.chunk_nbytes:
                 raw[start:stop] = np.frombuffer(body, np.uint8, stop - start)
                 return

@@ -48,7 +48,7 @@ async def write_objects(fmt: ObjectFormat, location: Location, path: str, array:
 
     async def one(index: tuple[int, ...]) -> None:
         key = object_key(path, index)
-        in_place = (fmt.compressor is None and not lazy
+        in_place = (fmt.compressor is None and fmt.sealed is None and not lazy
                     and location.backend.local_file(key) is not None)
         async with limit, budget.hold(0 if in_place else decoded):
             origins = fmt.chunk_origins(index)
@@ -57,10 +57,10 @@ async def write_objects(fmt: ObjectFormat, location: Location, path: str, array:
                 box = object_box(index, fmt.object_shape, fmt.shape)
                 block = await array.fetch(tuple(slice(lo, hi) for lo, hi in box))
                 source = Part(block, box, fmt.shape)
-            if fmt.compressor is None or len(origins) == 1:
+            if (fmt.compressor is None and fmt.sealed is None) or len(origins) == 1:
                 bodies = await asyncio.to_thread(
                     lambda: [fmt.encode_chunk(source, o) for o in origins])
-            else:  # compress the chunks in parallel (Blosc and zstd release the GIL)
+            else:  # compress and seal chunks in parallel (Blosc, zstd, AES release the GIL)
                 bodies = await gather_all(asyncio.to_thread(fmt.encode_chunk, source, o)
                                           for o in origins)
             parts = await asyncio.to_thread(fmt.assemble, bodies)
