@@ -15,6 +15,7 @@ import pytest
 import zarr
 
 import zstore
+from zstore._cli import main
 from zstore._read.verify import verify
 from zstore.errors import EncryptionKeyError
 
@@ -258,3 +259,40 @@ def test_os_urandom_keys_work(tmp_path: Path) -> None:
     zstore.save({"a": np.arange(3)}, str(tmp_path / "c"), encryption_key=bytearray(key))
     np.testing.assert_array_equal(zstore.load(str(tmp_path / "c"), encryption_key=key)["a"],
                                   np.arange(3))
+
+
+def test_the_command_line_verifies_with_a_key_file_and_info_shows_the_key_id(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    zstore.save(_state(), str(tmp_path / "c"), encryption_key=KEY, layouts={"w": ROWS})
+    (tmp_path / "hex.key").write_text(KEY.hex() + "\n")
+    (tmp_path / "raw.key").write_bytes(KEY)
+    for key_file in ("hex.key", "raw.key"):
+        assert main(["verify", str(tmp_path / "c"), "--key-file", str(tmp_path / key_file)]) == 0
+    assert main(["info", str(tmp_path / "c")]) == 0
+    shown = capsys.readouterr().out
+    assert "encrypted AES-256-GCM, key id fp-" in shown and KEY.hex() not in shown
+    (tmp_path / "other.key").write_bytes(OTHER)
+    assert main(["verify", str(tmp_path / "c"), "--key-file", str(tmp_path / "other.key")]) != 0
+    assert "not the one it was saved with" in capsys.readouterr().err
+
+
+def test_convert_encrypts_rekeys_and_decrypts(tmp_path: Path) -> None:
+    state = _state()
+    zstore.save(state, str(tmp_path / "plain"))
+    zstore.convert(str(tmp_path / "plain"), str(tmp_path / "sealed"), encryption_key=KEY)
+    with pytest.raises(EncryptionKeyError):
+        zstore.load(str(tmp_path / "sealed"))
+    with pytest.raises(EncryptionKeyError, match="encryption_key="):
+        zstore.convert(str(tmp_path / "sealed"), str(tmp_path / "nokey"))
+    assert not (tmp_path / "nokey").exists()
+    zstore.convert(str(tmp_path / "sealed"), str(tmp_path / "rekeyed"), encryption_key=KEY,
+                   dst_encryption_key=OTHER)
+    np.testing.assert_array_equal(
+        zstore.load(str(tmp_path / "rekeyed"), encryption_key=OTHER)["w"], state["w"])
+    with pytest.raises(ValueError, match="dst_encryption_key=False"):
+        zstore.convert(str(tmp_path / "sealed"), str(tmp_path / "w.safetensors"),
+                       encryption_key=KEY)
+    zstore.convert(str(tmp_path / "sealed"), str(tmp_path / "w.safetensors"),
+                   encryption_key=KEY, dst_encryption_key=False)
+    from safetensors.numpy import load_file
+    np.testing.assert_array_equal(load_file(str(tmp_path / "w.safetensors"))["b"], state["b"])

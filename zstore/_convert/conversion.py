@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 import fsspec
 
 from zstore._convert.export import export_safetensors
 from zstore._convert.sources import is_local, open_source
+from zstore._format.crypto import KeySource
 from zstore._plan.access import Access
 from zstore._write.writer import SaveInfo, save
 
@@ -34,7 +35,8 @@ def _refuse_overlap(src: str, src_options: dict[str, Any] | None, dst: str,
 def convert(src: str, dst: str, *, storage_options: dict[str, Any] | None = None,
             dst_storage_options: dict[str, Any] | None = None, access: Access = None,
             codec: str = "auto", progress: bool | None = None, overwrite: bool = False,
-            max_shard_size: int = HF_SHARD) -> SaveInfo:
+            max_shard_size: int = HF_SHARD, encryption_key: KeySource | None = None,
+            dst_encryption_key: KeySource | Literal[False] | None = None) -> SaveInfo:
     """Convert the checkpoint at ``src`` into ``dst``, tensor by tensor, between any two
     fsspec URLs; returns what was written.
 
@@ -63,6 +65,11 @@ def convert(src: str, dst: str, *, storage_options: dict[str, Any] | None = None
         progress: a progress bar on stderr (default: on a terminal, for large work).
         overwrite: replace what ``dst`` holds (a committed checkpoint, or files).
         max_shard_size: bytes per safetensors file before sharding.
+        encryption_key: the key of an encrypted zstore ``src``, and of a zstore ``dst``
+            unless ``dst_encryption_key`` is given (see ``save``).
+        dst_encryption_key: the key to encrypt ``dst`` with (re-keying); ``False``
+            writes it unencrypted, which a safetensors ``dst`` of an encrypted source
+            must say (safetensors files cannot be encrypted).
 
     Example:
         >>> import numpy as np, zstore
@@ -73,14 +80,21 @@ def convert(src: str, dst: str, *, storage_options: dict[str, Any] | None = None
     """
     out = storage_options if dst_storage_options is None else dst_storage_options
     _refuse_overlap(src, storage_options, dst, out)
-    source = open_source(src, storage_options)
+    sealing = encryption_key if dst_encryption_key is None else dst_encryption_key or None
+    exporting = dst.rstrip("/").lower().endswith(".safetensors")
+    if exporting and sealing is not None:
+        raise ValueError(
+            f"{dst!r} is a safetensors file, which cannot be encrypted: pass "
+            "dst_encryption_key=False to write it in the clear, or convert to a zstore "
+            "checkpoint")
+    source = open_source(src, storage_options, encryption_key)
     try:
-        if dst.rstrip("/").lower().endswith(".safetensors"):
+        if exporting:
             return export_safetensors(source.tree, source.metadata, dst, out,
                                       max_shard_size=max_shard_size, overwrite=overwrite,
                                       progress=progress)
         return save(source.tree, dst, storage_options=out, metadata=source.metadata,
                     overwrite=overwrite, access=access, codec=codec, progress=progress,
-                    process_group=False)
+                    process_group=False, encryption_key=sealing)
     finally:
         source.close()

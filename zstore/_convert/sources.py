@@ -36,6 +36,7 @@ import fsspec
 import numpy as np
 
 from zstore._convert.pretrained import hf_metadata
+from zstore._format.crypto import KeySource
 from zstore._format.dtypes import check_supported
 from zstore._format.lazy import Box, Lazy, rows_of
 from zstore._format.safetensors import Entry, header_length, parse_header
@@ -47,6 +48,7 @@ from zstore._read.reader import open as open_checkpoint
 from zstore.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
+    EncryptionKeyError,
     UnsupportedFormatError,
     UnsupportedTypeError,
 )
@@ -69,12 +71,14 @@ class Source:
         self.closing.close()
 
 
-def open_source(url: str, storage_options: dict[str, Any] | None = None) -> Source:
-    """Open ``url`` as whichever kind of source it is (see the module's docstring)."""
+def open_source(url: str, storage_options: dict[str, Any] | None = None,
+                encryption_key: KeySource | None = None) -> Source:
+    """Open ``url`` as whichever kind of source it is (see the module's docstring); an
+    encrypted zstore checkpoint with ``encryption_key``."""
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     source = Source(url, "", {})
     try:
-        _open(source, fs, path.rstrip("/"), storage_options)
+        _open(source, fs, path.rstrip("/"), storage_options, encryption_key)
     except FileNotFoundError as e:
         source.close()
         raise CheckpointNotFoundError(f"nothing to convert at {url!r}: {e}", url=url) from None
@@ -84,8 +88,8 @@ def open_source(url: str, storage_options: dict[str, Any] | None = None) -> Sour
     return source
 
 
-def _open(source: Source, fs: Any, path: str, storage_options: dict[str, Any] | None
-          ) -> None:
+def _open(source: Source, fs: Any, path: str, storage_options: dict[str, Any] | None,
+          encryption_key: KeySource | None) -> None:
     url, lower = source.url, path.lower()
     if lower.endswith(".safetensors.index.json"):
         return _sharded(source, fs, path)
@@ -100,7 +104,7 @@ def _open(source: Source, fs: Any, path: str, storage_options: dict[str, Any] | 
     except (FileNotFoundError, NotADirectoryError):
         names = set()
     if "zstore.commit.json" in names or "zarr.json" in names:
-        return _zstore(source, storage_options)
+        return _zstore(source, storage_options, encryption_key)
     if ".metadata" in names:
         return _dcp(source, fs, path, storage_options)
     index = sorted(n for n in names if n.endswith(".safetensors.index.json"))
@@ -618,9 +622,14 @@ class _Stored(Lazy):
         return np.asarray(await self.tensor.read_async(box))  # on the save's loop itself
 
 
-def _zstore(source: Source, storage_options: dict[str, Any] | None) -> None:
+def _zstore(source: Source, storage_options: dict[str, Any] | None,
+            encryption_key: KeySource | None) -> None:
     url, source.kind = source.url, "zstore"
-    ckpt = open_checkpoint(url, storage_options=storage_options)
+    ckpt = open_checkpoint(url, storage_options=storage_options, encryption_key=encryption_key)
+    if ckpt.encryption is not None and encryption_key is None:
+        raise EncryptionKeyError(
+            f"{url!r} is encrypted (key id {ckpt.encryption['key_id']!r}): pass "
+            "encryption_key= to convert it", url=url, key_id=ckpt.encryption["key_id"])
     wrapped: dict[int, _Stored] = {}
 
     def wrap(node: Any) -> Any:
