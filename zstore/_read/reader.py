@@ -499,6 +499,12 @@ class Checkpoint(Mapping[str, LazyTensor]):
         return self._manifest.created
 
     @property
+    def encryption(self) -> dict[str, str] | None:
+        """How the arrays are encrypted (``algorithm``, ``key_id``), None where they are not;
+        never the key."""
+        return self._manifest.encryption
+
+    @property
     def entries(self) -> list[str | int]:
         """Top-level keys of the saved tree (empty unless it was saved from a dict)."""
         tree = self._manifest.tree
