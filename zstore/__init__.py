@@ -16,6 +16,7 @@ from zstore._plan.planner import Plan, plan
 from zstore._plan.profiles import BackendProfile
 from zstore._read.reader import Checkpoint, LazyTensor, load, open
 from zstore._series.manager import CheckpointManager
+from zstore._series.mirror import Mirror
 from zstore._storage.accounting import IOStats, io_stats
 from zstore._version import __version__ as __version__
 from zstore._write.writer import SaveInfo, save
@@ -66,6 +67,7 @@ __all__ = [
     "LazyTensor",
     "LeaseHeldError",
     "LeaseLostError",
+    "Mirror",
     "NestedCheckpointError",
     "PartialLoadError",
     "Plan",

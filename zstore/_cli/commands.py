@@ -3,7 +3,9 @@
     zstore ls URL        what lies under a prefix, a few folders deep: checkpoints (a series'
                          steps in order, committed or not, with size and age) and anything
                          else; or the arrays and inline values of one checkpoint.
-                         ``--verify`` also reads every object of each committed checkpoint
+                         ``--verify`` also reads every object of each committed checkpoint;
+                         ``--mirror URL`` (repeatable) adds which tiers of a tiered series
+                         (the root, its mirrors) hold each step committed
     zstore rm URL        delete a checkpoint, commit marker first; the newest committed
                          step of a series only with --force
     zstore rm ROOT --keep-last N [--keep-every M]
@@ -39,7 +41,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from zstore._convert import convert
-from zstore._format.names import step_of
+from zstore._format.names import step_name, step_of
 from zstore._plan.planner import plan, plan_specs
 from zstore._plan.profiles import profile_for, store_profile
 from zstore._plan.specs import safetensors_specs
@@ -48,11 +50,12 @@ from zstore._read.reader import Checkpoint
 from zstore._read.reader import open as open_checkpoint
 from zstore._read.verify import verify
 from zstore._series.manager import CheckpointManager
+from zstore._series.mirror import Mirror
 from zstore._storage.calibrate import calibrate
 from zstore._text import age, contents, duration, size, table
 from zstore._version import __version__
 from zstore._write.delete import delete
-from zstore.errors import ZStoreError
+from zstore.errors import CheckpointNotFoundError, ZStoreError
 
 
 def _storage_options(pairs: Sequence[str]) -> dict[str, Any]:
@@ -88,6 +91,8 @@ def _cmd_info(args: argparse.Namespace, options: dict[str, Any]) -> int:
     print(f"checkpoint {ckpt.url}  created {created}")
     if ckpt.metadata:
         print(f"metadata {json.dumps(ckpt.metadata)}")
+    if ckpt.encryption is not None:
+        print(f"encrypted {ckpt.encryption['algorithm']}, key id {ckpt.encryption['key_id']}")
     rows = []
     for name, t in ckpt.items():
         ratio = f"{t.nbytes / t.stored_nbytes:.2f}" if t.stored_nbytes else "-"
@@ -103,8 +108,17 @@ def _cmd_info(args: argparse.Namespace, options: dict[str, Any]) -> int:
 
 
 def _cmd_ls(args: argparse.Namespace, options: dict[str, Any]) -> int:
-    found = survey(args.url, storage_options=options, depth=args.depth)
+    try:
+        found = survey(args.url, storage_options=options, depth=args.depth)
+    except CheckpointNotFoundError:
+        if not args.mirror:
+            raise
+        print(f"nothing under {args.url}")  # a fast tier lost: its mirrors may hold the steps
+        return _ls_tiers(args, options, 0)
     if found is None:  # the URL is itself a checkpoint
+        if args.mirror:
+            raise ValueError(f"{args.url!r} is a checkpoint; --mirror lists the tiers of a "
+                             "series: give the series root (the CheckpointManager's root)")
         return _ls_checkpoint(args, options)
     rows: list[list[str]] = []
     damaged = 0
@@ -127,7 +141,21 @@ def _cmd_ls(args: argparse.Namespace, options: dict[str, Any]) -> int:
         shown = ", ".join(found.unsearched[:3]) + (", ..." if len(found.unsearched) > 3 else "")
         print(f"\nsearch stopped {found.depth} folder level(s) down; {len(found.unsearched)} "
               f"folder(s) not searched: {shown} (--depth {found.depth + 1} looks further)")
-    return 1 if damaged else 0
+    status = 1 if damaged else 0
+    return _ls_tiers(args, options, status) if args.mirror else status
+
+
+def _ls_tiers(args: argparse.Namespace, options: dict[str, Any], status: int) -> int:
+    """A table of the series' committed steps by tier: the root (fast tier), then each
+    ``--mirror`` (which takes the same ``-o`` options)."""
+    mirrors = [Mirror(url, storage_options=options) for url in args.mirror]
+    tiers = CheckpointManager(args.url, storage_options=options, mirrors=mirrors).tiers()
+    roots = [args.url.rstrip("/"), *(m.url for m in mirrors)]
+    rows = [[step_name(step), *("committed" if root in held else "-" for root in roots)]
+            for step, held in tiers.items()]
+    print()
+    print(table(rows, ["step", *roots]) if rows else "no committed step on any tier")
+    return status
 
 
 def _ls_checkpoint(args: argparse.Namespace, options: dict[str, Any]) -> int:
@@ -171,12 +199,28 @@ def _cmd_rm(args: argparse.Namespace, options: dict[str, Any]) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace, options: dict[str, Any]) -> int:
-    report = verify(args.url, storage_options=options)
+    report = verify(args.url, storage_options=options, encryption_key=_key(args.key_file))
     for problem in report.problems:
         print(f"FAIL {problem}")
     print(f"{report.objects_checked} objects checked in {len(report.arrays)} arrays: "
           f"{len(report.problems)} problem(s)")
     return 1 if report.problems else 0
+
+
+def _key(path: str | None) -> bytes | None:
+    """The 32-byte key in the file at ``path`` (raw bytes, or 64 hex digits and a newline),
+    or None where no file was named."""
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        raw = f.read()
+    text = raw.strip()
+    if len(text) == 64:
+        try:
+            return bytes.fromhex(text.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            pass
+    return raw
 
 
 def _access(pairs: Sequence[str]) -> dict[str, list[str]]:
@@ -247,9 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "damaged (exit 1 if any is damaged)")
     sub.add_argument("--depth", type=int, default=DEFAULT_DEPTH, metavar="N",
                      help=f"how many folder levels below URL to search (default {DEFAULT_DEPTH})")
+    sub.add_argument("--mirror", action="append", default=[], metavar="URL",
+                     help="a mirror of the series at URL (repeatable): also show which tiers "
+                          "hold each step committed")
     command("info", _cmd_info, "describe every array of a checkpoint", "a checkpoint")
-    command("verify", _cmd_verify, "read every chunk and check it; exit 1 on any problem",
-            "a checkpoint")
+    sub = command("verify", _cmd_verify, "read every chunk and check it; exit 1 on any problem",
+                  "a checkpoint")
+    sub.add_argument("--key-file", metavar="PATH",
+                     help="an encrypted checkpoint's key: a file of 32 raw bytes or 64 hex "
+                          "digits (never on the command line, where `ps` shows it)")
     sub = command("rm", _cmd_rm,
                   "delete a checkpoint (commit marker first), or apply retention to a series",
                   "a checkpoint (e.g. ROOT/step-100), or a series root")

@@ -6,6 +6,10 @@ copies the tree to host memory (the only stall the training loop sees), then
 writes on one worker thread, in order: each save copies on the server every
 object unchanged since the previous committed step, then retention deletes
 what ``keep_last``/``keep_every`` no longer keep, never the newest committed step.
+
+With ``mirrors`` the root is the fast tier of a tiered series: each committed step is
+then copied to every mirror on a second thread (see ``mirror``), and reading falls back
+to a mirror where the fast tier's copy is gone or damaged.
 """
 
 from __future__ import annotations
@@ -13,12 +17,12 @@ from __future__ import annotations
 import sys
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
-from zstore._format.names import step_name
+from zstore._format.crypto import KeySource
 from zstore._format.tree import FlatTree, flatten
 from zstore._options import concurrency
 from zstore._plan.access import Access
@@ -26,13 +30,14 @@ from zstore._plan.profiles import BackendProfile
 from zstore._ranks import Ranks
 from zstore._read.reader import Checkpoint
 from zstore._read.reader import open as open_checkpoint
+from zstore._series.mirror import Mirror, MirrorWorker, check_mirrors, first_intact, tiers_of
 from zstore._series.snapshot import SnapshotPool
-from zstore._series.steps import Step, doomed, scan
+from zstore._series.steps import Step, delete_step, retain, scan, step_url
 from zstore._storage.location import resolve, run
-from zstore._write.delete import delete_checkpoint
-from zstore._write.lease import is_leased
 from zstore._write.writer import SaveInfo, write
 from zstore.errors import CheckpointNotFoundError, RetentionError, ZStoreError
+
+T = TypeVar("T")
 
 
 class CheckpointManager:
@@ -59,6 +64,21 @@ class CheckpointManager:
             every save and restore: arrays written or read at once (None: the
             ``zstore.Settings`` default when each starts, ``save_concurrency`` or
             ``load_concurrency``), and the progress bar.
+        mirrors: ``zstore.Mirror`` roots (S3, say) that every committed step is copied to
+            in the background, root (the fast tier: local disk, say) first. A save returns
+            once the fast tier committed it; the copies follow on a thread of their own,
+            object by object as stored (so a mirror holds the fast tier's codec: pass
+            ``codec="blosc"`` to compress for a slow mirror), each committed last, its
+            unchanged objects copied on the mirror's server. ``wait()`` waits for them and
+            raises a failed copy's error (which never undoes the fast save); retention
+            runs per tier, and keeps a fast-tier step until its copies finished.
+            ``steps()`` lists the steps of every tier; ``restore``/``open`` read the fast
+            tier's copy unless it is missing or damaged, then a mirror's. Not with several
+            ranks yet (``ValueError``).
+        encryption_key: encrypt every step (see ``zstore.save``) and read steps with it.
+            A provider is asked for the key to save with (None) at each save, and for
+            each step's recorded key id when reading it, so keys can rotate between
+            steps; an unchanged object is copied only from a step under the same key.
 
     Example:
         >>> import numpy as np, zstore
@@ -78,7 +98,9 @@ class CheckpointManager:
                  storage_options: dict[str, Any] | None = None, access: Access = None,
                  backend: str | BackendProfile | None = None, codec: str = "auto",
                  timeout: float | None = None, progress: bool | None = None,
-                 max_concurrency: int | None = None, process_group: Any = None) -> None:
+                 max_concurrency: int | None = None, process_group: Any = None,
+                 mirrors: Sequence[Mirror] = (), encryption_key: KeySource | None = None
+                 ) -> None:
         for name, value in (("keep_last", keep_last), ("keep_every", keep_every)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
@@ -93,7 +115,8 @@ class CheckpointManager:
         self._options = storage_options
         self._save_options: dict[str, Any] = {
             "access": access, "backend": backend, "codec": codec, "progress": progress,
-            "timeout": timeout, "max_concurrency": max_concurrency}
+            "timeout": timeout, "max_concurrency": max_concurrency,
+            "encryption_key": encryption_key}
         self._load_options: dict[str, Any] = {
             "progress": progress, "max_concurrency": max_concurrency}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zstore-save")
@@ -107,6 +130,17 @@ class CheckpointManager:
         # gloo group is made here, on the caller's thread, not on the background worker.
         self._ranks = Ranks.current(self.root, process_group)
         self._process_group = process_group
+        self.mirrors = check_mirrors(self.root, mirrors)
+        if self.mirrors and self._ranks is not None and self._ranks.size > 1:
+            raise ValueError(
+                f"mirrors= is not supported by a manager of {self._ranks.size} ranks yet "
+                "(rank 0 would copy each step after the collective save): create it without "
+                "mirrors=; each committed step is a self-contained folder that a copy tool "
+                "(aws s3 sync, rclone) can replicate")
+        self._mirroring = MirrorWorker(
+            self.root, storage_options, self.mirrors,
+            lambda: concurrency(max_concurrency, saving=True),
+            lambda step: self._retain(after=step)) if self.mirrors else None
 
     def __repr__(self) -> str:
         return (f"CheckpointManager({self.root!r}, keep_last={self.keep_last}, "
@@ -123,8 +157,8 @@ class CheckpointManager:
                 raise
 
     def url(self, step: int) -> str:
-        """Where ``step`` is (or would be) stored."""
-        return f"{self.root}/{step_name(step)}"
+        """Where ``step`` is (or would be) stored on the fast tier (the root)."""
+        return step_url(self.root, step)
 
     # saving
 
@@ -176,7 +210,9 @@ class CheckpointManager:
                      overwrite=overwrite, base=base, hashes=incremental,
                      process_group=self._process_group, **self._save_options)
         self._newest = max(step, self._newest if self._newest is not None else step)
-        if ranks is None:
+        if self._mirroring is not None:  # the copies first, then retention, on their thread
+            self._mirroring.submit(step, overwrite)
+        elif ranks is None:
             self._retain(after=step)  # a RetentionError, never a failed save: it committed
         elif ranks.rank == 0:  # retention is rank 0's; its failure must not fail only
             try:  # rank 0's future, or the ranks' saves would fall out of step
@@ -193,62 +229,44 @@ class CheckpointManager:
                 return self.url(self._newest)
             except ZStoreError:  # deleted or damaged since
                 pass
-        older = [s for s in self.steps() if s < step]
+        older = [s.step for s in self._scan() if s.complete and s.step < step]
         return self.url(older[-1]) if older else None
 
     def apply_retention(self) -> list[int]:
-        """Delete the steps ``keep_last``/``keep_every`` do not keep (done after every save);
-        returns them. Without either rule, nothing is deleted.
+        """Delete the steps ``keep_last``/``keep_every`` do not keep (done after every save),
+        and on each mirror those its own rules do not keep; returns the steps deleted from
+        any tier. Without any rule, nothing is deleted.
 
         Raises:
             RetentionError: some of them could not be deleted (each is tried; the others
                 are deleted): ``not_deleted`` lists them, ``errors`` says why.
         """
-        return self._retain(after=None)
+        gone: set[int] = set()
+        errors: list[RetentionError] = []
+        for mirror in (None, *self.mirrors):  # None: the fast tier
+            try:
+                gone.update(self._retain(after=None) if mirror is None else retain(
+                    mirror.url, mirror.storage_options, mirror.keep_last, mirror.keep_every,
+                    after=None))
+            except RetentionError as e:  # every tier gets its try
+                errors.append(e)
+        if errors:
+            for other in errors[1:]:
+                errors[0].add_note(f"also: {other}")
+            raise errors[0]
+        return sorted(gone)
 
     def _retain(self, after: int | None) -> list[int]:
-        """``apply_retention``, run after the save of step ``after`` committed (None: on its
-        own); any failure is a ``RetentionError`` saying so, never one of the save."""
-        if self.keep_last is None and self.keep_every is None:
-            return []
-        try:
-            steps = self._scan()
-            complete = {s.step for s in steps if s.complete}
-            gone = [step for step in doomed(steps, self.keep_last, self.keep_every)
-                    if step in complete or not self._being_written(step)]
-        except Exception as e:  # reported as what failed: the retention
-            raise self._retention_failed(after, [], {}, e) from e
-        errors: dict[int, BaseException] = {}
-        for step in gone:
-            try:
-                self._delete(step)
-            except Exception as e:  # noqa: BLE001 - each step gets its try; all are reported
-                errors[step] = e
-        if errors:
-            first = next(iter(errors.values()))
-            raise self._retention_failed(after, list(errors), errors, first) from first
-        return gone
-
-    def _retention_failed(self, after: int | None, not_deleted: list[int],
-                          errors: dict[int, BaseException], cause: BaseException
-                          ) -> RetentionError:
-        what = (f"step(s) {not_deleted} could not be deleted" if not_deleted
-                else "the steps to delete could not be listed")
-        where, saved = f"of {self.root!r}", ""
-        if after is not None:
-            where = f"after step {after} under {self.root!r}"
-            saved = f"; step {after} is committed and opens: only deleting older steps failed"
-        return RetentionError(
-            f"retention {where} failed: {what} ({type(cause).__name__}: {cause}){saved}. "
-            "Retention tries again after the next save, or call apply_retention()",
-            url=self.root, step=after, not_deleted=not_deleted, errors=errors)
-
-    def _being_written(self, step: int) -> bool:
-        """An incomplete step another saver is still writing (a second manager on this root)."""
-        return run(self.url(step), is_leased(resolve(self.url(step), self._options)))
+        """The fast tier's retention, run after the save of step ``after`` committed (None:
+        on its own); a step whose copies to the mirrors have not finished stays."""
+        protected = set(self._mirroring.unmirrored) if self._mirroring is not None else set()
+        return retain(self.root, self._options, self.keep_last, self.keep_every, after=after,
+                      protected=protected)
 
     def wait(self) -> None:
-        """Block until every background save has finished; raise the first one's error."""
+        """Block until every background save, and every copy to a mirror, has finished;
+        raise the first save's error, else the first failed copy's (a note names its step,
+        its mirror and that the step is committed on the fast tier)."""
         with self._lock:
             pending, self._pending = self._pending, []
         errors = []
@@ -256,8 +274,16 @@ class CheckpointManager:
             error = future.exception()
             if error is not None:
                 errors.append((step, error))
+        copies = self._mirroring.wait() if self._mirroring is not None else []
         if errors:
+            if copies:
+                errors[0][1].add_note(f"mirroring failed too, for step(s) {[s for s, _ in copies]}")
             _raise(*errors[0], more=len(errors) - 1)
+        if copies:
+            error = copies[0][1]
+            if len(copies) > 1:
+                error.add_note(f"mirroring step(s) {[s for s, _ in copies[1:]]} failed too")
+            raise error
 
     def _raise_failures(self) -> None:
         with self._lock:
@@ -274,6 +300,8 @@ class CheckpointManager:
             self.wait()
         finally:
             self._worker.shutdown(wait=True)
+            if self._mirroring is not None:  # after the saves, which queue copies
+                self._mirroring.shutdown()
             self._snapshots.clear()
 
     # finding and reading
@@ -282,8 +310,17 @@ class CheckpointManager:
         return run(self.root, scan(self._location))
 
     def steps(self) -> list[int]:
-        """Committed steps, oldest first. A step whose save has not committed is never listed."""
+        """Committed steps, oldest first, on any tier (the root, or a mirror). A step whose
+        save has not committed is never listed."""
+        if self.mirrors:
+            return list(self.tiers())
         return [s.step for s in self._scan() if s.complete]
+
+    def tiers(self) -> dict[int, list[str]]:
+        """Each committed step, oldest first, and the roots holding it committed: the
+        root (the fast tier) first, then the mirrors in order. A mirror that cannot be
+        listed is left out with a ``RuntimeWarning``."""
+        return tiers_of((self.root, self._options), self.mirrors)
 
     def latest_step(self) -> int | None:
         """The newest committed step, or None when there is none."""
@@ -291,8 +328,20 @@ class CheckpointManager:
         return steps[-1] if steps else None
 
     def open(self, step: int | None = None) -> Checkpoint:
-        """Step ``step`` (default: the newest committed one), opened lazily."""
-        return open_checkpoint(self.url(self._resolve(step)), storage_options=self._options)
+        """Step ``step`` (default: the newest committed one), opened lazily; with mirrors, the
+        fast tier's copy unless it is missing or lost an object, then a mirror's."""
+        return self._on_first_intact(self._resolve(step), lambda ckpt: ckpt)
+
+    def _on_first_intact(self, step: int, use: Callable[[Checkpoint], T]) -> T:
+        key = self._save_options["encryption_key"]
+        if not self.mirrors:
+            return use(open_checkpoint(self.url(step), storage_options=self._options,
+                                       encryption_key=key))
+        return first_intact(step, self._tiers(), use, key)
+
+    def _tiers(self) -> list[tuple[str, dict[str, Any] | None]]:
+        """Each tier's root and storage options, the fast tier first."""
+        return [(self.root, self._options), *((m.url, m.storage_options) for m in self.mirrors)]
 
     def _resolve(self, step: int | None) -> int:
         self._raise_failures()
@@ -314,18 +363,26 @@ class CheckpointManager:
         tensor, anything with ``load_state_dict`` (optimizers, schedulers)
         receives its loaded entry. The tree returned then holds only the
         other top-level entries (step counters, RNG states, config).
+
+        With mirrors, the fast tier's copy is read unless it is missing, uncommitted or
+        damaged (an object gone, a chunk failing its crc32c): then the first mirror
+        holding the step committed, with a ``RuntimeWarning`` naming the damage. A load
+        into targets that failed midway is redone whole from the mirror.
         """
         chosen = self._resolve(step)
-        ckpt = self.open(chosen)
+        return chosen, self._on_first_intact(chosen, lambda ckpt: self._restore_from(
+            ckpt, into, framework, device, strict))
+
+    def _restore_from(self, ckpt: Checkpoint, into: Any, framework: str | None, device: Any,
+                      strict: bool) -> Any:
         if into is None:
-            return chosen, ckpt.load(framework=framework, device=device, **self._load_options)
+            return ckpt.load(framework=framework, device=device, **self._load_options)
         if not isinstance(into, Mapping) or _is_state_dict(into):
             ckpt.load(into=into, strict=strict, **self._load_options)
-            return chosen, {}
+            return {}
         missing = [k for k in into if k not in ckpt.entries]
         if missing:
-            raise KeyError(f"step {chosen} of {self.root!r} has no entries {missing}; "
-                           f"it has {ckpt.entries}")
+            raise KeyError(f"{ckpt.url!r} has no entries {missing}; it has {ckpt.entries}")
         streamed = [k for k, t in into.items() if _is_module(t) or isinstance(t, Mapping)]
         unfit = [k for k, t in into.items()
                  if k not in streamed and not hasattr(t, "load_state_dict")]
@@ -340,31 +397,30 @@ class CheckpointManager:
                 ckpt.load(into=target, strict=strict, prefix=f"{key}/", **self._load_options)
             else:
                 target.load_state_dict(rest[key])
-        return chosen, {k: v for k, v in rest.items() if k not in into}
+        return {k: v for k, v in rest.items() if k not in into}
 
     def delete(self, step: int, *, force: bool = False) -> None:
-        """Delete step ``step``: its commit marker first, so a crash midway leaves it incomplete.
+        """Delete step ``step`` from every tier: its commit marker first, so a crash midway
+        leaves it incomplete.
 
         The newest committed step is refused unless ``force``: it is what a
         crashed job resumes from.
         """
         self._raise_failures()
-        steps = self._scan()
-        found = {s.step: s for s in steps}
-        if step not in found:
-            raise CheckpointNotFoundError(f"no step {step} under {self.root!r}",
+        roots = self._tiers()
+        scans = [run(root, scan(resolve(root, options))) for root, options in roots]
+        holding = [tier for tier, steps in zip(roots, scans) if step in {s.step for s in steps}]
+        if not holding:
+            raise CheckpointNotFoundError(f"no step {step} under {self.root!r}"
+                                          + (" nor its mirrors" if self.mirrors else ""),
                                           url=self.url(step))
-        committed = [s.step for s in steps if s.complete]
+        committed = sorted({s.step for steps in scans for s in steps if s.complete})
         if committed and step == committed[-1] and not force:
             raise ValueError(f"step {step} is the newest committed step of {self.root!r}, "
                              "the one a crashed job resumes from; pass force=True "
                              "(zstore rm --force) to delete it")
-        self._delete(step)
-
-    def _delete(self, step: int) -> None:
-        location = resolve(self.url(step), self._options)
-        run(self.url(step), delete_checkpoint(location))
-        location.prune_folders()
+        for root, options in holding:
+            delete_step(root, options, step)
 
 
 def _raise(step: int, error: BaseException, more: int) -> None:

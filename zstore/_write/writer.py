@@ -426,16 +426,21 @@ async def commit(location: Location, manifest: Manifest, lease: Lease,
     root = encode(root_document(manifest))
     await location.put(ROOT, root)
     await lease.check()
-    marker = commit_document(root, manifest.format)
+    await put_marker(location, commit_document(root, manifest.format),
+                     "while this one was writing; this save's data was not committed")
+    return sizes
+
+
+async def put_marker(location: Location, marker: bytes, lost: str) -> None:
+    """Create the commit marker, only if absent; ``CommitRaceLostError`` (saying ``lost``)
+    where another writer's marker is there, not this one's own (a create retried after
+    its response was lost)."""
     try:
         await location.put_new(COMMIT_MARKER, marker)
     except FileExistsError:
-        if await location.get(COMMIT_MARKER) != marker:  # not our own retried create
-            raise CommitRaceLostError(
-                f"another save committed {location.url!r} while this one was writing; "
-                "this save's data was not committed", url=location.url
-            ) from None
-    return sizes
+        if await location.get(COMMIT_MARKER) != marker:
+            raise CommitRaceLostError(f"another save committed {location.url!r} {lost}",
+                                      url=location.url) from None
 
 
 async def _baseline(source: Location) -> Baseline:
