@@ -24,6 +24,9 @@ same bytes, interleaved, median of ``--reps`` rounds with min and max):
 - compression: stored size per dtype and codec, synthetic and real weights;
 - series: the stall of a background save against a host copy, and bytes uploaded
   per step by incremental saves (see ``benchmarks/series.py``);
+- encryption: save and full load with ``encryption_key=`` against the same without;
+- tiers: restore from a mirrored series' fast tier and from its S3 mirror alone
+  (see ``benchmarks/protection.py``);
 - gpu: full load to CUDA against safetensors, where CUDA is available.
 """
 
@@ -47,7 +50,7 @@ import numpy as np
 from zarr.core.sync import sync
 
 import zstore
-from benchmarks import clients, conversion, peers, ranks, series, workloads
+from benchmarks import clients, conversion, peers, protection, ranks, series, workloads
 from benchmarks.measure import Stat, interleave, ratio, timed
 from benchmarks.report import Report, Row, seconds
 from benchmarks.systems import (
@@ -468,14 +471,14 @@ def main(argv: list[str] | None = None) -> None:
                              "throughput, many-tensors and peers sections only)")
     parser.add_argument("--sections",
                         default="throughput,many,ranks,clients,lazy,peers,convert,memory,"
-                                "compression,series,gpu")
+                                "compression,series,encryption,tiers,gpu")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON record")
     args = parser.parse_args(argv)
     layers = args.layers or (2 if args.quick else 24)
     vocab = args.vocab or (8000 if args.quick else 32000)
     sections = set(args.sections.split(","))
     known = {"throughput", "many", "ranks", "clients", "lazy", "peers", "convert", "memory",
-             "compression", "series", "gpu"}
+             "compression", "series", "encryption", "tiers", "gpu"}
     for given, allowed, what in ((sections, known, "--sections"),
                                  (set(args.backends.split(",")), {"local", "s3", "seaweed"},
                                   "--backends")):
@@ -545,6 +548,15 @@ def main(argv: list[str] | None = None) -> None:
             series.stall(report, backends, detailed[-1], bf16, args.reps)
             if backends.s3 is not None:
                 series.incremental(report, backends, bf16)
+        if "encryption" in sections:
+            report.section("encryption: AES-256-GCM per chunk "
+                           "(speed ratio = plain time / encrypted time)")
+            for backend in detailed:
+                protection.encryption(report, backends, backend, bf16, args.reps)
+        if "tiers" in sections and backends.s3 is not None:
+            report.section("tiers: a series mirrored to S3, restored from each tier "
+                           "(speed ratio = baseline time / restore time)")
+            protection.tiers(report, backends, bf16, args.reps)
         if "gpu" in sections:
             report.section("gpu")
             gpu(report, backends, bf16, args.reps)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import crc32c
@@ -296,3 +297,52 @@ def test_convert_encrypts_rekeys_and_decrypts(tmp_path: Path) -> None:
                    encryption_key=KEY, dst_encryption_key=False)
     from safetensors.numpy import load_file
     np.testing.assert_array_equal(load_file(str(tmp_path / "w.safetensors"))["b"], state["b"])
+
+
+def test_a_manager_saves_incrementally_and_restores_under_its_key(tmp_path: Path) -> None:
+    state = _state()
+    with zstore.CheckpointManager(str(tmp_path / "run"), encryption_key=KEY) as manager:
+        manager.save(1, state)
+        state["w"][0] += 1  # type: ignore[index]
+        info = manager.save(2, state)
+        assert info.copied_objects >= 2  # b and ids: unchanged, copied under the same key
+        step, back = manager.restore()
+    assert step == 2
+    np.testing.assert_array_equal(back["w"], state["w"])
+    with pytest.raises(EncryptionKeyError):
+        zstore.CheckpointManager(str(tmp_path / "run")).restore()
+
+
+def test_a_key_provider_rotates_keys_between_steps(tmp_path: Path) -> None:
+    keys = {"k1": KEY, "k2": OTHER}
+    current = ["k1"]
+
+    def provider(key_id: str | None) -> tuple[str, bytes]:
+        name = current[0] if key_id is None else key_id
+        return name, keys[name]
+
+    state = _state()
+    with zstore.CheckpointManager(str(tmp_path / "run"), encryption_key=provider) as manager:
+        manager.save(1, state)
+        current[0] = "k2"  # rotated: the next step is saved under the new key
+        info = manager.save(2, state)
+        assert info.copied_objects == 0  # nothing reused across keys
+        for step in (1, 2):
+            np.testing.assert_array_equal(manager.restore(step)[1]["w"], state["w"])
+    assert zstore.open(str(tmp_path / "run" / "step-1")).encryption["key_id"] == "k1"  # type: ignore[index]
+    assert zstore.open(str(tmp_path / "run" / "step-2")).encryption["key_id"] == "k2"  # type: ignore[index]
+
+
+def test_a_mirror_holds_the_encrypted_bytes_and_restores_under_the_key(tmp_path: Path) -> None:
+    state = _state()
+    fast, slow = str(tmp_path / "fast"), str(tmp_path / "slow")
+    with zstore.CheckpointManager(fast, encryption_key=KEY,
+                                  mirrors=[zstore.Mirror(slow)]) as manager:
+        manager.save(1, state)
+    with pytest.raises(EncryptionKeyError):
+        zstore.load(f"{slow}/step-1")
+    shutil.rmtree(fast)  # the fast tier is lost
+    step, back = zstore.CheckpointManager(fast, encryption_key=KEY,
+                                          mirrors=[zstore.Mirror(slow)]).restore()
+    assert step == 1
+    np.testing.assert_array_equal(back["b"], state["b"])
