@@ -267,6 +267,17 @@ def test_a_damaged_fast_copy_is_restored_from_the_mirror_with_a_warning(tmp_path
     assert mgr.root in warned[0] and str(tmp_path / "mirror") in warned[0]
 
 
+def test_a_fast_copy_with_an_object_cut_short_is_passed_over_before_loading(tmp_path):
+    mgr = zstore.CheckpointManager(str(tmp_path / "fast"), mirrors=[_folder_mirror(tmp_path)])
+    mgr.save(1, _state(1))
+    mgr.wait()
+    short = _data_objects(tmp_path / "fast" / "step-1", "base")[0]
+    short.write_bytes(short.read_bytes()[:-100])  # a copy cut short: the listing shows it
+    step, state, warned = _restore_with_warnings(mgr)
+    assert step == 1 and _same(state, 1)
+    assert len(warned) == 1 and "cut short" in warned[0] and "'base'" in warned[0]
+
+
 def test_a_fast_copy_missing_an_object_is_restored_from_the_mirror_with_a_warning(tmp_path):
     mgr = zstore.CheckpointManager(str(tmp_path / "fast"), mirrors=[_folder_mirror(tmp_path)])
     mgr.save(1, _state(1))

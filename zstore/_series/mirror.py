@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from zstore._budget import ByteBudget
 from zstore._compat import sync
@@ -162,18 +162,28 @@ def tiers_of(fast: tuple[str, dict[str, Any] | None], mirrors: list[Mirror]
 def open_intact(url: str, options: dict[str, Any] | None, key: KeySource | None = None
                 ) -> Checkpoint:
     """The committed checkpoint at ``url`` (encrypted under ``key``, if it is), once every
-    object its hashes list exists (one listing more than ``open``): a tier whose copy lost
-    an object is passed over before a load begins to fill anything from it."""
+    object its hashes list exists and each array's objects add up to the bytes its commit
+    recorded (one listing more than ``open``): a tier whose copy lost an object, or holds
+    one cut short or grown, is passed over before a load begins to fill anything from it.
+    What the listing cannot see (bytes changed in place) fails the load's crc32c checks."""
     ckpt = open_checkpoint(url, storage_options=options, encryption_key=key)
     location = resolve(url, options)
-    recorded, stored = run(url, gather_all([location.get(HASHES), location.sizes()]))
-    missing = sorted(set(decode_hashes(recorded)) - set(stored))  # type: ignore[arg-type]
+    recorded, listed = run(url, gather_all([location.get(HASHES), location.sizes()]))
+    stored = cast(dict[str, int], listed)
+    missing = sorted(set(decode_hashes(cast(bytes | None, recorded))) - set(stored))
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise CorruptCheckpointError(
             f"object {missing[0]!r}{more} of the committed checkpoint {url!r} is missing: it "
             "was deleted after the save committed; run `zstore verify` to list the damage",
             url=url, key=missing[0])
+    for path, (_, expected) in ckpt.array_documents().items():
+        found = sum(n for k, n in stored.items() if k.startswith(f"{path}/c"))
+        if found != expected:
+            raise CorruptCheckpointError(
+                f"the objects of array {path!r} in {url!r} hold {found} bytes where its commit "
+                f"recorded {expected}: one was cut short, grown or lost after the save "
+                "committed; run `zstore verify` to list the damage", url=url, array=path)
     return ckpt
 
 
