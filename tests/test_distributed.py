@@ -572,4 +572,4 @@ def test_ranks_save_one_encrypted_checkpoint_and_must_agree_on_the_key(tmp_path)
         without["norm"][...]
     found = run_ranks(2, _encrypted, str(tmp_path / "mixed"), [key, other])
     assert sorted(found) == [0, 1] and all(status == "error" for status, _ in found.values())
-    assert "encryption key id" in found[0][1][1] and key.hex() not in found[0][1][1]
+    assert "encryption key" in found[0][1][1] and key.hex() not in found[0][1][1]

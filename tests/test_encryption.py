@@ -346,3 +346,109 @@ def test_a_mirror_holds_the_encrypted_bytes_and_restores_under_the_key(tmp_path:
                                           mirrors=[zstore.Mirror(slow)]).restore()
     assert step == 1
     np.testing.assert_array_equal(back["b"], state["b"])
+
+
+@pytest.mark.parametrize("index", [np.s_[::7, 3], np.s_[95:5:-3, ::2], [70, 3, 3, 99, 0],
+                                   np.s_[[98, 1], 5:9], np.array([True] * 50 + [False] * 50),
+                                   np.s_[-1, ::-5]])
+def test_strided_and_gathered_reads_of_an_encrypted_array(tmp_path: Path, index: object
+                                                          ) -> None:
+    state = _state()
+    zstore.save(state, str(tmp_path / "c"), encryption_key=KEY,
+                layouts={"w": zstore.Layout((10, 16), (50, 64), "zstd")})
+    ckpt = zstore.open(str(tmp_path / "c"), encryption_key=KEY)
+    np.testing.assert_array_equal(ckpt["w"].read(index), state["w"][index])  # type: ignore[index]
+
+
+def test_a_gather_of_a_few_encrypted_rows_reads_their_chunks_not_the_table(s3: object) -> None:
+    table = np.arange(10_000 * 64, dtype="float32").reshape(10_000, 64)
+    url, options = s3.url("emb"), s3.storage_options  # type: ignore[attr-defined]
+    zstore.save({"emb": table}, url, storage_options=options, encryption_key=KEY,
+                layouts={"emb": zstore.Layout((100, 64), (10_000, 64), "none")})
+    ckpt = zstore.open(url, storage_options=options, encryption_key=KEY)
+    with zstore.io_stats() as io:
+        rows = ckpt["emb"].read([9_000, 5, 4_321])
+    np.testing.assert_array_equal(rows, table[[9_000, 5, 4_321]])
+    assert io.bytes_read < 3 * 100 * 64 * 4 + 200_000  # three chunks and the shard index
+
+
+def _recommit(root: Path, change: object) -> None:
+    """Change the root zarr.json as someone with write access but no key could, and make
+    the commit marker's plain hash match again."""
+    document = json.loads((root / "zarr.json").read_bytes())
+    change(document)  # type: ignore[operator]
+    raw = json.dumps(document).encode()
+    (root / "zarr.json").write_bytes(raw)
+    marker = json.loads((root / "zstore.commit.json").read_bytes())
+    marker["zarr_json_sha256"] = hashlib.sha256(raw).hexdigest()
+    (root / "zstore.commit.json").write_bytes(json.dumps(marker).encode())
+
+
+def _swap_leaves(document: dict) -> None:
+    tree = document["attributes"]["zstore"]["tree"]["dict"]
+    leaves = dict(tree)
+    leaves["w"]["array"], leaves["b"]["array"] = leaves["b"]["array"], leaves["w"]["array"]
+
+
+def _drop_encryption(document: dict) -> None:
+    del document["attributes"]["zstore"]["encryption"]
+
+
+@pytest.mark.parametrize("change", [_swap_leaves, _drop_encryption])
+def test_metadata_changed_without_the_key_is_refused(tmp_path: Path, change: object) -> None:
+    zstore.save(_state(), str(tmp_path / "c"), encryption_key=KEY, stack=False)
+    zstore.open(str(tmp_path / "c"), encryption_key=KEY)  # the control: it opens
+    _recommit(tmp_path / "c", change)
+    zstore.open(str(tmp_path / "c"))  # the plain hash matches: without a key it opens
+    with pytest.raises((zstore.CorruptCheckpointError, EncryptionKeyError)):
+        zstore.open(str(tmp_path / "c"), encryption_key=KEY)
+
+
+def test_an_array_left_in_the_clear_in_an_encrypted_checkpoint_is_refused(tmp_path: Path
+                                                                           ) -> None:
+    zstore.save(_state(), str(tmp_path / "c"), encryption_key=KEY, stack=False)
+    zstore.save({"w": np.zeros((100, 64), "float32")}, str(tmp_path / "plain"))
+    (tmp_path / "c" / "w" / "zarr.json").write_bytes(
+        (tmp_path / "plain" / "w" / "zarr.json").read_bytes())
+    # even with the manifest's own copy of w's document changed, the key's HMAC refuses it
+    plain = json.loads((tmp_path / "plain" / "zarr.json").read_bytes())
+    _recommit(tmp_path / "c", lambda d: d["consolidated_metadata"]["metadata"].update(
+        w=plain["consolidated_metadata"]["metadata"]["w"]))
+    with pytest.raises(zstore.CorruptCheckpointError, match="HMAC"):
+        zstore.open(str(tmp_path / "c"), encryption_key=KEY)
+
+
+def test_a_key_given_for_a_checkpoint_that_is_not_encrypted_is_refused(tmp_path: Path) -> None:
+    zstore.save(_state(), str(tmp_path / "plain"))
+    with pytest.raises(EncryptionKeyError, match="not encrypted"):
+        zstore.load(str(tmp_path / "plain"), encryption_key=KEY)
+
+
+def test_a_forged_empty_index_entry_is_an_error_not_zeros(tmp_path: Path) -> None:
+    zstore.save(_state(), str(tmp_path / "c"), encryption_key=KEY,
+                layouts={"w": zstore.Layout((10, 64), (100, 64), "none")})
+    shard = tmp_path / "c" / "w" / "c" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    index = len(data) - (16 * 10 + 4)
+    data[index:index + 16] = b"\xff" * 16  # chunk 0: "never written"
+    data[-4:] = crc32c.crc32c(bytes(data[index:-4])).to_bytes(4, "little")
+    shard.write_bytes(bytes(data))
+    with pytest.raises(zstore.CorruptCheckpointError, match="w/c/0/0"):
+        zstore.open(str(tmp_path / "c"), encryption_key=KEY)["w"][3]
+
+
+def test_the_key_opens_its_checkpoint_whatever_id_it_was_saved_under(tmp_path: Path) -> None:
+    state = _state()
+    zstore.save(state, str(tmp_path / "c"), encryption_key=lambda _: ("kms-key-1", KEY))
+    for source in (KEY, lambda _: KEY, lambda _: ("another-name", KEY)):
+        back = zstore.load(str(tmp_path / "c"), encryption_key=source)  # type: ignore[arg-type]
+        np.testing.assert_array_equal(back["w"], state["w"])
+
+
+def test_keys_lent_in_nested_blocks_come_back_in_order(tmp_path: Path) -> None:
+    zstore.save({"w": np.arange(4.0)}, str(tmp_path / "c"), encryption_key=lambda _: ("k", KEY))
+    array = str(tmp_path / "c" / "w")
+    with zstore.encryption_keys(("k", KEY)):
+        with zstore.encryption_keys(("k", OTHER)):
+            pass
+        np.testing.assert_array_equal(zarr.open_array(array, mode="r")[:], np.arange(4.0))

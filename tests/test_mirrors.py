@@ -104,8 +104,10 @@ def test_wait_reraises_a_failed_copy_and_the_fast_step_stays_committed(tmp_path,
     assert step == 1 and _same(state, 1)
 
 
-def test_a_copy_failing_midway_never_opens_and_the_next_save_mirrors(tmp_path, s3, moto_s3):
-    mgr = zstore.CheckpointManager(str(tmp_path / "fast"), mirrors=[_s3_mirror(s3)])
+def test_a_copy_failing_midway_never_opens_and_is_tried_again_before_the_next(
+        tmp_path, s3, moto_s3):
+    mgr = zstore.CheckpointManager(str(tmp_path / "fast"), keep_last=1,
+                                   mirrors=[_s3_mirror(s3)])
     # the mirror step's lease, its placeholder zarr.json and one object land, then no more
     moto_s3.faults = _RefusePutsAfter(rate=1.0, kinds=("403",), methods=("PUT",), allowed=3)
     try:
@@ -116,10 +118,20 @@ def test_a_copy_failing_midway_never_opens_and_the_next_save_mirrors(tmp_path, s
         moto_s3.faults = Faults()
     with pytest.raises(zstore.IncompleteCheckpointError):
         zstore.open(s3.url("run/step-1"), storage_options=s3.storage_options)
-    mgr.save(2, _state(2))
+    moto_s3.faults = Faults(rate=1.0, kinds=("403",), methods=("PUT",))  # still down
+    try:
+        with pytest.warns(RuntimeWarning), pytest.raises(zstore.StorageAccessError):
+            mgr.save(2, _state(2))  # step 1's copy is tried again first: both fail
+            mgr.wait()
+    finally:
+        moto_s3.faults = Faults()
+    assert mgr.tiers() == {1: [mgr.root], 2: [mgr.root]}  # keep_last=1 waits for the copies
+    mgr.save(3, _state(3))  # the mirror is back: steps 1 and 2 are copied, then 3
     mgr.wait()
-    assert _same(zstore.load(s3.url("run/step-2"), storage_options=s3.storage_options), 2)
-    assert mgr.tiers() == {1: [mgr.root], 2: [mgr.root, s3.url("run")]}
+    for step in (1, 2, 3):
+        assert _same(zstore.load(s3.url(f"run/step-{step}"), storage_options=s3.storage_options),
+                     step)
+    assert mgr.tiers() == {1: [s3.url("run")], 2: [s3.url("run")], 3: [mgr.root, s3.url("run")]}
 
 
 def _save_and_mirror(fast: str, mirror_url: str, options: dict) -> None:

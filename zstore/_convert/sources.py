@@ -625,11 +625,14 @@ class _Stored(Lazy):
 def _zstore(source: Source, storage_options: dict[str, Any] | None,
             encryption_key: KeySource | None) -> None:
     url, source.kind = source.url, "zstore"
-    ckpt = open_checkpoint(url, storage_options=storage_options, encryption_key=encryption_key)
-    if ckpt.encryption is not None and encryption_key is None:
-        raise EncryptionKeyError(
-            f"{url!r} is encrypted (key id {ckpt.encryption['key_id']!r}): pass "
-            "encryption_key= to convert it", url=url, key_id=ckpt.encryption["key_id"])
+    ckpt = open_checkpoint(url, storage_options=storage_options)
+    if ckpt.encryption is not None:  # else the key is only the destination's
+        if encryption_key is None:
+            raise EncryptionKeyError(
+                f"{url!r} is encrypted (key id {ckpt.encryption['key_id']!r}): pass "
+                "encryption_key= to convert it", url=url, key_id=ckpt.encryption["key_id"])
+        ckpt = open_checkpoint(url, storage_options=storage_options,
+                               encryption_key=encryption_key)
     wrapped: dict[int, _Stored] = {}
 
     def wrap(node: Any) -> Any:

@@ -36,14 +36,15 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from zarr.abc.codec import BytesBytesCodec
 from zarr.registry import register_codec
 
-from zstore.errors import EncryptionKeyError
+from zstore._format.names import COMMIT_MARKER
+from zstore.errors import CorruptCheckpointError, EncryptionKeyError
 
 if TYPE_CHECKING:
     from typing import Self
@@ -78,6 +79,7 @@ class Cipher:
     check: str  # the key's fingerprint: tells a wrong key from the right one
     _aead: Any
     _hash_key: bytes
+    _manifest_key: bytes
 
     def __repr__(self) -> str:
         return f"Cipher(key_id={self.key_id!r})"
@@ -121,6 +123,12 @@ class Cipher:
         """The keyed hash (HMAC-SHA256) an encrypted checkpoint records of an object's box."""
         return hmac.new(self._hash_key, data, hashlib.sha256).hexdigest()
 
+    def vouch(self, root: bytes) -> str:
+        """The HMAC the commit marker keeps of the root ``zarr.json``: the manifest (tree,
+        array documents, inline values, metadata) cannot be changed, nor the record of
+        encryption removed, by anyone without the key, as a plain hash can be."""
+        return hmac.new(self._manifest_key, root, hashlib.sha256).hexdigest()
+
     def record(self) -> dict[str, str]:
         """What the manifest keeps: which algorithm, which key (its id and check value)."""
         return {"algorithm": ALGORITHM, "key_id": self.key_id, "key_check": self.check}
@@ -157,20 +165,30 @@ def make_cipher(source: KeySource, key_id: str | None = None, *, where: str = ""
         raise ImportError("encryption needs the 'cryptography' package: "
                           "pip install 'zstore[encryption]'") from None
     check = _derive(key, b"key check").hex()[:16]
-    return Cipher(name or f"fp-{check}", check, AESGCM(key), _derive(key, b"box hashes"))
+    return Cipher(name or f"fp-{check}", check, AESGCM(key), _derive(key, b"box hashes"),
+                  _derive(key, b"manifest"))
 
 
-def cipher_for(record: dict[str, Any] | None, source: KeySource | None, url: str
-               ) -> Cipher | None:
+def cipher_for(record: dict[str, Any] | None, source: KeySource | None, url: str,
+               root: bytes, vouched: Any) -> Cipher | None:
     """The cipher that reads a checkpoint whose manifest records ``record`` (None: not
-    encrypted, and no cipher is needed whatever key was given); None where no key was
-    given (its arrays then refuse to be read, naming the key id they need).
+    encrypted), once it vouches for ``root`` (the root ``zarr.json``) as the commit
+    marker's HMAC ``vouched`` says; None where no key was given (its arrays then refuse
+    to be read, naming the key id they need).
 
     Raises:
-        EncryptionKeyError: the key given is not the one the checkpoint was saved with.
+        EncryptionKeyError: the key given is not the one the checkpoint was saved with, or
+            a key was given for a checkpoint that is not encrypted (which would otherwise
+            read a checkpoint whose record of encryption was removed, unprotected).
+        CorruptCheckpointError: the manifest is not the one saved under the key.
     """
-    if record is None or source is None:
+    if source is None:
         return None
+    if record is None:
+        raise EncryptionKeyError(
+            f"{url!r} is not encrypted, but an encryption_key was given: open it without "
+            "one if that is expected (a checkpoint saved without a key), else its metadata "
+            "was replaced", url=url)
     recorded = str(record.get("key_id", ""))
     cipher = make_cipher(source, recorded)
     if not hmac.compare_digest(cipher.check, str(record.get("key_check", ""))):
@@ -179,7 +197,12 @@ def cipher_for(record: dict[str, Any] | None, source: KeySource | None, url: str
             f"(it was saved with key id {recorded!r}; the key given has id "
             f"{cipher.key_id!r}): pass that key, or a provider returning it",
             url=url, key_id=recorded)
-    return cipher
+    if not isinstance(vouched, str) or not hmac.compare_digest(cipher.vouch(root), vouched):
+        raise CorruptCheckpointError(
+            f"the metadata of {url!r} is not what was saved under its key (its commit "
+            "marker's HMAC does not match): it was changed after the save committed",
+            url=url, key=COMMIT_MARKER)
+    return replace(cipher, key_id=recorded)  # the right key, under whatever id it came
 
 
 def key_needed(url: str, array: str, key_id: str) -> EncryptionKeyError:
@@ -191,7 +214,7 @@ def key_needed(url: str, array: str, key_id: str) -> EncryptionKeyError:
 
 # ---- the Zarr v3 codec, for zarr-python readers -------------------------------------
 
-_lent: dict[str, tuple[Cipher, int]] = {}  # key id -> cipher, how many lend() hold it
+_lent: dict[str, list[Cipher]] = {}  # key id -> the ciphers lent under it, newest last
 _lent_lock = threading.Lock()
 
 
@@ -211,17 +234,15 @@ def encryption_keys(*keys: bytes | tuple[str, bytes]) -> Iterator[None]:
     ciphers = [make_cipher(_named(k) if isinstance(k, tuple) else k) for k in keys]
     with _lent_lock:
         for c in ciphers:
-            held = _lent.get(c.key_id)
-            _lent[c.key_id] = (c, held[1] + 1 if held else 1)
+            _lent.setdefault(c.key_id, []).append(c)
     try:
         yield
     finally:
-        with _lent_lock:
+        with _lent_lock:  # each block takes back its own, whatever others lent meanwhile
             for c in ciphers:
                 held = _lent[c.key_id]
-                if held[1] > 1:
-                    _lent[c.key_id] = (held[0], held[1] - 1)
-                else:
+                held.remove(c)
+                if not held:
                     del _lent[c.key_id]
 
 
@@ -252,12 +273,12 @@ class AesGcmCodec(BytesBytesCodec):
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: Any) -> Buffer:
         with _lent_lock:
-            held = _lent.get(self.key_id)
+            held = _lent.get(self.key_id, [None])[-1]
         if held is None:
             raise EncryptionKeyError(
                 f"array {self.path!r} is encrypted (key id {self.key_id!r}); read it inside "
                 "`with zstore.encryption_keys(key):`", key_id=self.key_id)
-        plain = held[0].open(chunk_bytes.as_numpy_array(), self.path, None, self.path)
+        plain = held.open(chunk_bytes.as_numpy_array(), self.path, None, self.path)
         decrypted: Buffer = chunk_spec.prototype.buffer.from_array_like(
             np.frombuffer(plain, np.uint8))
         return decrypted

@@ -226,12 +226,25 @@ def root_document(manifest: Manifest) -> dict[str, Any]:
     return doc
 
 
-def commit_document(root_bytes: bytes, format: int) -> bytes:  # noqa: A002
-    return encode({
+def commit_document(root_bytes: bytes, format: int,  # noqa: A002
+                    vouched: str | None = None) -> bytes:
+    """The commit marker: the format, and the SHA-256 of the root ``zarr.json`` (with an
+    encrypted checkpoint's HMAC of it, ``vouched``, too)."""
+    marker = {
         "format": format,
         "committed": time.time(),
         "zarr_json_sha256": hashlib.sha256(root_bytes).hexdigest(),
-    })
+    }
+    if vouched is not None:
+        marker["zarr_json_hmac"] = vouched
+    return encode(marker)
+
+
+def vouched_by(commit: bytes) -> Any:
+    """The HMAC an encrypted checkpoint's commit marker keeps of its root (None if none);
+    ``read_manifest`` has checked the marker parses."""
+    marker = parse_json(commit)
+    return marker.get("zarr_json_hmac") if isinstance(marker, dict) else None
 
 
 def parse_json(raw: bytes | str) -> Any:

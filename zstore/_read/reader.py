@@ -33,7 +33,7 @@ from zstore._format.crypto import (
 )
 from zstore._format.dtypes import dtype_from_name
 from zstore._format.layout import object_shape
-from zstore._format.manifest import Manifest, read_manifest
+from zstore._format.manifest import Manifest, read_manifest, vouched_by
 from zstore._format.names import COMMIT_MARKER, ROOT, object_key, step_name, step_of
 from zstore._format.shards import Box, ObjectFormat, object_format
 from zstore._format.sparse import build as build_sparse
@@ -192,6 +192,9 @@ class LazyTensor:
                 if direct:
                     return out  # type: ignore[return-value]
                 return _into(finish(dest.reshape(selection.read_shape), selection), out)
+            if self._format is not None and self._format.sealed is not None:
+                picked = await self._read_picked(selection, budget)
+                return _into(finish(picked, selection), out)
             async with budget.hold(int(np.prod(selection.read_shape)) * self.dtype.itemsize):
                 result = await self.zarr_array().get_orthogonal_selection(
                     stored,
@@ -230,6 +233,45 @@ class LazyTensor:
             await read_box(self._format, self._store, self._location.backend,
                            self._location.url, self._path, box, dest, budget)
         return dest
+
+    async def _read_picked(self, selection: Selection, budget: ByteBudget) -> np.ndarray:
+        """A strided or gathered selection through zstore's data path (an encrypted array's
+        chunks decrypt only there, where each chunk's number is known): boxes spanning the
+        selection, one per run of gathered positions no more than a chunk apart (a gather
+        of a few embedding rows reads their chunks, not the table), then the elements
+        picked from them; the selection's ``read_shape``."""
+        assert self.chunk_shape is not None
+        spans: list[tuple[int, int]] = []
+        picks: list[Any] = []
+        gathered = None
+        for axis, item in enumerate(selection.zarr):
+            if isinstance(item, slice):
+                spans.append((item.start, max(item.start, item.stop)))
+                picks.append(slice(None, None, item.step))
+            elif isinstance(item, (int, np.integer)):
+                spans.append((int(item), int(item) + 1))
+                picks.append(slice(None))
+            else:  # the one integer array: sorted, unique positions
+                positions = np.asarray(item, dtype=np.int64)
+                gathered = axis
+                spans.append((0, 0))
+                picks.append(slice(None))
+        groups = [np.zeros(0, np.int64)] if gathered is None else np.split(
+            positions, np.flatnonzero(np.diff(positions) > self.chunk_shape[gathered]) + 1)
+        blocks = []
+        for group in groups:
+            if gathered is not None:
+                spans[gathered] = (int(group[0]), int(group[-1]) + 1)
+            box = tuple(spans)
+            if self._member is not None:
+                box = ((self._member, self._member + 1), *box)
+            block = (await self._read_box(box, None, budget)).reshape(
+                tuple(hi - lo for lo, hi in spans))[tuple(picks)]
+            if gathered is not None:
+                block = np.take(block, group - group[0], axis=gathered)
+            blocks.append(block)
+        picked = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=gathered)
+        return picked.reshape(selection.read_shape)
 
     async def _damaged_objects(self, stored: tuple[Any, ...]) -> list[str]:
         """Which of the objects a failed read (``stored``: its zarr selection of the stored
@@ -452,7 +494,7 @@ class Checkpoint(Mapping[str, LazyTensor]):
                 path, member = node["array"], node.get("index")
                 document = manifest.arrays[path]
                 if path not in self._parsed:
-                    self._parsed[path] = parse_document(document, name, location.url, cipher)
+                    self._parsed[path] = self._parse(path, name)
                 share = 1 if member is None else max(1, document["shape"][0])
                 self._tensors[name] = self._by_key.setdefault(leaf_key(node), LazyTensor(
                     name, location, store, path, document, None, node["kind"],
@@ -462,6 +504,20 @@ class Checkpoint(Mapping[str, LazyTensor]):
             elif "scalar" in node:
                 self._tensors[name] = LazyTensor(
                     name, location, store, None, None, scalar_value(node), node["kind"], 0)
+
+    def _parse(self, path: str, name: str) -> tuple[ArrayV3Metadata, ObjectFormat | None]:
+        """The array at ``path``'s parsed document; in an encrypted checkpoint, refused
+        unless it is sealed under the recorded key as the array at ``path`` (the manifest
+        is vouched for by the key, so an array swapped or left in the clear shows here)."""
+        parsed = parse_document(self._manifest.arrays[path], name, self.url, self._cipher)
+        record = self._manifest.encryption
+        if record is not None and (parsed[1] is None
+                                   or parsed[1].sealed != (path, record["key_id"])):
+            raise CorruptCheckpointError(
+                f"array {path!r} of the encrypted checkpoint {self.url!r} is not encrypted "
+                f"as the array {path!r} under key id {record['key_id']!r}: its metadata was "
+                "changed after the save", url=self.url, array=path)
+        return parsed
 
     def __getitem__(self, name: str) -> LazyTensor:
         try:
@@ -538,8 +594,7 @@ class Checkpoint(Mapping[str, LazyTensor]):
                 if path not in self._stored:
                     self._stored[path] = LazyTensor(
                         path, self._location, self._store, path, document, None, "numpy",
-                        self._manifest.stored_bytes.get(path, 0), None,
-                        parse_document(document, path, self.url, self._cipher))
+                        self._manifest.stored_bytes.get(path, 0), None, self._parse(path, path))
         return self._stored
 
     def whole_stacks(self, tensors: Mapping[K, LazyTensor]) -> dict[LazyTensor, dict[int, K]]:
@@ -736,15 +791,17 @@ def open(url: str, *, storage_options: dict[str, Any] | None = None,  # noqa: A0
     """Open the committed checkpoint at ``url`` lazily: two small reads, no array data.
 
     ``encryption_key``: the key an encrypted checkpoint was saved with (32 bytes, or a
-    provider called with the recorded key id), checked here; ignored for one that is
-    not encrypted. Without it, an encrypted checkpoint still opens (names, shapes,
-    metadata), and reading an array raises ``EncryptionKeyError``.
+    provider called with the recorded key id), checked here, with the HMAC under it that
+    the commit marker keeps of the metadata. Without it, an encrypted checkpoint still
+    opens (names, shapes, metadata: unauthenticated), and reading an array raises
+    ``EncryptionKeyError``; with it, a checkpoint that is not encrypted is refused.
 
     Raises:
         CheckpointNotFoundError: nothing is saved at ``url``.
         IncompleteCheckpointError: a save there never committed.
         CorruptCheckpointError, UnsupportedFormatError: the metadata cannot be trusted/read.
-        EncryptionKeyError: ``encryption_key`` is not the key the checkpoint was saved with.
+        EncryptionKeyError: ``encryption_key`` is not the key the checkpoint was saved with,
+            or the checkpoint is not encrypted.
 
     Example:
         >>> import numpy as np, zstore
@@ -759,7 +816,8 @@ def open(url: str, *, storage_options: dict[str, Any] | None = None,  # noqa: A0
         manifest = read_manifest(root, commit, url)
     except CheckpointNotFoundError as e:
         raise _not_a_checkpoint(location, e) from None
-    cipher = cipher_for(manifest.encryption, encryption_key, url)
+    assert root is not None and commit is not None  # read_manifest found both
+    cipher = cipher_for(manifest.encryption, encryption_key, url, root, vouched_by(commit))
     try:
         check_skeleton(manifest.tree)
         return Checkpoint(location, manifest, cipher)

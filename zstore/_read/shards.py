@@ -25,6 +25,7 @@ from zarr.abc.store import RangeByteRequest, Store, SuffixByteRequest
 from zarr.buffer import default_buffer_prototype
 
 from zstore._budget import ByteBudget
+from zstore._format.crypto import ChunkAuthenticationError
 from zstore._format.names import object_key
 from zstore._format.shards import (
     ALIGN,
@@ -163,8 +164,11 @@ def _entry(table: np.ndarray, placement: Placement, end: int | None, key: str
 def _decode(fmt: ObjectFormat, placement: Placement, encoded: Any, dest: np.ndarray,
             key: str) -> None:
     """Decode one chunk into place; a chunk never written (as zarr may leave one) is the
-    fill value, zero."""
+    fill value, zero, except in an encrypted array, where zstore writes every chunk inside
+    the array: there an empty index entry is a forged one."""
     if encoded is None:
+        if fmt.sealed is not None:
+            raise ChunkAuthenticationError(key, placement.number)
         dest[placement.target] = 0
     else:
         fmt.decode(encoded, placement, dest, key)

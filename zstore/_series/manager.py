@@ -259,7 +259,7 @@ class CheckpointManager:
     def _retain(self, after: int | None) -> list[int]:
         """The fast tier's retention, run after the save of step ``after`` committed (None:
         on its own); a step whose copies to the mirrors have not finished stays."""
-        protected = set(self._mirroring.unmirrored) if self._mirroring is not None else set()
+        protected = self._mirroring.protected() if self._mirroring is not None else set()
         return retain(self.root, self._options, self.keep_last, self.keep_every, after=after,
                       protected=protected)
 

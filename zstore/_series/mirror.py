@@ -222,7 +222,7 @@ class MirrorWorker:
 
     Steps are copied in the order ``submit`` receives them, to each mirror in turn; then
     that mirror's retention runs, then ``after`` (the fast tier's retention, which must
-    not delete a step before its copies finished: ``unmirrored`` says which to keep).
+    not delete a step before its copies finished: ``protected`` says which to keep).
     """
 
     def __init__(self, root: str, options: dict[str, Any] | None, mirrors: list[Mirror],
@@ -233,12 +233,21 @@ class MirrorWorker:
         self._pending: list[tuple[int, Future[None]]] = []
         self._lock = threading.Lock()
         self._copied: dict[str, int] = {}  # mirror url -> the step copied there last
-        self.unmirrored: set[int] = set()  # queued or being copied: the fast tier keeps them
+        self._missed: dict[int, set[str]] = {}  # step -> mirrors its copy failed to reach
+        # queued, being copied, or missed by a mirror: the fast tier keeps them
+        self._unmirrored: set[int] = set()
+
+    def protected(self) -> set[int]:
+        """The fast-tier steps retention must keep: copies queued, running or failed (a
+        failed copy is tried again before the next step's, so a transient error never
+        leaves a step on no tier)."""
+        with self._lock:
+            return set(self._unmirrored)
 
     def submit(self, step: int, overwrite: bool) -> None:
         """Queue the copy of fast-tier step ``step`` (just committed) to every mirror."""
         with self._lock:
-            self.unmirrored.add(step)
+            self._unmirrored.add(step)
             self._pending = [(s, f) for s, f in self._pending  # seen to succeed: forget
                              if not f.done() or f.exception() is not None]
             self._pending.append((step, self._thread.submit(self._copy_all, step, overwrite)))
@@ -255,23 +264,11 @@ class MirrorWorker:
 
     def _copy_all(self, step: int, overwrite: bool) -> None:
         errors: list[BaseException] = []
-        try:
-            for mirror in self.mirrors:
-                try:
-                    self._copy(mirror, step, overwrite)
-                except Exception as e:  # noqa: BLE001 - every mirror gets its copy; all reported
-                    e.add_note(f"raised while mirroring step {step} to {mirror.url!r}; the step "
-                               f"is committed on the fast tier {self.root!r}")
-                    errors.append(e)
-                    continue
-                try:
-                    retain(mirror.url, mirror.storage_options, mirror.keep_last,
-                           mirror.keep_every, after=step)
-                except RetentionError as e:
-                    errors.append(e)
-        finally:
-            with self._lock:
-                self.unmirrored.discard(step)
+        with self._lock:
+            retries = sorted(self._missed.items())
+        for earlier, urls in retries:  # copies that failed before, tried again first
+            self._copy_to(earlier, [m for m in self.mirrors if m.url in urls], False, errors)
+        self._copy_to(step, self.mirrors, overwrite, errors)
         try:
             self._after(step)
         except RetentionError as e:
@@ -283,6 +280,35 @@ class MirrorWorker:
             for other in errors[1:]:
                 errors[0].add_note(f"also: {type(other).__name__}: {other}")
             raise errors[0]
+
+    def _copy_to(self, step: int, mirrors: list[Mirror], overwrite: bool,
+                 errors: list[BaseException]) -> None:
+        """Copy ``step`` to each of ``mirrors`` and apply its retention; the errors go to
+        ``errors``, the mirrors missed to ``_missed`` (dropped where the fast tier no
+        longer holds the step: there is nothing left to copy)."""
+        missed = set()
+        for mirror in mirrors:
+            try:
+                self._copy(mirror, step, overwrite)
+            except Exception as e:  # noqa: BLE001 - every mirror gets its copy; all reported
+                e.add_note(f"raised while mirroring step {step} to {mirror.url!r}; the step "
+                           f"is committed on the fast tier {self.root!r}")
+                errors.append(e)
+                gone = is_damage(e) and getattr(e, "url", None) == step_url(self.root, step)
+                if not gone:
+                    missed.add(mirror.url)
+                continue
+            try:
+                retain(mirror.url, mirror.storage_options, mirror.keep_last,
+                       mirror.keep_every, after=step)
+            except RetentionError as e:
+                errors.append(e)
+        with self._lock:
+            if missed:
+                self._missed[step] = missed
+            else:
+                self._missed.pop(step, None)
+                self._unmirrored.discard(step)
 
     def _copy(self, mirror: Mirror, step: int, overwrite: bool) -> None:
         """Copy fast-tier step ``step`` to ``mirror``, reusing its newest committed step
@@ -350,6 +376,8 @@ async def copy_step(source: Location, target: Location, base: Location | None, *
         if hashes is not None:
             await target.put(HASHES, hashes)
         await target.put(ROOT, root)
+        if await source.get(COMMIT_MARKER) != marker:
+            return  # the step was saved again meanwhile: its own copy follows, this one is void
         await lease.check()
         await put_marker(target, marker, "while this step was being mirrored there; the copy "
                                          "was not committed")

@@ -78,7 +78,7 @@ def write_collective(flat: FlatTree, url: str, ranks: Ranks, *,
     planning = {"url": location.url, "codec": codec, "stack": stack, "access": repr(access),
                 "layouts": repr(layouts), "overwrite": overwrite, "timeout": timeout,
                 "save": ranks.next_save(),
-                "encryption key id": None if cipher is None else cipher.key_id}
+                "encryption key": None if cipher is None else (cipher.key_id, cipher.check)}
     exchange = _Exchange(ranks, deadline, timeout)
     work = _save(flat, location, exchange, metadata, planning, profile_for(url, backend),
                  access, layouts, cipher)
@@ -231,7 +231,7 @@ async def _lead(location: Location, exchange: _Exchange, plan: Plan,
             await exchange.share(None, failure, "writing the objects")
             outcome = None
             try:
-                sizes = await commit(location, manifest, lease, {})
+                sizes = await commit(location, manifest, lease, {}, cipher)
                 outcome = (len(sizes) + 1, sum(manifest.stored_bytes.values()))
             except Exception as e:
                 failure = e

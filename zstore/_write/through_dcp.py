@@ -296,7 +296,7 @@ def storage_writer_class() -> type:
                 manifest, lease = self._manifest, self._lease
                 with storage_errors(self.url, saving=True):  # documents of pickles too
                     sync(write_documents(self._location, manifest, _limit()))
-                    sync(commit(self._location, manifest, lease, {}))
+                    sync(commit(self._location, manifest, lease, {}, None))
             finally:
                 self._end()
 

@@ -393,7 +393,7 @@ async def _save_leased(location: Location, arrays: dict[str, Any], manifest: Man
         written(path)
 
     await asyncio.gather(*(bounded(write(path, value)) for path, value in arrays.items()))
-    sizes = await commit(location, manifest, lease, hashes)
+    sizes = await commit(location, manifest, lease, hashes, cipher)
     return _Outcome(len(sizes) + 1, copied, sum(sizes.get(key, 0) for key in copied))
 
 
@@ -411,10 +411,11 @@ async def write_documents(location: Location, manifest: Manifest,
 
 
 async def commit(location: Location, manifest: Manifest, lease: Lease,
-                 hashes: dict[str, str]) -> dict[str, int]:
+                 hashes: dict[str, str], cipher: Cipher | None) -> dict[str, int]:
     """Once every object is written: the hashes, the final root ``zarr.json`` (manifest and
     stored sizes), then, if the lease is still this save's, the commit marker, created only
-    if absent. The sizes of the checkpoint's objects."""
+    if absent (vouching for the root under ``cipher``, for an encrypted checkpoint). The
+    sizes of the checkpoint's objects."""
     await location.put(HASHES, encode_hashes(hashes, keyed=manifest.encryption is not None))
     sizes = {k: n for k, n in (await location.sizes()).items()
              if k != LEASE and not is_temporary(k)}
@@ -426,7 +427,8 @@ async def commit(location: Location, manifest: Manifest, lease: Lease,
     root = encode(root_document(manifest))
     await location.put(ROOT, root)
     await lease.check()
-    await put_marker(location, commit_document(root, manifest.format),
+    vouched = None if cipher is None else cipher.vouch(root)
+    await put_marker(location, commit_document(root, manifest.format, vouched),
                      "while this one was writing; this save's data was not committed")
     return sizes
 
