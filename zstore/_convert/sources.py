@@ -36,7 +36,7 @@ import fsspec
 import numpy as np
 
 from zstore._convert.pretrained import hf_metadata
-from zstore._format.crypto import KeySource
+from zstore._format.crypto import KeySource, key_needed
 from zstore._format.dtypes import check_supported
 from zstore._format.lazy import Box, Lazy, rows_of
 from zstore._format.safetensors import Entry, header_length, parse_header
@@ -48,7 +48,6 @@ from zstore._read.reader import open as open_checkpoint
 from zstore.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
-    EncryptionKeyError,
     UnsupportedFormatError,
     UnsupportedTypeError,
 )
@@ -628,9 +627,7 @@ def _zstore(source: Source, storage_options: dict[str, Any] | None,
     ckpt = open_checkpoint(url, storage_options=storage_options)
     if ckpt.encryption is not None:  # else the key is only the destination's
         if encryption_key is None:
-            raise EncryptionKeyError(
-                f"{url!r} is encrypted (key id {ckpt.encryption['key_id']!r}): pass "
-                "encryption_key= to convert it", url=url, key_id=ckpt.encryption["key_id"])
+            raise key_needed(url, ckpt.encryption["key_id"], "convert it")
         ckpt = open_checkpoint(url, storage_options=storage_options,
                                encryption_key=encryption_key)
     wrapped: dict[int, _Stored] = {}

@@ -205,11 +205,14 @@ def cipher_for(record: dict[str, Any] | None, source: KeySource | None, url: str
     return replace(cipher, key_id=recorded)  # the right key, under whatever id it came
 
 
-def key_needed(url: str, array: str, key_id: str) -> EncryptionKeyError:
+def key_needed(url: str, key_id: str, to: str, array: str | None = None
+               ) -> EncryptionKeyError:
+    """The error of work on an encrypted checkpoint (or ``array`` of it) opened without
+    its key: it says which key, and what ``to`` do with it."""
+    what = f"array {array!r} of {url!r}" if array is not None else repr(url)
     return EncryptionKeyError(
-        f"array {array!r} of {url!r} is encrypted (key id {key_id!r}); pass "
-        "encryption_key= (the 32-byte key, or a provider returning it) to read it",
-        url=url, key_id=key_id)
+        f"{what} is encrypted (key id {key_id!r}); pass encryption_key= (the 32-byte key, "
+        f"or a provider returning it) to {to}", url=url, key_id=key_id)
 
 
 # ---- the Zarr v3 codec, for zarr-python readers -------------------------------------

@@ -212,22 +212,22 @@ class ObjectFormat:
         body: Any = data[:-CRC]
         if len(data) < CRC or checksum(body) != int.from_bytes(data[-CRC:], "little"):
             raise ValueError(f"chunk {placement.index} of {key!r}: checksum mismatch")
-        if placement.flat is not None:  # straight into place where the bytes allow
-            start, stop = placement.flat
-            raw = dest.reshape(-1).view(np.uint8)
-            if self.sealed is not None and self.compressor is None \
-                    and stop - start == self.chunk_nbytes:
-                assert self.cipher is not None, "a locked format is refused before reading"
-                self.cipher.open(body, self.sealed[0], placement.number, key, raw[start:stop])
-                return
+        flat = placement.flat  # straight into place where the bytes allow
+        whole = flat is not None and flat[1] - flat[0] == self.chunk_nbytes
         if self.sealed is not None:
             assert self.cipher is not None, "a locked format is refused before reading"
+            if whole and flat is not None and self.compressor is None:  # decrypted in place
+                self.cipher.open(body, self.sealed[0], placement.number, key,
+                                 dest.reshape(-1).view(np.uint8)[flat[0]:flat[1]])
+                return
             body = self.cipher.open(body, self.sealed[0], placement.number, key)
-        if placement.flat is not None:
+        if flat is not None:
+            start, stop = flat
+            raw = dest.reshape(-1).view(np.uint8)
             if self.compressor is None and len(body) == self.chunk_nbytes:
                 raw[start:stop] = np.frombuffer(body, np.uint8, stop - start)
                 return
-            if self.compressor is not None and stop - start == self.chunk_nbytes:
+            if self.compressor is not None and whole:
                 self.compressor.decode(body, out=raw[start:stop])
                 return
         dest[placement.target] = self.decoded(body)[placement.source]

@@ -183,7 +183,7 @@ class LazyTensor:
         box = _box(selection) if self._format is not None else None
         stored = selection.zarr if self._member is None else (self._member, *selection.zarr)
         if self._format is not None and self._format.sealed is not None and self._format.locked:
-            raise key_needed(self._location.url, self.name, self._format.sealed[1])
+            raise key_needed(self._location.url, self._format.sealed[1], "read it", self.name)
         try:
             if box is not None:
                 if self._member is not None:

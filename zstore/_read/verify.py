@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from zstore._format.crypto import KeySource
+from zstore._format.crypto import KeySource, key_needed
 from zstore._format.hashes import box_hash, decode_hashes, object_boxes
 from zstore._format.layout import object_shape
 from zstore._format.manifest import parse_json
@@ -15,7 +15,7 @@ from zstore._read.reader import Checkpoint, LazyTensor
 from zstore._read.reader import open as open_checkpoint
 from zstore._storage.failures import is_storage_failure
 from zstore._storage.location import run
-from zstore.errors import CorruptCheckpointError, EncryptionKeyError
+from zstore.errors import CorruptCheckpointError
 
 
 @dataclass
@@ -49,12 +49,9 @@ def verify(url: str, *, storage_options: dict[str, Any] | None = None,
         EncryptionKeyError: the checkpoint is encrypted and no key, or another key, was given.
     """
     ckpt = open_checkpoint(url, storage_options=storage_options, encryption_key=encryption_key)
-    sealed = ckpt._manifest.encryption
-    if sealed is not None and ckpt._cipher is None:
-        raise EncryptionKeyError(
-            f"{url!r} is encrypted (key id {sealed['key_id']!r}): its objects can be checked "
-            "only with its key; pass encryption_key= (`zstore verify --key-file`)",
-            url=url, key_id=sealed["key_id"])
+    if ckpt.encryption is not None and ckpt._cipher is None:
+        raise key_needed(url, ckpt.encryption["key_id"],
+                         "check its objects (`zstore verify --key-file`)")
     return run(ckpt.url, _verify(ckpt, max_concurrency))
 
 

@@ -32,7 +32,7 @@ from zstore._read.reader import Checkpoint
 from zstore._read.reader import open as open_checkpoint
 from zstore._series.mirror import Mirror, MirrorWorker, check_mirrors, first_intact, tiers_of
 from zstore._series.snapshot import SnapshotPool
-from zstore._series.steps import Step, delete_step, retain, scan, step_url
+from zstore._series.steps import committed_steps, delete_step, retain, scan, step_url
 from zstore._storage.location import resolve, run
 from zstore._write.writer import SaveInfo, write
 from zstore.errors import CheckpointNotFoundError, RetentionError, ZStoreError
@@ -111,7 +111,7 @@ class CheckpointManager:
         self.root = root.rstrip("/")
         self.keep_last, self.keep_every = keep_last, keep_every
         self.incremental = incremental
-        self._location = resolve(self.root, storage_options)
+        resolve(self.root, storage_options)  # an unusable URL or options fail here
         self._options = storage_options
         self._save_options: dict[str, Any] = {
             "access": access, "backend": backend, "codec": codec, "progress": progress,
@@ -229,7 +229,7 @@ class CheckpointManager:
                 return self.url(self._newest)
             except ZStoreError:  # deleted or damaged since
                 pass
-        older = [s.step for s in self._scan() if s.complete and s.step < step]
+        older = [s for s in committed_steps(self.root, self._options) if s < step]
         return self.url(older[-1]) if older else None
 
     def apply_retention(self) -> list[int]:
@@ -306,15 +306,10 @@ class CheckpointManager:
 
     # finding and reading
 
-    def _scan(self) -> list[Step]:
-        return run(self.root, scan(self._location))
-
     def steps(self) -> list[int]:
         """Committed steps, oldest first, on any tier (the root, or a mirror). A step whose
         save has not committed is never listed."""
-        if self.mirrors:
-            return list(self.tiers())
-        return [s.step for s in self._scan() if s.complete]
+        return list(self.tiers())
 
     def tiers(self) -> dict[int, list[str]]:
         """Each committed step, oldest first, and the roots holding it committed: the

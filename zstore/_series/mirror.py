@@ -39,11 +39,12 @@ from zstore._format.names import COMMIT_MARKER, HASHES, LEASE, ROOT
 from zstore._options import current
 from zstore._read.reader import Checkpoint
 from zstore._read.reader import open as open_checkpoint
-from zstore._series.steps import retain, scan, step_url
+from zstore._series.steps import committed_steps, retain, step_url
 from zstore._storage.backend import is_temporary
 from zstore._storage.failures import storage_errors
 from zstore._storage.location import Location, resolve, run
 from zstore._tasks import gather_all
+from zstore._write.incremental import read_baseline
 from zstore._write.lease import Lease
 from zstore._write.writer import claim_destination, put_marker
 from zstore.errors import (
@@ -129,11 +130,6 @@ def is_damage(error: BaseException) -> bool:
     load into a target that failed midway for such a reason counts too)."""
     cause = error.__cause__ if isinstance(error, PartialLoadError) else error
     return isinstance(cause, DAMAGE)
-
-
-def committed_steps(root: str, options: dict[str, Any] | None) -> list[int]:
-    """The committed steps of the series at ``root``, oldest first."""
-    return [s.step for s in run(root, scan(resolve(root, options))) if s.complete]
 
 
 def tiers_of(fast: tuple[str, dict[str, Any] | None], mirrors: list[Mirror]
@@ -389,18 +385,14 @@ async def _reusable(base: Location | None, documents: dict[str, dict[str, Any]],
     ``zarr.json`` is the same (so its stored bytes are the same too)."""
     if base is None or not hashes:
         return set()
-    root, marker, recorded = await gather_all(
-        [base.get(ROOT), base.get(COMMIT_MARKER), base.get(HASHES)])
     try:
-        before = read_manifest(root, marker, base.url)
+        before = await read_baseline(base)
     except ZStoreError:  # deleted or damaged since it was listed: copy every byte
         return set()
-    theirs = decode_hashes(recorded)
     reusable = set()
     for key, digest in hashes.items():
         match = _OBJECT.fullmatch(key)
         path = match.group(1) if match else None
-        if (theirs.get(key) == digest and path in documents
-                and before.arrays.get(path) == documents[path]):
+        if path in documents and before.offers(key, path, digest, documents[path]):
             reusable.add(key)
     return reusable

@@ -40,6 +40,11 @@ async def scan(root: Location) -> list[Step]:
     return sorted((Step(step_of(e.name), e) for e in found), key=lambda s: s.step)  # type: ignore[arg-type]
 
 
+def committed_steps(root: str, options: dict[str, Any] | None) -> list[int]:
+    """The committed steps of the series at ``root``, oldest first."""
+    return [s.step for s in run(root, scan(resolve(root, options))) if s.complete]
+
+
 def doomed(steps: list[Step], keep_last: int | None, keep_every: int | None) -> list[int]:
     """The steps retention deletes: committed ones outside ``keep_last``/``keep_every``,
     and incomplete ones older than the newest committed step (a crashed save's

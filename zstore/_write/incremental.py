@@ -22,8 +22,11 @@ from typing import Any
 import numpy as np
 
 from zstore._format.crypto import Cipher
-from zstore._format.hashes import box_hash, object_boxes
+from zstore._format.hashes import box_hash, decode_hashes, object_boxes
 from zstore._format.layout import object_shape
+from zstore._format.manifest import read_manifest
+from zstore._format.names import COMMIT_MARKER, HASHES, ROOT
+from zstore._storage.location import Location
 
 
 @dataclass
@@ -34,6 +37,20 @@ class Baseline:
     documents: dict[str, dict[str, Any]]  # array path -> zarr.json document
     hashes: dict[str, str]  # object key -> hex digest
     location: Any = None  # storage.Location of the previous checkpoint
+
+    def offers(self, key: str, path: str, digest: str, document: dict[str, Any]) -> bool:
+        """Whether this checkpoint's object ``key`` of the array at ``path`` holds the bytes
+        an object of hash ``digest`` stored by ``document`` would: same hash, same layout
+        and codecs (an encrypted one's key id and path included)."""
+        return self.hashes.get(key) == digest and self.documents.get(path) == document
+
+
+async def read_baseline(source: Location) -> Baseline:
+    """The committed checkpoint at ``source``: its array documents and object hashes."""
+    root, commit, hashes = await asyncio.gather(
+        source.get(ROOT), source.get(COMMIT_MARKER), source.get(HASHES))
+    manifest = read_manifest(root, commit, source.url)
+    return Baseline(source.url, manifest.arrays, decode_hashes(hashes), source)
 
 
 @dataclass
@@ -57,9 +74,8 @@ async def plan_array(path: str, array: np.ndarray, document: dict[str, Any],
     digests = await asyncio.gather(*(asyncio.to_thread(box_hash, array, box, cipher)
                                      for _, box in boxes))
     plan = ArrayPlan(hashes={key: digest for (key, _), digest in zip(boxes, digests)})
-    same_layout = baseline is not None and baseline.documents.get(path) == document
     for (key, box), digest in zip(boxes, digests):
-        if same_layout and baseline.hashes.get(key) == digest:  # type: ignore[union-attr]
+        if baseline is not None and baseline.offers(key, path, digest, document):
             plan.copy.append((key, box))
         else:
             plan.write.append(box)

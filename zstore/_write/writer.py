@@ -37,7 +37,7 @@ from zstore._budget import ByteBudget
 from zstore._compat import ArrayV3Metadata, sync
 from zstore._format.crypto import Cipher, KeySource, make_cipher
 from zstore._format.dtypes import check_supported
-from zstore._format.hashes import decode_hashes, encode_hashes
+from zstore._format.hashes import encode_hashes
 from zstore._format.layout import Layout, array_metadata
 from zstore._format.lazy import is_lazy
 from zstore._format.manifest import (
@@ -49,7 +49,6 @@ from zstore._format.manifest import (
     group_paths,
     is_zstore_root,
     needed_format,
-    read_manifest,
     root_document,
     writing_document,
 )
@@ -71,7 +70,7 @@ from zstore._text import contents, size
 from zstore._version import __version__
 from zstore._write.collective import write_collective
 from zstore._write.delete import delete_checkpoint, nested_checkpoints
-from zstore._write.incremental import Baseline, plan_array
+from zstore._write.incremental import Baseline, plan_array, read_baseline
 from zstore._write.lease import Lease
 from zstore._write.shards import write_objects
 from zstore.errors import (
@@ -344,7 +343,7 @@ class _Outcome:
 async def _save(location: Location, arrays: dict[str, Any], manifest: Manifest,
                 overwrite: bool, max_concurrency: int, written: Callable[[str], None],
                 source: Location | None, hashing: bool, cipher: Cipher | None) -> _Outcome:
-    baseline = await _baseline(source) if source is not None else None
+    baseline = await read_baseline(source) if source is not None else None
     await _refuse_committed(location, overwrite)  # before the lease: a refusal writes nothing
     async with Lease(location).held() as lease:
         return await _save_leased(location, arrays, manifest, overwrite, max_concurrency,
@@ -443,14 +442,6 @@ async def put_marker(location: Location, marker: bytes, lost: str) -> None:
         if await location.get(COMMIT_MARKER) != marker:
             raise CommitRaceLostError(f"another save committed {location.url!r} {lost}",
                                       url=location.url) from None
-
-
-async def _baseline(source: Location) -> Baseline:
-    """The committed checkpoint at ``source``: its array documents and object hashes."""
-    root, commit, hashes = await asyncio.gather(
-        source.get(ROOT), source.get(COMMIT_MARKER), source.get(HASHES))
-    manifest = read_manifest(root, commit, source.url)
-    return Baseline(source.url, manifest.arrays, decode_hashes(hashes), source)
 
 
 class _NewObjectsStore(WrapperStore[Store]):
